@@ -1,0 +1,1 @@
+"""Code every Kashf process shares: settings, messages, bus, database, errors."""

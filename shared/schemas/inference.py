@@ -1,0 +1,69 @@
+"""Requests to the model services and their replies."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Base64Bytes
+
+from shared.schemas.base import Message
+
+
+def pack_vectors(vectors: np.ndarray) -> bytes:
+    """Row-major float32 bytes of an (n, dim) matrix."""
+    return np.ascontiguousarray(vectors, dtype=np.float32).tobytes()
+
+
+def unpack_vectors(data: bytes, dim: int) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.float32).reshape(-1, dim)
+
+
+class TagRef(Message):
+    """An active tag of the dataset; the title serves zero-shot models."""
+
+    id: int
+    title: str
+
+
+class ScoredTag(Message):
+    id: int
+    title: str
+    probability: float
+
+
+class HeadRef(Message):
+    """Which fitted head to use: None when the dataset was never trained."""
+
+    dataset_id: int
+    version: int | None = None
+
+
+class EmbedTextsRequest(Message):
+    texts: list[str]
+
+
+class EmbedReply(Message):
+    model_id: str
+    dim: int
+    vectors: Base64Bytes
+
+    def array(self) -> np.ndarray:
+        return unpack_vectors(self.vectors, self.dim)
+
+
+class TagTextsRequest(Message):
+    head: HeadRef
+    tags: list[TagRef]
+    texts: list[str]
+
+
+class ItemResult(Message):
+    """Tags of one item, or why it could not be tagged."""
+
+    tags: list[ScoredTag] = []
+    error: str | None = None
+    error_code: str | None = None
+
+
+class TagReply(Message):
+    model_id: str
+    items: list[ItemResult]

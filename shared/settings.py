@@ -1,0 +1,126 @@
+"""Settings of every process, read from the environment with pydantic-settings.
+
+Names every deployment shares (``DATABASE_URL``, ``NATS_URL``, ``PORT``, ``FETCH_ALLOW_HOSTS``) are
+read without prefix; the rest carry ``KASHF_`` or a per-service prefix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "test", "production"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _alias(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class CommonSettings(BaseSettings):
+    """What every Kashf process reads."""
+
+    model_config = SettingsConfigDict(env_prefix="KASHF_", extra="ignore", populate_by_name=True)
+
+    environment: Environment = Field("development", validation_alias=_alias("KASHF_ENVIRONMENT"))
+    database_url: str = Field(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+        validation_alias=_alias("DATABASE_URL", "KASHF_DATABASE_URL"),
+    )
+    nats_url: str = Field("nats://127.0.0.1:4222", validation_alias=_alias("NATS_URL", "KASHF_NATS_URL"))
+    models_dir: Path = Field(Path("models"), validation_alias=_alias("KASHF_MODELS_DIR"))
+    text_model: str = Field("text/multilingual-e5-small", validation_alias=_alias("KASHF_TEXT_MODEL"))
+    image_model: str = Field("image/efficientnet-lite0", validation_alias=_alias("KASHF_IMAGE_MODEL"))
+    device: Device = Field("auto", validation_alias=_alias("KASHF_DEVICE"))
+    log_level: str = Field("INFO", validation_alias=_alias("KASHF_LOG_LEVEL"))
+    log_json: bool = Field(False, validation_alias=_alias("KASHF_LOG_JSON"))
+    health_port: int = Field(8080, validation_alias=_alias("KASHF_HEALTH_PORT"))
+    health_host: str = Field("0.0.0.0", validation_alias=_alias("KASHF_HEALTH_HOST"))  # noqa: S104
+    drain_timeout_s: float = Field(20.0, validation_alias=_alias("KASHF_DRAIN_TIMEOUT_S"))
+    max_video_bytes: int = Field(200 * 2**20, validation_alias=_alias("KASHF_MAX_VIDEO_BYTES"))
+    max_image_bytes: int = Field(20 * 2**20, validation_alias=_alias("KASHF_MAX_IMAGE_BYTES"))
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        # Operators paste plain libpq URLs; SQLAlchemy's async engine needs the asyncpg driver named.
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):
+                return "postgresql+asyncpg://" + value[len(plain):]
+        return value
+
+    @property
+    def text_model_dir(self) -> Path:
+        return self.models_dir / self.text_model
+
+    @property
+    def image_model_dir(self) -> Path:
+        return self.models_dir / self.image_model
+
+
+class GatewaySettings(CommonSettings):
+    """The HTTP gateway: limits every request is held to."""
+
+    model_config = SettingsConfigDict(env_prefix="KASHF_GATEWAY_", extra="ignore", populate_by_name=True)
+
+    host: str = Field("0.0.0.0", validation_alias=_alias("HOST", "KASHF_GATEWAY_HOST"))  # noqa: S104
+    port: int = Field(8000, validation_alias=_alias("PORT", "KASHF_GATEWAY_PORT"))
+    token_pepper: SecretStr = Field(
+        SecretStr("dev-pepper-change-me"), validation_alias=_alias("KASHF_TOKEN_PEPPER")
+    )
+    max_body_bytes: int = Field(2 * 2**20, validation_alias=_alias("KASHF_MAX_BODY_BYTES"))
+    max_upload_bytes: int = Field(200 * 2**20, validation_alias=_alias("KASHF_MAX_UPLOAD_BYTES"))
+    max_items: int = Field(256, validation_alias=_alias("KASHF_MAX_ITEMS"))
+    max_text_chars: int = Field(5000, validation_alias=_alias("KASHF_MAX_TEXT_CHARS"))
+    rate_per_minute: int = Field(600, validation_alias=_alias("KASHF_RATE_PER_MINUTE"))
+    rate_burst: int = Field(120, validation_alias=_alias("KASHF_RATE_BURST"))
+    outbox_sweep_s: float = Field(2.0, validation_alias=_alias("KASHF_OUTBOX_SWEEP_S"))
+    fetch_allow_hosts: str = Field("", validation_alias=_alias("FETCH_ALLOW_HOSTS"))
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> GatewaySettings:
+        if self.environment == "production" and self.token_pepper.get_secret_value().startswith("dev-"):
+            raise ValueError("KASHF_TOKEN_PEPPER must be set to a real secret in production")
+        return self
+
+
+class InferenceSettings(CommonSettings):
+    """What the model services share: batching and queue limits."""
+
+    max_batch: int = Field(32, validation_alias=_alias("KASHF_MAX_BATCH"))
+    max_wait_ms: float = Field(4.0, validation_alias=_alias("KASHF_MAX_WAIT_MS"))
+    max_queue: int = Field(1024, validation_alias=_alias("KASHF_MAX_QUEUE"))
+    concurrency: int = Field(64, validation_alias=_alias("KASHF_CONCURRENCY"))
+    threads: int | None = Field(None, validation_alias=_alias("KASHF_THREADS"))
+    fetch_allow_hosts: str = Field("", validation_alias=_alias("FETCH_ALLOW_HOSTS"))
+
+
+class TextServiceSettings(InferenceSettings):
+    model_config = SettingsConfigDict(env_prefix="KASHF_TEXT_", extra="ignore", populate_by_name=True)
+
+
+class VisionServiceSettings(InferenceSettings):
+    model_config = SettingsConfigDict(env_prefix="KASHF_VISION_", extra="ignore", populate_by_name=True)
+
+    decode_workers: int = Field(2, validation_alias=_alias("KASHF_DECODE_WORKERS"))
+    max_image_pixels: int = Field(40_000_000, validation_alias=_alias("KASHF_MAX_IMAGE_PIXELS"))
+
+
+class VideoServiceSettings(InferenceSettings):
+    model_config = SettingsConfigDict(env_prefix="KASHF_VIDEO_", extra="ignore", populate_by_name=True)
+
+    max_video_seconds: float = Field(600.0, validation_alias=_alias("KASHF_MAX_VIDEO_SECONDS"))
+    max_video_frames: int = Field(2000, validation_alias=_alias("KASHF_MAX_VIDEO_FRAMES"))
+    sync_video_seconds: float = Field(120.0, validation_alias=_alias("KASHF_SYNC_VIDEO_SECONDS"))
+
+
+class TrainerSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="KASHF_TRAINER_", extra="ignore", populate_by_name=True)
+
+    debounce_s: float = Field(3.0, validation_alias=_alias("KASHF_TRAIN_DEBOUNCE_S"))
+    max_deliver: int = Field(5, validation_alias=_alias("KASHF_TRAIN_MAX_DELIVER"))
+    ack_wait_s: float = Field(60.0, validation_alias=_alias("KASHF_TRAIN_ACK_WAIT_S"))
+    cv_folds: int = Field(5, validation_alias=_alias("KASHF_CV_FOLDS"))

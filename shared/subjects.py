@@ -1,0 +1,41 @@
+"""Every NATS subject, stream and bucket Kashf uses, with the timeout of each request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A request/reply subject and how long a requester waits for the answer."""
+
+    name: str
+    timeout_s: float
+    queue: str
+
+
+TEXT_EMBED = Subject("kashf.text.embed.v1", 30.0, "text_service")
+TEXT_TAG = Subject("kashf.text.tag.v1", 30.0, "text_service")
+VISION_EMBED = Subject("kashf.vision.embed.v1", 60.0, "vision_service")
+VISION_TAG = Subject("kashf.vision.tag.v1", 60.0, "vision_service")
+VIDEO_TAG = Subject("kashf.video.tag.v1", 180.0, "video_service")
+
+# JetStream: durable events. Subjects carry the dataset id so a consumer could filter.
+EVENTS_STREAM = "KASHF_EVENTS"
+EVENTS_SUBJECTS = ["kashf.events.>"]
+REPORT_EVENT = "kashf.events.report"  # + ".<dataset_id>"
+TRAIN_EVENT = "kashf.events.train"  # + ".<dataset_id>"
+TRAINER_DURABLE = "trainer"
+
+# Object stores: fitted heads (per dataset) and large payloads (uploads, videos).
+HEADS_BUCKET = "kashf-heads"
+BLOBS_BUCKET = "kashf-blobs"
+BLOBS_TTL_S = 3600.0
+
+
+def report_subject(dataset_id: int) -> str:
+    return f"{REPORT_EVENT}.{dataset_id}"
+
+
+def train_subject(dataset_id: int) -> str:
+    return f"{TRAIN_EVENT}.{dataset_id}"

@@ -1,0 +1,33 @@
+"""The embedded servers the test suite and `make up` rely on are real and isolated."""
+
+from __future__ import annotations
+
+import asyncpg
+import nats
+
+from shared.bus import ensure_streams
+
+
+async def test_database_is_migrated(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+        version = await conn.fetchval("SELECT version_num FROM alembic_version")
+    finally:
+        await conn.close()
+    assert {"account", "dataset", "tag", "data_item", "report", "outbox"} <= tables
+    assert version == "0001"
+
+
+async def test_nats_has_jetstream_and_streams(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        await ensure_streams(js)  # declaring twice is harmless
+        ack = await js.publish("kashf.events.report.1", b"{}", headers={"Nats-Msg-Id": "a"})
+        dup = await js.publish("kashf.events.report.1", b"{}", headers={"Nats-Msg-Id": "a"})
+        assert ack.stream == "KASHF_EVENTS"
+        assert dup.duplicate is True
+    finally:
+        await nc.close()
