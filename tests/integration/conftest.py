@@ -1,0 +1,52 @@
+"""The real stack: every service as its own process over a fresh database and a private NATS."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared import devstack
+from shared.stack import Stack, create_token
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def stack(database_url: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    models = REPO / "models"
+    if not (models / "text").exists():
+        pytest.fail("models/ is missing: run `make models` (make test does it)")
+    log_dir = tmp_path_factory.mktemp("logs")
+    stack = Stack(database_url, nats_url, gateway_port=devstack.free_port(), log_dir=log_dir,
+                  env={"KASHF_MODELS_DIR": str(models), "KASHF_TRAIN_DEBOUNCE_S": "0.5",
+                       "FETCH_ALLOW_HOSTS": "127.0.0.1,localhost", "KASHF_ENVIRONMENT": "test"})
+    stack.start_all()
+    try:
+        stack.wait_ready(timeout_s=240)
+    except Exception:
+        stack.stop_all()
+        for log in sorted(log_dir.glob("*.log")):
+            print(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}")
+        raise
+    yield stack
+    stack.stop_all()
+
+
+@pytest.fixture(scope="session")
+def token(stack: Stack) -> str:
+    return create_token(stack.database_url, "it-main")
+
+
+@pytest.fixture(scope="session")
+def other_token(stack: Stack) -> str:
+    return create_token(stack.database_url, "it-other")
+
+
+@pytest.fixture
+async def api(stack: Stack, token: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.url, headers={"Authorization": f"Token {token}"},
+                                 timeout=120.0) as client:
+        yield client
