@@ -39,10 +39,16 @@ class MadeVideo:
         return self.frame_photos[idx]
 
 
+def photo_full(name: str) -> np.ndarray:
+    """A skimage photo at its own size, RGB uint8."""
+    arr: np.ndarray = getattr(skimage.data, name)()
+    return arr
+
+
 @cache
 def photo(name: str, size: tuple[int, int] = SIZE) -> np.ndarray:
     """A skimage photo centre-cropped to the aspect of ``size`` and resized to it (RGB uint8)."""
-    img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+    img = Image.fromarray(photo_full(name)).convert("RGB")
     w, h = size
     scale = min(img.width / w, img.height / h)
     cw, ch = round(w * scale), round(h * scale)
@@ -78,7 +84,7 @@ def write_video(
                 stream.height, stream.width = arr.shape[:2]
                 stream.pix_fmt = "yuv420p"
                 stream.codec_context.time_base = time_base
-                opts = {"preset": "veryfast", "crf": "18"}
+                opts: dict[str, object] = {"preset": "veryfast", "crf": "18"}
                 if gop is not None:
                     opts["g"] = str(gop)
                 stream.options = opts
@@ -120,7 +126,7 @@ def short_shot(directory: Path) -> MadeVideo:
 
 def pan(directory: Path, frames: int = 50, fps: int = 25) -> MadeVideo:
     """A 320x240 window sliding left to right across the full-size coffee photo."""
-    big = np.asarray(skimage.data.coffee())
+    big = np.asarray(photo_full("coffee"))
     h, w = big.shape[:2]
     ys = (h - SIZE[1]) // 2
     crops = [
@@ -132,7 +138,7 @@ def pan(directory: Path, frames: int = 50, fps: int = 25) -> MadeVideo:
 
 def zoom(directory: Path, frames: int = 50, fps: int = 25) -> MadeVideo:
     """A steady zoom into the centre of the astronaut photo (crop shrinks to a third)."""
-    big = Image.fromarray(skimage.data.astronaut())
+    big = Image.fromarray(photo_full("astronaut"))
     out = []
     for s in np.linspace(1.0, 1 / 3, frames):
         cw, ch = int(512 * s), int(384 * s)
@@ -149,23 +155,25 @@ def fade(directory: Path, hold: int = 25, steps: int = 25, fps: int = 25) -> Mad
     for i in range(1, steps + 1):
         w = i / (steps + 1)
         arrs.append((a * (1 - w) + b * w).round().astype(np.uint8))
-        names.append("astronaut" if w < 0.5 else "chelsea")
+        # Mid-fade frames show neither photo; tests skip them.
+        names.append("astronaut" if w < 0.3 else "chelsea" if w > 0.7 else "fade")
     arrs += [b.astype(np.uint8)] * hold
     names += ["chelsea"] * hold
     return _cfr(directory / "fade.mp4", arrs, names, fps)
 
 
 def variable_rate(directory: Path) -> MadeVideo:
-    """Irregular frame gaps (10 ms to 700 ms, millisecond time base); a cut at 1.0 s and one at 2.5 s."""
+    """Irregular frame gaps (10 ms to 700 ms, millisecond time base); photos change at 1.14 s and 2.22 s."""
     gaps_ms = [40, 40, 10, 10, 300, 40, 700, 40, 40, 120, 33, 17, 250, 40, 40, 500, 40, 40, 40, 40, 40]
     pts = [0]
     for g in gaps_ms:
         pts.append(pts[-1] + g)
-    names = ["astronaut" if p < 1000 else "coffee" if p < 2500 else "rocket" for p in pts]
+    names = ["astronaut" if p < 1000 else "coffee" if p < 2000 else "rocket" for p in pts]
     path = directory / "vfr.mp4"
     write_video(path, ((photo(n), p) for n, p in zip(names, pts, strict=True)),
                 time_base=Fraction(1, 1000), rate=25)
-    return MadeVideo(path, names, [p / 1000 for p in pts], [1.0, 2.5])
+    # The cuts fall inside gaps: the new photo shows from the first frame after 1.0 s and after 2.0 s.
+    return MadeVideo(path, names, [p / 1000 for p in pts], [1.14, 2.22])
 
 
 def late_start(directory: Path, offset_s: float = 5.0) -> MadeVideo:
