@@ -38,7 +38,7 @@ class CommonSettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias=_alias("KASHF_LOG_LEVEL"))
     log_json: bool = Field(False, validation_alias=_alias("KASHF_LOG_JSON"))
     health_port: int = Field(8080, validation_alias=_alias("KASHF_HEALTH_PORT"))
-    health_host: str = Field("0.0.0.0", validation_alias=_alias("KASHF_HEALTH_HOST"))  # noqa: S104
+    health_host: str = Field("0.0.0.0", validation_alias=_alias("KASHF_HEALTH_HOST"))
     drain_timeout_s: float = Field(20.0, validation_alias=_alias("KASHF_DRAIN_TIMEOUT_S"))
     max_video_bytes: int = Field(200 * 2**20, validation_alias=_alias("KASHF_MAX_VIDEO_BYTES"))
     max_image_bytes: int = Field(20 * 2**20, validation_alias=_alias("KASHF_MAX_IMAGE_BYTES"))
@@ -66,7 +66,7 @@ class GatewaySettings(CommonSettings):
 
     model_config = SettingsConfigDict(env_prefix="KASHF_GATEWAY_", extra="ignore", populate_by_name=True)
 
-    host: str = Field("0.0.0.0", validation_alias=_alias("HOST", "KASHF_GATEWAY_HOST"))  # noqa: S104
+    host: str = Field("0.0.0.0", validation_alias=_alias("HOST", "KASHF_GATEWAY_HOST"))
     port: int = Field(8000, validation_alias=_alias("PORT", "KASHF_GATEWAY_PORT"))
     token_pepper: SecretStr = Field(
         SecretStr("dev-pepper-change-me"), validation_alias=_alias("KASHF_TOKEN_PEPPER")
@@ -79,6 +79,10 @@ class GatewaySettings(CommonSettings):
     rate_burst: int = Field(120, validation_alias=_alias("KASHF_RATE_BURST"))
     outbox_sweep_s: float = Field(2.0, validation_alias=_alias("KASHF_OUTBOX_SWEEP_S"))
     fetch_allow_hosts: str = Field("", validation_alias=_alias("FETCH_ALLOW_HOSTS"))
+    # None: the subject's own timeout (shared/subjects.py).
+    text_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_TEXT_TIMEOUT_S"))
+    vision_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_VISION_TIMEOUT_S"))
+    video_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_VIDEO_TIMEOUT_S"))
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> GatewaySettings:
@@ -115,6 +119,14 @@ class VideoServiceSettings(InferenceSettings):
     max_video_seconds: float = Field(600.0, validation_alias=_alias("KASHF_MAX_VIDEO_SECONDS"))
     max_video_frames: int = Field(2000, validation_alias=_alias("KASHF_MAX_VIDEO_FRAMES"))
     sync_video_seconds: float = Field(120.0, validation_alias=_alias("KASHF_SYNC_VIDEO_SECONDS"))
+    # Bus slots: requests beyond active_videos wait for a slot instead of failing with 429.
+    concurrency: int = Field(8, validation_alias=_alias("KASHF_CONCURRENCY"))
+    active_videos: int = Field(2, validation_alias=_alias("KASHF_VIDEO_ACTIVE_VIDEOS"))
+    frame_batch: int = Field(16, validation_alias=_alias("KASHF_VIDEO_FRAME_BATCH"))
+    job_workers: int = Field(1, validation_alias=_alias("KASHF_VIDEO_JOB_WORKERS"))
+    job_ack_wait_s: float = Field(60.0, validation_alias=_alias("KASHF_VIDEO_JOB_ACK_WAIT_S"))
+    job_max_deliver: int = Field(3, validation_alias=_alias("KASHF_VIDEO_JOB_MAX_DELIVER"))
+    tmp_dir: Path | None = Field(None, validation_alias=_alias("KASHF_VIDEO_TMP_DIR"))
 
 
 class TrainerSettings(CommonSettings):

@@ -1,0 +1,1 @@
+"""The HTTP gateway: the public API in front of the model services."""

@@ -1,0 +1,85 @@
+"""``create_app(settings)``: the FastAPI application and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from gateway import handlers
+from gateway.metrics import Metrics
+from gateway.middleware import RequestContextMiddleware
+from gateway.outbox import OutboxPublisher
+from gateway.ratelimit import RateLimiter
+from gateway.routes import datasets, health, reports, tagging, tags
+from gateway.state import AppState
+from shared.bus import Bus, ensure_streams
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.fetch import Fetcher, FetchPolicy, parse_allow_hosts
+from shared.settings import GatewaySettings
+
+log = structlog.get_logger(__name__)
+
+DESCRIPTION = (
+    "Kashf learns a tag from a few labelled texts, images or videos and finds it in new data. "
+    'Every /api call needs `Authorization: Token <key>`; errors are `{"error", "detail"}`.'
+)
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """Build the app; connections are opened by its lifespan, not here."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
+        engine = make_engine(settings.database_url)
+        bus = await Bus.connect(settings.nats_url, "gateway")
+        try:
+            await ensure_streams(bus.js)
+            sessionmaker = make_sessionmaker(engine)
+            publisher = OutboxPublisher(sessionmaker, bus, sweep_s=settings.outbox_sweep_s)
+            fetcher = Fetcher(
+                FetchPolicy(
+                    allow_hosts=parse_allow_hosts(settings.fetch_allow_hosts),
+                    max_bytes=settings.max_image_bytes,
+                )
+            )
+            state = AppState(
+                settings=settings,
+                engine=engine,
+                sessionmaker=sessionmaker,
+                bus=bus,
+                outbox=publisher,
+                limiter=RateLimiter(settings.rate_per_minute, settings.rate_burst),
+                fetcher=fetcher,
+            )
+            app.state.kashf = state
+            publisher.start()
+            log.info("gateway_started")
+            try:
+                yield {"kashf": state}
+            finally:
+                await publisher.stop()
+                await fetcher.aclose()
+        finally:
+            await bus.close(settings.drain_timeout_s)
+            await engine.dispose()
+            log.info("gateway_stopped")
+
+    app = FastAPI(
+        title="Kashf",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redirect_slashes=False,  # both spellings are routes; anything else is a plain 404
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    metrics = Metrics()
+    handlers.install(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    for area in (tagging, reports, tags, datasets):
+        app.include_router(area.router())
+    app.include_router(health.router(metrics))
+    return app

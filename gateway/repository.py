@@ -1,0 +1,301 @@
+"""Every SQL statement of the gateway. Repositories never commit: the request's session does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
+
+from shared.db.models import Account, ApiToken, DataItem, Dataset, Outbox, Report, Tag
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    id: int
+    account: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class Repository:
+    """SQL over one ``AsyncSession``; every lookup of tenant data takes the account id."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    # Accounts and tokens
+
+    async def get_or_create_account(self, name: str) -> int:
+        await self.session.execute(insert(Account).values(name=name).on_conflict_do_nothing())
+        account_id = await self.session.scalar(select(Account.id).where(Account.name == name))
+        assert account_id is not None
+        return int(account_id)
+
+    async def add_token(self, account_id: int, token_hash: str, prefix: str) -> int:
+        token_id = await self.session.scalar(
+            insert(ApiToken)
+            .values(account_id=account_id, token_hash=token_hash, prefix=prefix)
+            .returning(ApiToken.id)
+        )
+        assert token_id is not None
+        return int(token_id)
+
+    async def account_for_token_hash(self, token_hash: str) -> int | None:
+        return await self.session.scalar(
+            select(ApiToken.account_id).where(
+                ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None)
+            )
+        )
+
+    async def list_tokens(self, account: str | None = None) -> list[TokenRow]:
+        query = (
+            select(ApiToken.id, Account.name, ApiToken.prefix, ApiToken.created_at, ApiToken.revoked_at)
+            .join(Account, Account.id == ApiToken.account_id)
+            .order_by(ApiToken.id)
+        )
+        if account is not None:
+            query = query.where(Account.name == account)
+        return [TokenRow(*row) for row in (await self.session.execute(query)).all()]
+
+    async def find_tokens(self, prefix_or_id: str) -> list[TokenRow]:
+        query = select(
+            ApiToken.id, Account.name, ApiToken.prefix, ApiToken.created_at, ApiToken.revoked_at
+        ).join(Account, Account.id == ApiToken.account_id)
+        if prefix_or_id.isdigit():
+            query = query.where(ApiToken.id == int(prefix_or_id))
+        else:
+            query = query.where(ApiToken.prefix.startswith(prefix_or_id, autoescape=True))
+        return [TokenRow(*row) for row in (await self.session.execute(query)).all()]
+
+    async def revoke_token(self, token_id: int) -> None:
+        await self.session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+            .values(revoked_at=func.now())
+        )
+
+    # Datasets
+
+    async def dataset_by_name(self, account_id: int, name: str) -> Dataset | None:
+        return await self.session.scalar(
+            select(Dataset).where(Dataset.account_id == account_id, Dataset.name == name)
+        )
+
+    async def insert_dataset(
+        self, account_id: int, name: str, title: str, kind: str | None
+    ) -> Dataset | None:
+        """The new dataset, or None when the account already has one of that name."""
+        dataset_id = await self.session.scalar(
+            insert(Dataset)
+            .values(account_id=account_id, name=name, title=title, kind=kind)
+            .on_conflict_do_nothing(index_elements=[Dataset.account_id, Dataset.name])
+            .returning(Dataset.id)
+        )
+        if dataset_id is None:
+            return None
+        return await self.session.get(Dataset, dataset_id)
+
+    async def get_or_create_dataset(self, account_id: int, name: str) -> Dataset:
+        created = await self.insert_dataset(account_id, name, name, None)
+        if created is not None:
+            return created
+        existing = await self.dataset_by_name(account_id, name)
+        assert existing is not None
+        return existing
+
+    async def list_datasets(self, account_id: int) -> Sequence[Dataset]:
+        return (
+            await self.session.scalars(
+                select(Dataset).where(Dataset.account_id == account_id).order_by(Dataset.id)
+            )
+        ).all()
+
+    async def fix_kind(self, dataset: Dataset, kind: str) -> str:
+        """Set the kind if still unset (atomically: a concurrent first use may win) and return it."""
+        fixed = await self.session.scalar(
+            update(Dataset)
+            .where(Dataset.id == dataset.id)
+            .values(kind=func.coalesce(Dataset.kind, kind))
+            .returning(Dataset.kind)
+        )
+        assert fixed is not None
+        # Already written: record it on the object without marking it dirty.
+        set_committed_value(dataset, "kind", fixed)
+        return str(fixed)
+
+    async def mark_waiting(self, dataset_id: int) -> None:
+        await self.session.execute(
+            update(Dataset)
+            .where(Dataset.id == dataset_id)
+            .values(state="waiting", state_reason=None, train_requested_at=func.now())
+        )
+
+    async def dataset_counts(self, dataset_id: int) -> tuple[int, int]:
+        """(reports, data items) of the dataset."""
+        reports = (
+            select(func.count()).select_from(Report).where(Report.dataset_id == dataset_id).scalar_subquery()
+        )
+        items = (
+            select(func.count())
+            .select_from(DataItem)
+            .where(DataItem.dataset_id == dataset_id)
+            .scalar_subquery()
+        )
+        row = (await self.session.execute(select(reports, items))).one()
+        return int(row[0]), int(row[1])
+
+    async def tags_with_report_counts(self, dataset_id: int) -> list[tuple[Tag, int]]:
+        counts = (
+            select(Report.tag_id, func.count().label("n"))
+            .where(Report.dataset_id == dataset_id)
+            .group_by(Report.tag_id)
+            .subquery()
+        )
+        rows = await self.session.execute(
+            select(Tag, func.coalesce(counts.c.n, 0))
+            .outerjoin(counts, counts.c.tag_id == Tag.id)
+            .where(Tag.dataset_id == dataset_id)
+            .order_by(Tag.id)
+        )
+        return [(tag, int(n)) for tag, n in rows.all()]
+
+    # Tags
+
+    async def insert_tag(self, dataset_id: int, title: str) -> Tag:
+        tag_id = await self.session.scalar(
+            insert(Tag).values(dataset_id=dataset_id, title=title).returning(Tag.id)
+        )
+        tag = await self.session.get(Tag, tag_id)
+        assert tag is not None
+        return tag
+
+    async def tags_of_account(
+        self, account_id: int, tag_ids: Sequence[int]
+    ) -> dict[int, tuple[Tag, Dataset]]:
+        """The account's tags among ``tag_ids`` with their datasets; others' tags are simply absent."""
+        if not tag_ids:
+            return {}
+        rows = await self.session.execute(
+            select(Tag, Dataset)
+            .join(Dataset, Dataset.id == Tag.dataset_id)
+            .where(Tag.id.in_(set(tag_ids)), Dataset.account_id == account_id)
+        )
+        return {tag.id: (tag, dataset) for tag, dataset in rows.all()}
+
+    async def active_tags(self, dataset_id: int) -> Sequence[Tag]:
+        return (
+            await self.session.scalars(
+                select(Tag).where(Tag.dataset_id == dataset_id, Tag.active.is_(True)).order_by(Tag.id)
+            )
+        ).all()
+
+    async def update_tag(self, tag_id: int, title: str | None, active: bool | None) -> Tag:
+        values: dict[str, Any] = {}
+        if title is not None:
+            values["title"] = title
+        if active is not None:
+            values["active"] = active
+        if values:
+            await self.session.execute(update(Tag).where(Tag.id == tag_id).values(**values))
+        tag = await self.session.get(Tag, tag_id, populate_existing=True)
+        assert tag is not None
+        return tag
+
+    async def delete_tag(self, tag_id: int) -> int:
+        """Delete the tag and its reports; returns how many reports went with it."""
+        deleted = await self.session.scalar(
+            select(func.count()).select_from(Report).where(Report.tag_id == tag_id)
+        )
+        await self.session.execute(delete(Report).where(Report.tag_id == tag_id))
+        await self.session.execute(delete(Tag).where(Tag.id == tag_id))
+        return int(deleted or 0)
+
+    async def add_predictions(self, counts: dict[int, int]) -> None:
+        """Add to each tag's prediction counter, in one UPDATE."""
+        if not counts:
+            return
+        await self.session.execute(
+            update(Tag)
+            .where(Tag.id.in_(list(counts)))
+            .values(predictions=Tag.predictions + case(counts, value=Tag.id, else_=0))
+        )
+
+    # Items and reports
+
+    async def upsert_items(self, rows: Sequence[dict[str, Any]]) -> dict[tuple[int, str], int]:
+        """Insert items not yet stored (by dataset and content hash); ids of all, keyed the same way."""
+        if not rows:
+            return {}
+        values = insert(DataItem).values(list(rows))
+        # A no-op update on conflict, so RETURNING yields the existing row's id as well.
+        stmt = values.on_conflict_do_update(
+            index_elements=[DataItem.dataset_id, DataItem.content_hash],
+            set_={"dataset_id": values.excluded.dataset_id},
+        ).returning(DataItem.id, DataItem.dataset_id, DataItem.content_hash)
+        result = await self.session.execute(stmt)
+        return {(dataset_id, content_hash): item_id for item_id, dataset_id, content_hash in result.all()}
+
+    async def upsert_reports(self, rows: Sequence[dict[str, Any]]) -> dict[tuple[int, int], int]:
+        """Insert or replace each (item, tag) label; report ids keyed by (item_id, tag_id)."""
+        if not rows:
+            return {}
+        values = insert(Report).values(list(rows))
+        stmt = values.on_conflict_do_update(
+            index_elements=[Report.item_id, Report.tag_id],
+            set_={"positive": values.excluded.positive, "updated_at": func.now()},
+        ).returning(Report.id, Report.item_id, Report.tag_id)
+        result = await self.session.execute(stmt)
+        return {(item_id, tag_id): report_id for report_id, item_id, tag_id in result.all()}
+
+    async def labels(self, item_ids: Sequence[int]) -> dict[int, list[tuple[int, bool]]]:
+        """Every (tag_id, positive) each item has now, by tag id."""
+        out: dict[int, list[tuple[int, bool]]] = {item_id: [] for item_id in item_ids}
+        if not item_ids:
+            return out
+        rows = await self.session.execute(
+            select(Report.item_id, Report.tag_id, Report.positive)
+            .where(Report.item_id.in_(set(item_ids)))
+            .order_by(Report.item_id, Report.tag_id)
+        )
+        for item_id, tag_id, positive in rows.all():
+            out[item_id].append((tag_id, positive))
+        return out
+
+    # Outbox
+
+    async def next_outbox_ids(self, n: int) -> list[int]:
+        """Reserve ``n`` outbox ids, so a message id can name its own row."""
+        rows = await self.session.scalars(
+            select(func.nextval(func.pg_get_serial_sequence("outbox", "id"))).select_from(
+                func.generate_series(1, n)
+            )
+        )
+        return [int(v) for v in rows.all()]
+
+    async def add_outbox(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            await self.session.execute(insert(Outbox).values(list(rows)))
+
+    async def lock_unpublished(self, ids: Sequence[int] | None, limit: int) -> Sequence[Outbox]:
+        """Unpublished rows, locked; rows another replica holds are skipped, not waited for."""
+        query = select(Outbox).where(Outbox.published_at.is_(None))
+        if ids is not None:
+            query = query.where(Outbox.id.in_(list(ids)))
+        query = query.order_by(Outbox.id).limit(limit).with_for_update(skip_locked=True)
+        return (await self.session.scalars(query)).all()
+
+    async def mark_published(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self.session.execute(
+                update(Outbox).where(Outbox.id.in_(list(ids))).values(published_at=func.now())
+            )
+
+    async def ping(self) -> None:
+        await self.session.execute(text("SELECT 1"))

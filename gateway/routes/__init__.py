@@ -1,0 +1,1 @@
+"""HTTP transport: one module per area of the API."""

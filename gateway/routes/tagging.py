@@ -1,0 +1,166 @@
+"""Tagging: tag_texts (JSON), tag_images and tag_video_frames (JSON URLs or multipart uploads)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+
+from gateway import blobs
+from gateway.deps import AccountDep, RepoDep, StateDep
+from gateway.routes.common import api_router, parse_body
+from gateway.routes.common import post as post_route
+from gateway.routing import media_kind
+from gateway.schemas import (
+    DatasetBody,
+    ImageTagsOut,
+    TagImagesBody,
+    TagTextsBody,
+    TagVideoBody,
+    TextTagsOut,
+    VideoParams,
+    VideoTagsOut,
+)
+from gateway.service import tagging
+from gateway.service.limits import check_count
+from gateway.state import AppState
+from shared.errors import BadRequest, TooLarge
+from shared.schemas.media import MediaInput
+
+
+def _body_doc(model: type[Any], upload_field: str, extra_fields: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI for a body that is JSON or multipart/form-data."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": model.model_json_schema()},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["dataset", upload_field],
+                        "properties": {
+                            "dataset": {"type": "string"},
+                            upload_field: {"type": "array", "items": {"type": "string", "format": "binary"}},
+                            **extra_fields,
+                        },
+                    }
+                },
+            },
+        }
+    }
+
+
+async def _read_form(request: Request, state: AppState) -> FormData:
+    try:
+        return await request.form(max_files=state.settings.max_items, max_fields=32)
+    except HTTPException as exc:
+        if "files" in str(exc.detail):
+            raise TooLarge(f"more than {state.settings.max_items} files (KASHF_MAX_ITEMS)") from exc
+        raise BadRequest(f"malformed multipart body: {exc.detail}") from exc
+
+
+async def _upload(
+    state: AppState, form: FormData, field: str, max_bytes: int, setting: str
+) -> list[tuple[str, str, MediaInput]]:
+    """Put each uploaded file of ``field`` in the blob store; (answer key, file name, ref) per file."""
+    files = [f for f in form.getlist(field) if isinstance(f, UploadFile)]
+    check_count(files, field, state.settings)
+    refs: list[tuple[str, str, MediaInput]] = []
+    try:
+        for upload in files:
+            name = upload.filename or field
+            if upload.size is not None and upload.size > max_bytes:
+                raise TooLarge(f"{field} '{name}' is over the limit of {max_bytes} bytes ({setting})")
+            key = await blobs.put_blob(state.bus.js, await upload.read())
+            refs.append((field, name, MediaInput(blob_key=key, name=name)))
+    except BaseException:
+        await blobs.delete_blobs(state.bus.js, [ref.blob_key for _, _, ref in refs if ref.blob_key])
+        raise
+    return refs
+
+
+def _fields(form: FormData, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: value for name in names if isinstance(value := form.get(name), str)}
+
+
+def router() -> APIRouter:
+    r = api_router()
+
+    @post_route(r, "/api/tag_texts", list[TextTagsOut], "Tag texts with the dataset's active tags")
+    async def tag_texts(
+        body: TagTextsBody, repo: RepoDep, account: AccountDep, state: StateDep
+    ) -> list[dict[str, Any]]:
+        return await tagging.tag_texts(repo, state.bus, account, body, state.settings)
+
+    @post_route(
+        r,
+        "/api/tag_images",
+        list[ImageTagsOut],
+        "Tag images by URL (JSON) or upload (multipart image_file parts)",
+        openapi_extra=_body_doc(TagImagesBody, "image_file", {}),
+    )
+    async def tag_images(
+        request: Request, repo: RepoDep, account: AccountDep, state: StateDep
+    ) -> list[dict[str, Any]]:
+        settings = state.settings
+        if media_kind(request.headers.get("content-type")) == "json":
+            body = parse_body(TagImagesBody, await request.body())
+            images = [("image_url", url, MediaInput(url=url)) for url in body.image_urls]
+            return await tagging.tag_images(repo, state.bus, account, body.dataset, images, settings)
+        form = await _read_form(request, state)
+        try:
+            dataset = parse_body(DatasetBody, _fields(form, ("dataset",))).dataset
+            uploads = await _upload(
+                state, form, "image_file", settings.max_image_bytes, "KASHF_MAX_IMAGE_BYTES"
+            )
+        finally:
+            await form.close()
+        try:
+            return await tagging.tag_images(repo, state.bus, account, dataset, uploads, settings)
+        finally:
+            await blobs.delete_blobs(state.bus.js, [ref.blob_key for _, _, ref in uploads if ref.blob_key])
+
+    @post_route(
+        r,
+        "/api/tag_video_frames",
+        list[VideoTagsOut],
+        "Tag sampled video frames by URL (JSON) or upload (multipart video_file parts)",
+        openapi_extra=_body_doc(
+            TagVideoBody,
+            "video_file",
+            {
+                "every_ms": {"type": "integer"},
+                "duration": {"type": "number"},
+                "min_frame_diff": {"type": "number"},
+            },
+        ),
+    )
+    async def tag_video_frames(
+        request: Request, repo: RepoDep, account: AccountDep, state: StateDep
+    ) -> list[dict[str, Any]]:
+        settings = state.settings
+        if media_kind(request.headers.get("content-type")) == "json":
+            body = parse_body(TagVideoBody, await request.body())
+            tagging.check_video_params(body)
+            videos = [("video_url", url, MediaInput(url=url)) for url in body.video_urls]
+            return await tagging.tag_videos(repo, state.bus, account, body, videos, settings)
+        form = await _read_form(request, state)
+        try:
+            params = parse_body(
+                VideoParams, _fields(form, ("dataset", "every_ms", "duration", "min_frame_diff"))
+            )
+            tagging.check_video_params(params)
+            uploads = await _upload(
+                state, form, "video_file", settings.max_video_bytes, "KASHF_MAX_VIDEO_BYTES"
+            )
+        finally:
+            await form.close()
+        try:
+            return await tagging.tag_videos(repo, state.bus, account, params, uploads, settings)
+        finally:
+            await blobs.delete_blobs(state.bus.js, [ref.blob_key for _, _, ref in uploads if ref.blob_key])
+
+    return r

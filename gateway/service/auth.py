@@ -1,0 +1,44 @@
+"""API tokens: random, shown once, stored only as a peppered HMAC."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from gateway.repository import Repository
+from shared.errors import Unauthorized
+
+PREFIX_CHARS = 8
+
+
+def hash_token(token: str, pepper: str) -> str:
+    return hmac.new(pepper.encode("utf-8"), token.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def parse_authorization(header: str | None) -> str:
+    """The key of ``Authorization: Token KEY``; Unauthorized when absent or malformed."""
+    if not header:
+        raise Unauthorized("missing Authorization header; send 'Authorization: Token <key>'")
+    scheme, _, key = header.strip().partition(" ")
+    key = key.strip()
+    if scheme.lower() != "token" or not key:
+        raise Unauthorized("malformed Authorization header; send 'Authorization: Token <key>'")
+    return key
+
+
+async def authenticate(repo: Repository, header: str | None, pepper: str) -> int:
+    """The account id the header's token belongs to; Unauthorized for unknown or revoked tokens."""
+    key = parse_authorization(header)
+    account_id = await repo.account_for_token_hash(hash_token(key, pepper))
+    if account_id is None:
+        raise Unauthorized("invalid or revoked token")
+    return account_id
+
+
+async def create_token(repo: Repository, account: str, pepper: str) -> tuple[int, str]:
+    """Create the account if needed and a new token for it; returns (token id, token)."""
+    account_id = await repo.get_or_create_account(account)
+    token = secrets.token_urlsafe(32)
+    token_id = await repo.add_token(account_id, hash_token(token, pepper), token[:PREFIX_CHARS])
+    return token_id, token

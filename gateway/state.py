@@ -1,0 +1,24 @@
+"""What the gateway's lifespan builds and every request shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from gateway.outbox import OutboxPublisher
+from gateway.ratelimit import RateLimiter
+from shared.bus import Bus
+from shared.fetch import Fetcher
+from shared.settings import GatewaySettings
+
+
+@dataclass
+class AppState:
+    settings: GatewaySettings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    bus: Bus
+    outbox: OutboxPublisher
+    limiter: RateLimiter
+    fetcher: Fetcher

@@ -1,0 +1,157 @@
+"""Gateway test helpers: the real app (lifespan running) on the session's real Postgres and NATS."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from gateway.app import create_app
+from gateway.repository import Repository
+from gateway.service.auth import create_token
+from shared.settings import GatewaySettings
+from shared.subjects import Subject
+
+PEPPER = "test-pepper"
+
+
+@dataclass
+class Gateway:
+    """A running app and a client for it; ``token(account)`` makes an API token."""
+
+    client: httpx.AsyncClient
+    settings: GatewaySettings
+    app: Any
+
+    async def token(self, account: str) -> str:
+        state = self.app.state.kashf
+        async with state.sessionmaker() as session:
+            _, token = await create_token(Repository(session), account, PEPPER)
+            await session.commit()
+        return token
+
+    async def post(self, path: str, body: Any, token: str | None, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Token {token}"} if token else {}
+        headers.update(kwargs.pop("headers", {}))
+        return await self.client.post(path, json=body, headers=headers, **kwargs)
+
+
+def make_settings(database_url: str, nats_url: str, **overrides: Any) -> GatewaySettings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "nats_url": nats_url,
+        "token_pepper": PEPPER,
+        "outbox_sweep_s": 0.2,
+        "fetch_allow_hosts": "127.0.0.1",
+        "drain_timeout_s": 2.0,
+        **overrides,
+    }
+    return GatewaySettings(**values)
+
+
+@asynccontextmanager
+async def running(settings: GatewaySettings) -> AsyncIterator[Gateway]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://kashf.test") as client:
+            yield Gateway(client, settings, app)
+
+
+@asynccontextmanager
+async def responder(
+    nats_url: str,
+    subject: Subject,
+    handle: Callable[[bytes], Awaitable[bytes | None]],
+    headers_seen: list[dict[str, str]] | None = None,
+) -> AsyncIterator[NATS]:
+    """A real subscriber in the service's queue group; ``handle`` returns the reply (None: never answer)."""
+    nc = await nats.connect(nats_url)
+
+    async def on_msg(msg: Msg) -> None:
+        if headers_seen is not None:
+            headers_seen.append(dict(msg.headers or {}))
+        reply = await handle(msg.data)
+        if reply is not None and msg.reply:
+            await nc.publish(msg.reply, reply)
+
+    await nc.subscribe(subject.name, queue=subject.queue, cb=on_msg)
+    await nc.flush()
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def sql(database_url: str, statement: str, *args: Any) -> list[Any]:
+    """Run one statement with asyncpg (test-side checks and crash simulation)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return list(await conn.fetch(statement, *args))
+    finally:
+        await conn.close()
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 5.0) -> Any:
+    """Poll ``check`` until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        value = await check()
+        if value or asyncio.get_running_loop().time() > deadline:
+            return value
+        await asyncio.sleep(0.05)
+
+
+def png_bytes(variant: int = 0, size: int = 64) -> bytes:
+    """A real photo (skimage's astronaut), cropped differently per variant, as PNG."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    photo = data.astronaut()
+    crop = photo[variant * 16 : variant * 16 + size, 100 : 100 + size]
+    buffer = io.BytesIO()
+    Image.fromarray(crop).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@asynccontextmanager
+async def http_server(files: dict[str, tuple[bytes, str]]) -> AsyncIterator[str]:
+    """Serve ``files`` (path -> (body, content type)) on loopback, 404 elsewhere; yields the base URL."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = files.get(self.path)
+            if found is None:
+                self.send_error(404)
+                return
+            body, content_type = found
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()

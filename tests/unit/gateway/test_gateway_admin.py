@@ -1,0 +1,54 @@
+"""``kashf-admin``: the printed token works against the API; a revoked one stops working."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from tests.unit.gateway.harness import PEPPER, Gateway, sql
+
+
+async def admin(database_url: str, *args: str) -> tuple[int, str, str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "KASHF_TOKEN_PEPPER": PEPPER}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.admin",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_create_list_and_revoke_tokens(gw: Gateway) -> None:
+    url = gw.settings.database_url
+    code, out, _ = await admin(url, "create-token", "acme")
+    assert code == 0
+    token = out.strip().splitlines()[-1]
+    assert len(token) >= 40
+    ok = await gw.post("/api/list_datasets/", {}, token)
+    assert ok.status_code == 200
+
+    stored = await sql(url, "SELECT token_hash, prefix FROM api_token")
+    assert token not in {r["token_hash"] for r in stored}  # only a hash is kept
+    assert stored[0]["prefix"] == token[:8]
+
+    code, second, _ = await admin(url, "create-token", "acme")  # same account, second token
+    assert code == 0
+    assert len(await sql(url, "SELECT id FROM account")) == 1
+
+    code, listing, _ = await admin(url, "list-tokens", "acme")
+    assert code == 0 and listing.count("\tacme\t") == 2 and token not in listing
+
+    code, out, _ = await admin(url, "revoke-token", token[:8])
+    assert code == 0 and "revoked" in out
+    assert (await gw.post("/api/list_datasets/", {}, token)).status_code == 401
+    assert (await gw.post("/api/list_datasets/", {}, second.strip().splitlines()[-1])).status_code == 200
+
+    code, _, err = await admin(url, "revoke-token", "no-such-prefix")
+    assert code == 1 and "no token" in err

@@ -1,0 +1,353 @@
+"""Every endpoint's success answer has the reference's shape, with and without the trailing slash."""
+
+from __future__ import annotations
+
+import json
+
+import nats
+
+from shared.logging import CORRELATION_HEADER
+from shared.schemas.inference import ItemResult, ScoredTag, TagReply, TagTextsRequest
+from shared.schemas.media import TagImagesRequest, TagVideoReply, TagVideoRequest, VideoFrame
+from shared.subjects import BLOBS_BUCKET, TEXT_TAG, VIDEO_TAG, VISION_TAG
+from tests.unit.gateway.harness import Gateway, http_server, png_bytes, responder, sql
+
+REVIEW_BUY = "ارزش خریدنش رو بی شک داره"
+REVIEW_BAD = "اصلا اصلا کیفیت نداره رنگش بااین عکس زمین تاآسمون فرق داره"
+
+
+async def _text_dataset(gw: Gateway, token: str) -> tuple[int, int]:
+    """Dataset "digikala" with tags "توصیه خرید" and "عدم رضایت"; returns their ids."""
+    buy = (await gw.post("/api/create_tag/", {"dataset": "digikala", "title": "توصیه خرید"}, token)).json()
+    bad = (await gw.post("/api/create_tag/", {"dataset": "digikala", "title": "عدم رضایت"}, token)).json()
+    return buy["tag_id"], bad["tag_id"]
+
+
+async def test_dataset_calls_answer_the_reference_shapes(gw: Gateway) -> None:
+    token = await gw.token("acme")
+
+    created = await gw.post(
+        "/api/create_dataset/", {"dataset": "iran", "title": "لحظه", "kind": "image"}, token
+    )
+    assert created.status_code == 200
+    assert created.json() == {"dataset": "iran", "title": "لحظه", "kind": "image", "state": "untrained"}
+
+    tag = await gw.post("/api/create_tag/", {"dataset": "iran", "title": "New Place"}, token)
+    assert tag.status_code == 200
+    tag_id = tag.json()["tag_id"]
+    assert tag.json() == {"title": "New Place", "tag_id": tag_id, "active": True}
+
+    updated = await gw.post(
+        "/api/update_tag/",
+        {"dataset": "iran", "tag_id": tag_id, "title": "Old Place", "active": False},
+        token,
+    )
+    assert updated.json() == {"title": "Old Place", "tag_id": tag_id, "active": False}
+
+    listed = await gw.post("/api/list_datasets/", {}, token)
+    assert listed.json() == [{"dataset": "iran", "title": "لحظه", "kind": "image", "state": "untrained"}]
+
+    info = await gw.post("/api/dataset_info/", {"dataset": "iran", "tags": True}, token)
+    assert info.json() == {
+        "title": "لحظه",
+        "state": "untrained",
+        "report_count": 0,
+        "data_count": 0,
+        "evaluation": None,
+        "tags": [{"title": "Old Place", "id": tag_id, "reports": 0, "predictions": 0, "evaluation": None}],
+    }
+    without_tags = await gw.post("/api/dataset_info/", {"dataset": "iran", "tags": False}, token)
+    assert "tags" not in without_tags.json()
+
+    trained = await gw.post("/api/train_dataset/", {"dataset": "iran"}, token)
+    assert trained.json() == {"dataset": "iran", "state": "waiting"}
+    state = await gw.post("/api/dataset_info/", {"dataset": "iran", "tags": False}, token)
+    assert state.json()["state"] == "waiting"
+
+    deleted = await gw.post("/api/delete_tag/", {"tag_id": tag_id}, token)
+    assert deleted.json() == {"dataset": "iran", "deleted_reports": 0}
+    after = await gw.post("/api/dataset_info/", {"dataset": "iran"}, token)
+    assert after.json()["tags"] == []
+
+
+async def test_dataset_info_reports_evaluation_from_the_trainer(gw: Gateway) -> None:
+    token = await gw.token("acme")
+    tag_id, _ = await _text_dataset(gw, token)
+    await sql(
+        gw.settings.database_url,
+        "UPDATE dataset SET state='trained', evaluation=$1::jsonb",
+        '{"recall": 87.0, "precision": 91.0, "f1": 88.9}',
+    )
+    await sql(
+        gw.settings.database_url,
+        """UPDATE tag SET evaluation='{"recall": 80.3, "precision": 91.4, "f1": 86.0}' WHERE id=$1""",
+        tag_id,
+    )
+    info = (await gw.post("/api/dataset_info/", {"dataset": "digikala", "tags": True}, token)).json()
+    assert info["state"] == "trained"
+    assert info["evaluation"] == {"recall": 87.0, "precision": 91.0}
+    assert info["tags"][0]["evaluation"] == {"recall": 80.3, "precision": 91.4, "f1": 86.0}
+    assert info["tags"][1]["evaluation"] is None
+
+
+async def test_every_endpoint_answers_without_the_trailing_slash(gw: Gateway) -> None:
+    token = await gw.token("acme")
+    assert (await gw.post("/api/create_dataset", {"dataset": "d", "kind": "text"}, token)).status_code == 200
+    assert (await gw.post("/api/list_datasets", {}, token)).json()[0]["dataset"] == "d"
+    tag_id = (await gw.post("/api/create_tag", {"dataset": "d", "title": "t"}, token)).json()["tag_id"]
+    calls: list[tuple[str, object]] = [
+        ("/api/update_tag", {"tag_id": tag_id, "title": "u", "active": False}),
+        ("/api/report_text_tags", [{"content": "متن", "tag_id": tag_id, "positive": True}]),
+        ("/api/tag_texts", {"dataset": "d", "contents": ["x"]}),  # no active tag: answered without a model
+        ("/api/dataset_info", {"dataset": "d"}),
+        ("/api/train_dataset", {"dataset": "d"}),
+        ("/api/delete_tag", {"tag_id": tag_id}),
+    ]
+    for path, body in calls:
+        response = await gw.post(path, body, token)
+        assert response.status_code == 200, (path, response.text)
+    unknown = await gw.post("/api/tag_texts", {"dataset": "d", "contents": ["x"]}, token)
+    assert unknown.json() == [{"content": "x", "tags": [{"id": 0, "probability": 1, "title": "ناآشنا"}]}]
+    for path in ("/api/tag_images", "/api/tag_video_frames"):  # routed, and refused for the empty list
+        response = await gw.post(path, {"dataset": "d", "image_urls": [], "video_urls": []}, token)
+        assert response.status_code == 400, response.text
+    assert (await gw.post("/api/report_image_tags", [], token)).status_code == 400
+
+
+async def test_report_text_tags_dedups_persian_variants_and_replaces_labels(gw: Gateway) -> None:
+    token = await gw.token("acme")
+    buy, bad = await _text_dataset(gw, token)
+    persian = "پیشنهاد می‌کنم از این بخرید، خیلی عالیه و کیفیتش ۱۰۰٪ تضمینی"
+    arabic = "  پيشنهاد می‌کنم از این بخرید،   خيلی عالیه و کیفیتش ۱۰۰٪ تضمينی "  # Arabic ي, extra spaces
+
+    first = await gw.post(
+        "/api/report_text_tags/", [{"content": persian, "tag_id": buy, "positive": True}], token
+    )
+    assert first.status_code == 200
+    item_id = first.json()[0]["id"]
+    assert first.json() == [{"report": f"[[{buy},true]]", "id": item_id}]
+
+    # Same text in Arabic spelling: the same item; a second tag is added, the first label replaced.
+    second = await gw.post(
+        "/api/report_text_tags/",
+        [
+            {"content": arabic, "tag_id": bad, "positive": True},
+            {"content": "كاملا راضی هستم", "tag_id": buy, "positive": True},  # Arabic ك
+            {"content": arabic, "tag_id": buy, "positive": False},
+        ],
+        token,
+    )
+    assert second.status_code == 200
+    answer = second.json()
+    assert answer[0]["id"] == item_id and answer[2]["id"] == item_id
+    assert answer[1]["id"] != item_id
+    expected = f"[[{buy},false],[{bad},true]]"
+    assert answer[0]["report"] == expected and answer[2]["report"] == expected
+    assert answer[1]["report"] == f"[[{buy},true]]"
+    assert json.loads(answer[0]["report"]) == [[buy, False], [bad, True]]
+
+    info = (await gw.post("/api/dataset_info/", {"dataset": "digikala"}, token)).json()
+    assert info["data_count"] == 2
+    assert info["report_count"] == 3
+    assert {t["id"]: t["reports"] for t in info["tags"]} == {buy: 2, bad: 1}
+
+    # The same Persian text reported with the Persian ک form is still the same item.
+    third = await gw.post(
+        "/api/report_text_tags/", [{"content": "کاملا راضی هستم", "tag_id": bad, "positive": False}], token
+    )
+    assert third.json() == [{"report": f"[[{buy},true],[{bad},false]]", "id": answer[1]["id"]}]
+
+
+async def test_tag_texts_asks_text_service_and_counts_predictions(gw: Gateway, nats_url: str) -> None:
+    token = await gw.token("acme")
+    buy, bad = await _text_dataset(gw, token)
+    await gw.post("/api/update_tag/", {"tag_id": bad, "active": False}, token)
+    seen: list[TagTextsRequest] = []
+
+    async def text_service(data: bytes) -> bytes:
+        request = TagTextsRequest.model_validate_json(data)
+        seen.append(request)
+        items = [
+            ItemResult(
+                tags=[
+                    ScoredTag(id=buy, title="توصیه خرید", probability=0.996),
+                    ScoredTag(id=buy + 100, title="دیگر", probability=0.874),
+                ]
+            )
+            if "خرید" in text
+            else ItemResult(tags=[ScoredTag(id=0, title="ناآشنا", probability=1.0)])
+            for text in request.texts
+        ]
+        return TagReply(model_id="test-model", items=items).model_dump_json().encode()
+
+    headers: list[dict[str, str]] = []
+    async with responder(nats_url, TEXT_TAG, text_service, headers):
+        response = await gw.post(
+            "/api/tag_texts/",
+            {"dataset": "digikala", "contents": [REVIEW_BUY, REVIEW_BAD]},
+            token,
+            headers={"X-Request-Id": "trace-me-1"},
+        )
+        again = await gw.post("/api/tag_texts", {"dataset": "digikala", "contents": [REVIEW_BUY]}, token)
+    assert response.status_code == 200, response.text
+    assert response.json() == [
+        {
+            "content": REVIEW_BUY,
+            "tags": [
+                {"id": buy, "probability": 1, "title": "توصیه خرید"},
+                {"id": buy + 100, "probability": 0.87, "title": "دیگر"},
+            ],
+        },
+        {"content": REVIEW_BAD, "tags": [{"id": 0, "probability": 1, "title": "ناآشنا"}]},
+    ]
+    assert '"probability":1,' in response.text  # printed as 1, not 1.0, like the reference
+    assert again.status_code == 200
+    # The request id travels with the model request, so the service's logs carry it too.
+    assert headers[0][CORRELATION_HEADER] == "trace-me-1"
+    # The service got the dataset's head reference and only its active tags.
+    assert seen[0].head.version is None
+    assert [t.id for t in seen[0].tags] == [buy]
+    info = (await gw.post("/api/dataset_info/", {"dataset": "digikala"}, token)).json()
+    assert {t["id"]: t["predictions"] for t in info["tags"]} == {buy: 2, bad: 0}
+    kind = await sql(gw.settings.database_url, "SELECT kind FROM dataset WHERE name='digikala'")
+    assert kind[0]["kind"] == "text"
+
+
+async def test_tag_images_by_url_and_by_upload(gw: Gateway, nats_url: str) -> None:
+    token = await gw.token("acme")
+    await gw.post("/api/create_dataset/", {"dataset": "iran", "kind": "image"}, token)
+    milad = (await gw.post("/api/create_tag/", {"dataset": "iran", "title": "برج میلاد"}, token)).json()[
+        "tag_id"
+    ]
+    photo = png_bytes(1)
+    blob_contents: list[bytes] = []
+    nc = await nats.connect(nats_url)
+    store = await nc.jetstream().object_store(BLOBS_BUCKET)
+
+    async def vision_service(data: bytes) -> bytes:
+        request = TagImagesRequest.model_validate_json(data)
+        items = []
+        for image in request.images:
+            if image.blob_key:
+                blob_contents.append((await store.get(image.blob_key)).data or b"")
+            if image.url and "broken" in image.url:
+                items.append(
+                    ItemResult(error="could not fetch the image (HTTP 404)", error_code="fetch_failed")
+                )
+            else:
+                items.append(ItemResult(tags=[ScoredTag(id=milad, title="برج میلاد", probability=0.991)]))
+        return TagReply(model_id="test-vision", items=items).model_dump_json().encode()
+
+    try:
+        async with responder(nats_url, VISION_TAG, vision_service):
+            urls = ["https://example.org/milad.jpg", "https://example.org/broken.jpg"]
+            by_url = await gw.post("/api/tag_images/", {"dataset": "iran", "image_urls": urls}, token)
+            upload = await gw.client.post(
+                "/api/tag_images/",
+                headers={"Authorization": f"Token {token}"},
+                data={"dataset": "iran"},
+                files=[("image_file", ("milad.png", photo, "image/png"))],
+            )
+    finally:
+        await nc.close()
+    assert by_url.status_code == 200, by_url.text
+    assert by_url.json() == [
+        {"image_url": urls[0], "tags": [{"id": milad, "probability": 0.99, "title": "برج میلاد"}]},
+        {"image_url": urls[1], "error": "could not fetch the image (HTTP 404)", "tags": []},
+    ]
+    assert upload.status_code == 200, upload.text
+    assert upload.json() == [
+        {"image_file": "milad.png", "tags": [{"id": milad, "probability": 0.99, "title": "برج میلاد"}]}
+    ]
+    assert blob_contents == [photo]  # the bytes went through the object store, not the message
+
+
+async def test_tag_video_frames_by_url_and_by_upload(gw: Gateway, nats_url: str) -> None:
+    token = await gw.token("acme")
+    tag_id = (await gw.post("/api/create_tag/", {"dataset": "iran", "title": "پل طبیعت"}, token)).json()[
+        "tag_id"
+    ]
+    seen: list[TagVideoRequest] = []
+
+    async def video_service(data: bytes) -> bytes:
+        request = TagVideoRequest.model_validate_json(data)
+        seen.append(request)
+        frames = [
+            VideoFrame(frame=3, time="0:00:00", tags=[ScoredTag(id=0, title="ناآشنا", probability=1.0)]),
+            VideoFrame(
+                frame=585, time="0:00:23", tags=[ScoredTag(id=tag_id, title="پل طبیعت", probability=0.99)]
+            ),
+        ]
+        return TagVideoReply(model_id="test-video", frames=frames).model_dump_json().encode()
+
+    url = "https://example.org/79959.mp4"
+    async with responder(nats_url, VIDEO_TAG, video_service):
+        by_url = await gw.post(
+            "/api/tag_video_frames/",
+            {"dataset": "iran", "every_ms": 100, "duration": 25, "min_frame_diff": 50, "video_urls": [url]},
+            token,
+        )
+        upload = await gw.client.post(
+            "/api/tag_video_frames",
+            headers={"Authorization": f"Token {token}"},
+            data={"dataset": "iran", "every_ms": "250"},
+            files=[("video_file", ("clip.mp4", b"\x00" * 2048, "video/mp4"))],
+        )
+    frames = [
+        {"frame": 3, "time": "0:00:00", "tags": [{"id": 0, "probability": 1, "title": "ناآشنا"}]},
+        {"frame": 585, "time": "0:00:23", "tags": [{"id": tag_id, "probability": 0.99, "title": "پل طبیعت"}]},
+    ]
+    assert by_url.status_code == 200, by_url.text
+    assert by_url.json() == [{"video_url": url, "frames": frames}]
+    assert upload.status_code == 200, upload.text
+    assert upload.json() == [{"video_file": "clip.mp4", "frames": frames}]
+    assert (seen[0].every_ms, seen[0].duration_s, seen[0].min_frame_diff) == (100, 25, 50)
+    assert seen[0].video.url == url
+    assert (seen[1].every_ms, seen[1].duration_s, seen[1].video.blob_key is not None) == (250, None, True)
+
+
+async def test_report_image_tags_fetches_and_keeps_the_image(gw: Gateway) -> None:
+    token = await gw.token("acme")
+    milad = (await gw.post("/api/create_tag/", {"dataset": "iran", "title": "برج میلاد"}, token)).json()[
+        "tag_id"
+    ]
+    photo = png_bytes(2)
+    files = {"/milad.png": (photo, "image/png"), "/copy.png": (photo, "image/png")}
+    async with http_server(files) as base:
+        response = await gw.post(
+            "/api/report_image_tags/",
+            [
+                {"image_url": f"{base}/milad.png", "tag_id": milad, "positive": True},
+                {"image_url": f"{base}/copy.png", "tag_id": milad, "positive": False},
+            ],
+            token,
+        )
+    assert response.status_code == 200, response.text
+    item_id = response.json()[0]["id"]
+    # Same bytes at two URLs: one item; the later report wins.
+    assert response.json() == [{"report": f"[[{milad},false]]", "id": item_id}] * 2
+    rows = await sql(gw.settings.database_url, "SELECT kind, media, media_type FROM data_item")
+    assert [(r["kind"], bytes(r["media"]), r["media_type"]) for r in rows] == [("image", photo, "image/png")]
+
+
+async def test_probes_metrics_docs_and_request_id(gw: Gateway) -> None:
+    assert (await gw.client.get("/healthz")).json() == {"status": "ok"}
+    ready = await gw.client.get("/readyz")
+    assert ready.status_code == 200
+    token = await gw.token("acme")
+    answered = await gw.post("/api/list_datasets/", {}, token, headers={"X-Request-Id": "client-id-42"})
+    assert answered.headers["X-Request-Id"] == "client-id-42"
+    fresh = await gw.post("/api/list_datasets/", {}, token)
+    assert len(fresh.headers["X-Request-Id"]) >= 8
+    metrics = (await gw.client.get("/metrics")).text
+    assert (
+        'kashf_gateway_requests_total{method="POST",route="/api/list_datasets",status="200"} 2.0' in metrics
+    )
+    spec = (await gw.client.get("/openapi.json")).json()
+    body_ref = spec["paths"]["/api/tag_texts/"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
+    schema = spec["components"]["schemas"][body_ref["$ref"].rsplit("/", 1)[1]]
+    assert schema["examples"][0]["dataset"] == "digikala"
+    assert "/api/tag_texts" not in spec["paths"]  # the slash-less twin is not documented twice
+    assert (await gw.client.get("/docs")).status_code == 200
