@@ -17,7 +17,6 @@ from gateway.routes import datasets, health, reports, tagging, tags
 from gateway.state import AppState
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.fetch import Fetcher, FetchPolicy, parse_allow_hosts
 from shared.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -39,12 +38,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await ensure_streams(bus.js)
             sessionmaker = make_sessionmaker(engine)
             publisher = OutboxPublisher(sessionmaker, bus, sweep_s=settings.outbox_sweep_s)
-            fetcher = Fetcher(
-                FetchPolicy(
-                    allow_hosts=parse_allow_hosts(settings.fetch_allow_hosts),
-                    max_bytes=settings.max_image_bytes,
-                )
-            )
             state = AppState(
                 settings=settings,
                 engine=engine,
@@ -52,7 +45,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 bus=bus,
                 outbox=publisher,
                 limiter=RateLimiter(settings.rate_per_minute, settings.rate_burst),
-                fetcher=fetcher,
             )
             app.state.kashf = state
             publisher.start()
@@ -61,7 +53,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 yield {"kashf": state}
             finally:
                 await publisher.stop()
-                await fetcher.aclose()
         finally:
             await bus.close(settings.drain_timeout_s)
             await engine.dispose()

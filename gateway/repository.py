@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from shared.db.models import Account, ApiToken, DataItem, Dataset, Outbox, Report, Tag
+from shared.db.models import Account, ApiToken, DataItem, Dataset, Embedding, Outbox, Report, Tag
 
 
 @dataclass(frozen=True)
@@ -241,6 +241,11 @@ class Repository:
         ).returning(DataItem.id, DataItem.dataset_id, DataItem.content_hash)
         result = await self.session.execute(stmt)
         return {(dataset_id, content_hash): item_id for item_id, dataset_id, content_hash in result.all()}
+
+    async def add_embeddings(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store embeddings of items; one already stored for the same model is kept."""
+        if rows:
+            await self.session.execute(insert(Embedding).values(list(rows)).on_conflict_do_nothing())
 
     async def upsert_reports(self, rows: Sequence[dict[str, Any]]) -> dict[tuple[int, int], int]:
         """Insert or replace each (item, tag) label; report ids keyed by (item_id, tag_id)."""

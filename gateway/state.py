@@ -9,7 +9,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from gateway.outbox import OutboxPublisher
 from gateway.ratelimit import RateLimiter
 from shared.bus import Bus
-from shared.fetch import Fetcher
 from shared.settings import GatewaySettings
 
 
@@ -21,4 +20,3 @@ class AppState:
     bus: Bus
     outbox: OutboxPublisher
     limiter: RateLimiter
-    fetcher: Fetcher

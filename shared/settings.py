@@ -78,7 +78,6 @@ class GatewaySettings(CommonSettings):
     rate_per_minute: int = Field(600, validation_alias=_alias("KASHF_RATE_PER_MINUTE"))
     rate_burst: int = Field(120, validation_alias=_alias("KASHF_RATE_BURST"))
     outbox_sweep_s: float = Field(2.0, validation_alias=_alias("KASHF_OUTBOX_SWEEP_S"))
-    fetch_allow_hosts: str = Field("", validation_alias=_alias("FETCH_ALLOW_HOSTS"))
     # None: the subject's own timeout (shared/subjects.py).
     text_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_TEXT_TIMEOUT_S"))
     vision_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_VISION_TIMEOUT_S"))

@@ -39,13 +39,13 @@ def router() -> APIRouter:
     ) -> list[dict[str, Any]]:
         return await reports.report_texts(repo, account, body, state.settings)
 
-    @post(r, "/api/report_image_tags", list[ReportOut], "Label images (fetched and kept by the gateway)")
+    @post(r, "/api/report_image_tags", list[ReportOut], "Label images (embedded and kept as a bounded copy)")
     async def report_image_tags(
         body: Annotated[list[ImageReport], Body(examples=[_IMAGE_EXAMPLE])],
         repo: RepoDep,
         account: AccountDep,
         state: StateDep,
     ) -> list[dict[str, Any]]:
-        return await reports.report_images(repo, account, body, state.settings, state.fetcher)
+        return await reports.report_images(repo, account, body, state.settings, state.bus)
 
     return r

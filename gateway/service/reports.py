@@ -14,15 +14,17 @@ from gateway.schemas import ImageReport, TextReport
 from gateway.service.datasets import ensure_kind
 from gateway.service.limits import check_count, check_text
 from gateway.service.tags import tag_not_found
-from gateway.service.text import bytes_hash, normalise, text_hash
+from gateway.service.text import normalise, text_hash
+from shared.bus import Bus
 from shared.db.models import Dataset
-from shared.errors import BadRequest, KashfError
-from shared.fetch import Fetcher
+from shared.errors import BadRequest, from_wire
 from shared.schemas.events import ReportEvent
+from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, ImageEmbedding, MediaInput
 from shared.settings import GatewaySettings
-from shared.subjects import report_subject
+from shared.subjects import VISION_EMBED, report_subject
 
-_FETCH_CONCURRENCY = 8
+# vision_service replies with a ~60 KB copy per image: 8 stay well under the 1 MiB NATS payload.
+_EMBED_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ async def _datasets_of_tags(
 
 async def _store(
     repo: Repository, labels: list[_Label], items: dict[tuple[int, str], dict[str, Any]]
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[tuple[int, str], int]]:
     """Upsert items and reports, stage one ReportEvent per written report; answers in request order."""
     # Sorted writes: concurrent requests touching the same rows lock them in one order.
     item_ids = await repo.upsert_items([items[key] for key in sorted(items)])
@@ -86,7 +88,7 @@ async def _store(
     for label in labels:
         item_id = item_ids[(label.dataset_id, label.content_hash)]
         out.append({"report": compact_labels(per_item[item_id]), "id": item_id})
-    return out
+    return out, item_ids
 
 
 async def report_texts(
@@ -113,24 +115,33 @@ async def report_texts(
             },
         )
         labels.append(_Label(dataset_id, digest, report.tag_id, report.positive))
-    return await _store(repo, labels, items)
+    out, _ = await _store(repo, labels, items)
+    return out
 
 
-async def _fetch_all(
-    fetcher: Fetcher, urls: Sequence[str], settings: GatewaySettings
-) -> list[tuple[bytes, str]]:
-    """Every image's bytes and media type; the first failure fails the request, naming the URL's index."""
-    slots = asyncio.Semaphore(_FETCH_CONCURRENCY)
+async def _embed_all(
+    bus: Bus, urls: Sequence[str], settings: GatewaySettings
+) -> tuple[EmbedImagesReply, list[ImageEmbedding]]:
+    """vision_service fetches each image safely and returns its embedding, hash and a bounded copy.
 
-    async def one(i: int, url: str) -> tuple[bytes, str]:
-        async with slots:
-            try:
-                fetched = await fetcher.fetch(url, accept=("image/",), max_bytes=settings.max_image_bytes)
-            except KashfError as exc:
-                raise type(exc)(f"reports[{i}].image_url: {exc.detail}", code=exc.error_code) from exc
-        return fetched.content, fetched.media_type
-
-    return list(await asyncio.gather(*(one(i, url) for i, url in enumerate(urls))))
+    All or nothing: the first image that fails fails the request, naming its index.
+    """
+    chunks = [list(urls[i:i + _EMBED_CHUNK]) for i in range(0, len(urls), _EMBED_CHUNK)]
+    replies = await asyncio.gather(*(
+        bus.request(
+            VISION_EMBED,
+            EmbedImagesRequest(images=[MediaInput(url=url) for url in chunk], keep_copy=True),
+            EmbedImagesReply,
+            timeout_s=settings.vision_timeout_s,
+        )
+        for chunk in chunks
+    ))
+    items = [item for reply in replies for item in reply.items]
+    for i, item in enumerate(items):
+        if item.error is not None or item.vector is None or item.sha256 is None:
+            raise from_wire(item.error_status or 502, item.error_code or "fetch_failed",
+                            f"reports[{i}].image_url: {item.error or 'no embedding'}")
+    return replies[0], items
 
 
 async def report_images(
@@ -138,34 +149,37 @@ async def report_images(
     account_id: int,
     reports: Sequence[ImageReport],
     settings: GatewaySettings,
-    fetcher: Fetcher,
+    bus: Bus,
 ) -> list[dict[str, Any]]:
-    """Fetch and keep each image (deduplicated by bytes hash), then store the reports.
-
-    All or nothing: an image that cannot be fetched fails the request (502, or 413/415 from the
-    fetcher) and nothing is stored.
+    """Embed and keep each image (a bounded copy, deduplicated by the original bytes' hash), then
+    store the reports and embeddings, so a report stays valid after its URL goes away.
     """
     check_count(reports, "reports", settings)
     datasets = await _datasets_of_tags(repo, account_id, [r.tag_id for r in reports], "image")
     # End the transaction (kind fixed, nothing else written) so no connection is held while fetching.
     await repo.session.commit()
-    fetched = await _fetch_all(fetcher, [r.image_url for r in reports], settings)
+    first, embedded = await _embed_all(bus, [r.image_url for r in reports], settings)
     labels: list[_Label] = []
     items: dict[tuple[int, str], dict[str, Any]] = {}
-    for report, (data, media_type) in zip(reports, fetched, strict=True):
+    vectors: dict[tuple[int, str], bytes] = {}
+    for report, item in zip(reports, embedded, strict=True):
         dataset_id = datasets[report.tag_id].id
-        digest = bytes_hash(data)
-        items.setdefault(
-            (dataset_id, digest),
-            {
-                "dataset_id": dataset_id,
-                "kind": "image",
-                "content_hash": digest,
-                "content": None,
-                "source_url": report.image_url,
-                "media": data,
-                "media_type": media_type,
-            },
-        )
-        labels.append(_Label(dataset_id, digest, report.tag_id, report.positive))
-    return await _store(repo, labels, items)
+        assert item.sha256 is not None and item.vector is not None
+        key = (dataset_id, item.sha256)
+        items.setdefault(key, {
+            "dataset_id": dataset_id,
+            "kind": "image",
+            "content_hash": item.sha256,
+            "content": None,
+            "source_url": report.image_url,
+            "media": item.copy_bytes,
+            "media_type": item.copy_media_type,
+        })
+        vectors.setdefault(key, item.vector)
+        labels.append(_Label(dataset_id, item.sha256, report.tag_id, report.positive))
+    out, item_ids = await _store(repo, labels, items)
+    await repo.add_embeddings([
+        {"item_id": item_ids[key], "model_id": first.model_id, "dim": first.dim, "vector": vector}
+        for key, vector in sorted(vectors.items())
+    ])
+    return out

@@ -34,7 +34,7 @@ class EmbedImagesRequest(Message):
 class ImageEmbedding(Message):
     vector: Base64Bytes | None = None
     sha256: str | None = None  # of the original bytes: the dedup key of image items
-    copy: Base64Bytes | None = None
+    copy_bytes: Base64Bytes | None = None
     copy_media_type: str | None = None
     error: str | None = None
     error_code: str | None = None

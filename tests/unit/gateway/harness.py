@@ -123,35 +123,3 @@ def png_bytes(variant: int = 0, size: int = 64) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(crop).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@asynccontextmanager
-async def http_server(files: dict[str, tuple[bytes, str]]) -> AsyncIterator[str]:
-    """Serve ``files`` (path -> (body, content type)) on loopback, 404 elsewhere; yields the base URL."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            found = files.get(self.path)
-            if found is None:
-                self.send_error(404)
-                return
-            body, content_type = found
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        await asyncio.to_thread(server.shutdown)
-        server.server_close()

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import nats
+import numpy as np
 
 from shared.logging import CORRELATION_HEADER
-from shared.schemas.inference import ItemResult, ScoredTag, TagReply, TagTextsRequest
-from shared.schemas.media import TagImagesRequest, TagVideoReply, TagVideoRequest, VideoFrame
-from shared.subjects import BLOBS_BUCKET, TEXT_TAG, VIDEO_TAG, VISION_TAG
-from tests.unit.gateway.harness import Gateway, http_server, png_bytes, responder, sql
+from shared.schemas.inference import ItemResult, ScoredTag, TagReply, TagTextsRequest, pack_vectors
+from shared.schemas.media import (
+    EmbedImagesReply,
+    EmbedImagesRequest,
+    ImageEmbedding,
+    TagImagesRequest,
+    TagVideoReply,
+    TagVideoRequest,
+    VideoFrame,
+)
+from shared.subjects import BLOBS_BUCKET, TEXT_TAG, VIDEO_TAG, VISION_EMBED, VISION_TAG
+from tests.unit.gateway.harness import Gateway, png_bytes, responder, sql
 
 REVIEW_BUY = "ارزش خریدنش رو بی شک داره"
 REVIEW_BAD = "اصلا اصلا کیفیت نداره رنگش بااین عکس زمین تاآسمون فرق داره"
@@ -306,28 +316,44 @@ async def test_tag_video_frames_by_url_and_by_upload(gw: Gateway, nats_url: str)
     assert (seen[1].every_ms, seen[1].duration_s, seen[1].video.blob_key is not None) == (250, None, True)
 
 
-async def test_report_image_tags_fetches_and_keeps_the_image(gw: Gateway) -> None:
+async def test_report_image_tags_keeps_copy_and_embedding(gw: Gateway) -> None:
+    """vision_service (a test peer on the real bus) embeds; the gateway keeps copy, hash and vector."""
     token = await gw.token("acme")
     milad = (await gw.post("/api/create_tag/", {"dataset": "iran", "title": "برج میلاد"}, token)).json()[
         "tag_id"
     ]
-    photo = png_bytes(2)
-    files = {"/milad.png": (photo, "image/png"), "/copy.png": (photo, "image/png")}
-    async with http_server(files) as base:
+    copy = png_bytes(2)
+    vector = np.arange(4, dtype=np.float32) / 4
+    seen: list[EmbedImagesRequest] = []
+
+    async def embed(data: bytes) -> bytes:
+        request = EmbedImagesRequest.model_validate_json(data)
+        seen.append(request)
+        items = [ImageEmbedding(vector=base64.b64encode(pack_vectors(vector[None])), sha256="ab" * 32,
+                                copy_bytes=base64.b64encode(copy), copy_media_type="image/jpeg")
+                 for _ in request.images]
+        return EmbedImagesReply(model_id="img-test", dim=4, items=items).model_dump_json().encode()
+
+    urls = ["https://example.org/milad.png", "https://example.org/copy.png"]
+    async with responder(gw.settings.nats_url, VISION_EMBED, embed):
         response = await gw.post(
             "/api/report_image_tags/",
-            [
-                {"image_url": f"{base}/milad.png", "tag_id": milad, "positive": True},
-                {"image_url": f"{base}/copy.png", "tag_id": milad, "positive": False},
-            ],
+            [{"image_url": urls[0], "tag_id": milad, "positive": True},
+             {"image_url": urls[1], "tag_id": milad, "positive": False}],
             token,
         )
     assert response.status_code == 200, response.text
+    assert [m.url for m in seen[0].images] == urls and seen[0].keep_copy is True
     item_id = response.json()[0]["id"]
-    # Same bytes at two URLs: one item; the later report wins.
+    # Same bytes (same hash) at two URLs: one item; the later report wins.
     assert response.json() == [{"report": f"[[{milad},false]]", "id": item_id}] * 2
-    rows = await sql(gw.settings.database_url, "SELECT kind, media, media_type FROM data_item")
-    assert [(r["kind"], bytes(r["media"]), r["media_type"]) for r in rows] == [("image", photo, "image/png")]
+    rows = await sql(gw.settings.database_url, "SELECT kind, media, media_type, content_hash FROM data_item")
+    assert [(r["kind"], bytes(r["media"]), r["media_type"], r["content_hash"]) for r in rows] == [
+        ("image", copy, "image/jpeg", "ab" * 32)
+    ]
+    stored = await sql(gw.settings.database_url, "SELECT item_id, model_id, dim, vector FROM embedding")
+    assert [(r["item_id"], r["model_id"], r["dim"]) for r in stored] == [(item_id, "img-test", 4)]
+    assert np.array_equal(np.frombuffer(stored[0]["vector"], dtype=np.float32), vector)
 
 
 async def test_probes_metrics_docs_and_request_id(gw: Gateway) -> None:

@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 
-from shared.subjects import TEXT_TAG
-from tests.unit.gateway.harness import Gateway, http_server, responder
+from shared.schemas.media import EmbedImagesReply, ImageEmbedding
+from shared.subjects import TEXT_TAG, VISION_EMBED
+from tests.unit.gateway.harness import Gateway, responder
 
 
 def assert_error(response: httpx.Response, status: int, *needles: str) -> dict[str, Any]:
@@ -163,15 +164,21 @@ async def test_429_over_the_account_rate(gateway_factory: Callable[..., Any]) ->
 
 
 async def test_502_when_a_reported_image_cannot_be_fetched(gw: Gateway) -> None:
+    """vision_service reports a per-item fetch failure: the whole report fails, nothing is stored."""
     token = await gw.token("acme")
     tag_id = (await gw.post("/api/create_tag/", {"dataset": "iran", "title": "t"}, token)).json()["tag_id"]
-    async with http_server({}) as base:
+
+    async def embed(data: bytes) -> bytes:
+        items = [ImageEmbedding(error="http status 404", error_code="fetch_failed", error_status=502)]
+        return EmbedImagesReply(model_id="m", dim=4, items=items).model_dump_json().encode()
+
+    async with responder(gw.settings.nats_url, VISION_EMBED, embed):
         response = await gw.post(
             "/api/report_image_tags/",
-            [{"image_url": f"{base}/gone.jpg", "tag_id": tag_id, "positive": True}],
+            [{"image_url": "https://example.org/gone.jpg", "tag_id": tag_id, "positive": True}],
             token,
         )
-    assert_error(response, 502, "reports[0].image_url")
+    assert assert_error(response, 502, "reports[0].image_url: http status 404")["error"] == "fetch_failed"
     info = (await gw.post("/api/dataset_info/", {"dataset": "iran"}, token)).json()
     assert info["report_count"] == 0 and info["data_count"] == 0  # all or nothing
 

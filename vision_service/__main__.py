@@ -1,0 +1,5 @@
+"""``python -m vision_service``."""
+
+from vision_service.main import main
+
+raise SystemExit(main())

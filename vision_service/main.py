@@ -1,0 +1,64 @@
+"""Process entry: settings, model load and warm-up, then serve (``python -m vision_service``)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from PIL import Image
+
+from shared.bus import Bus, ensure_streams
+from shared.fetch import Fetcher, FetchPolicy, parse_allow_hosts
+from shared.heads import HeadCache
+from shared.inference.manifest import ImagePreprocessing, load_manifest
+from shared.runtime import Readiness, run_service
+from shared.settings import VisionServiceSettings
+from vision_service import handlers
+from vision_service.model import Encoder, load_encoder
+from vision_service.service import VisionService
+
+
+def fetch_policy(settings: VisionServiceSettings) -> FetchPolicy:
+    return FetchPolicy(allow_hosts=parse_allow_hosts(settings.fetch_allow_hosts),
+                       max_bytes=settings.max_image_bytes)
+
+
+def _needed_side(pre: object) -> int | None:
+    """Shorter side the model's preprocessing reads from: larger JPEGs may be decoded at reduced scale."""
+    if not isinstance(pre, ImagePreprocessing):
+        return None
+    return pre.crop if pre.resize_mode == "squash" else pre.resize_shorter
+
+
+def _resample(pre: object) -> Image.Resampling:
+    if isinstance(pre, ImagePreprocessing) and pre.interpolation == "bicubic":
+        return Image.Resampling.BICUBIC
+    return Image.Resampling.BILINEAR
+
+
+async def setup(settings: VisionServiceSettings, bus: Bus, encoder: Encoder | None = None) -> Readiness:
+    """Load and warm the model, then subscribe: no request reaches a cold model."""
+    manifest = await asyncio.to_thread(load_manifest, settings.image_model_dir)
+    model: Encoder = encoder if encoder is not None else await asyncio.to_thread(load_encoder, settings)
+    pre = manifest.preprocessing
+    await ensure_streams(bus.js)  # heads and uploads buckets must exist before the first request
+    fetcher = Fetcher(fetch_policy(settings))
+    service = VisionService(
+        model, HeadCache(bus.js), fetcher, handlers.ObjectStoreBlobs(bus.js),
+        max_image_bytes=settings.max_image_bytes, max_image_pixels=settings.max_image_pixels,
+        min_side=_needed_side(pre), copy_resample=_resample(pre),
+        decode_workers=settings.decode_workers, max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
+    )
+    service.start()
+    await handlers.serve(bus, service, concurrency=settings.concurrency)
+    readiness = Readiness()
+    readiness.add_check("model", lambda: service.ready)
+    readiness.on_shutdown(service.stop)
+    readiness.on_shutdown(fetcher.aclose)
+    return readiness
+
+
+def main() -> int:
+    settings = VisionServiceSettings()
+    return run_service("vision_service", settings, functools.partial(setup, settings))
