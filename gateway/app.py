@@ -13,7 +13,7 @@ from gateway.metrics import Metrics
 from gateway.middleware import RequestContextMiddleware
 from gateway.outbox import OutboxPublisher
 from gateway.ratelimit import RateLimiter
-from gateway.routes import datasets, health, reports, tagging, tags
+from gateway.routes import datasets, health, reports, tagging, tags, video_jobs
 from gateway.state import AppState
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
@@ -70,7 +70,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     metrics = Metrics()
     handlers.install(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
-    for area in (tagging, reports, tags, datasets):
+    for area in (tagging, reports, tags, datasets, video_jobs):
         app.include_router(area.router())
     app.include_router(health.router(metrics))
     return app

@@ -62,6 +62,10 @@ class VideoParams(_Body):
     min_frame_diff: float = Field(
         0, description="mean absolute difference (0-255) to the last analysed frame"
     )
+    async_: bool = Field(
+        False, alias="async",
+        description="answer at once with a job_id; poll POST /api/video_job/ for the result (long videos)",
+    )
 
 
 class TagVideoBody(VideoParams):

@@ -23,7 +23,7 @@ from gateway.schemas import (
     VideoParams,
     VideoTagsOut,
 )
-from gateway.service import tagging
+from gateway.service import tagging, video_jobs
 from gateway.service.limits import check_count
 from gateway.state import AppState
 from shared.errors import BadRequest, TooLarge
@@ -135,22 +135,25 @@ def router() -> APIRouter:
                 "every_ms": {"type": "integer"},
                 "duration": {"type": "number"},
                 "min_frame_diff": {"type": "number"},
+                "async": {"type": "boolean"},
             },
         ),
     )
     async def tag_video_frames(
         request: Request, repo: RepoDep, account: AccountDep, state: StateDep
-    ) -> list[dict[str, Any]]:
+    ) -> list[dict[str, Any]] | dict[str, Any]:
         settings = state.settings
         if media_kind(request.headers.get("content-type")) == "json":
             body = parse_body(TagVideoBody, await request.body())
             tagging.check_video_params(body)
             videos = [("video_url", url, MediaInput(url=url)) for url in body.video_urls]
+            if body.async_:
+                return await video_jobs.submit_videos(repo, state.bus, account, body, videos, settings)
             return await tagging.tag_videos(repo, state.bus, account, body, videos, settings)
         form = await _read_form(request, state)
         try:
             params = parse_body(
-                VideoParams, _fields(form, ("dataset", "every_ms", "duration", "min_frame_diff"))
+                VideoParams, _fields(form, ("dataset", "every_ms", "duration", "min_frame_diff", "async"))
             )
             tagging.check_video_params(params)
             uploads = await _upload(
@@ -158,6 +161,9 @@ def router() -> APIRouter:
             )
         finally:
             await form.close()
+        if params.async_:
+            # The job owns the uploads now: video_service deletes them when the job ends.
+            return await video_jobs.submit_videos(repo, state.bus, account, params, uploads, settings)
         try:
             return await tagging.tag_videos(repo, state.bus, account, params, uploads, settings)
         finally:

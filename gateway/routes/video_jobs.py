@@ -1,43 +1,16 @@
-"""Asynchronous video tagging: ``submit_video_job`` (tag_video_frames with ``"async": true``) and
-``POST /api/video_job/``, which answers the job's state and, once done, the synchronous answer's shape.
-"""
+"""POST /api/video_job/: state and result of an asynchronous tag_video_frames job."""
 
 from __future__ import annotations
 
-import contextlib
-import re
-from collections.abc import Sequence
 from typing import Any
 
-import nats.errors
-import nats.js.errors
 from fastapi import APIRouter
-from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.deps import AccountDep, StateDep
 from gateway.routes.common import api_router
 from gateway.routes.common import post as post_route
-from gateway.service.tagging import tags_out
-from shared.bus import Bus
-from shared.errors import NotFound, Overloaded, Unavailable
-from shared.schemas.inference import HeadRef, TagRef
-from shared.schemas.video_jobs import (
-    VIDEO_JOBS_BUCKET,
-    VIDEO_JOBS_SUBJECT,
-    VideoJobItem,
-    VideoJobRecord,
-    VideoJobRequest,
-    VideoKey,
-    ensure_video_jobs,
-    new_job_id,
-    now_s,
-)
-from shared.schemas.vision import MediaRef
-
-# What new_job_id makes; anything else cannot name a job (and must never reach the KV as a wildcard).
-_JOB_ID = re.compile(r"vj[0-9a-f]{32}")
+from gateway.service.video_jobs import read_video_job
 
 
 class VideoJobBody(BaseModel):
@@ -55,117 +28,6 @@ class VideoJobOut(BaseModel):
     state: str
     result: list[dict[str, Any]] | None = None
     error: dict[str, str] | None = None
-
-
-async def _bucket(js: JetStreamContext, *, create: bool) -> KeyValue:
-    try:
-        try:
-            return await js.key_value(VIDEO_JOBS_BUCKET)
-        except nats.js.errors.BucketNotFoundError:
-            if not create:
-                raise NotFound("video job not found") from None
-            return await ensure_video_jobs(js)
-    except (nats.errors.Error, TimeoutError, OSError) as exc:
-        raise Unavailable("video job store unavailable") from exc
-
-
-async def submit_video_job(
-    bus: Bus,
-    *,
-    account_id: int,
-    head: HeadRef,
-    tags: list[TagRef],
-    videos: Sequence[tuple[str, str, MediaRef]],
-    every_ms: int,
-    duration_s: float | None,
-    min_frame_diff: float,
-) -> dict[str, Any]:
-    """Record the job as queued, then queue it; answers ``{"job_id", "state": "queued"}``.
-
-    ``videos`` as for tag_videos: (answer key, its value, where the video is). Uploaded blobs must
-    stay in the blob store: video_service deletes them when the job ends.
-    """
-    job_id = new_job_id()
-    now = now_s()
-    kv = await _bucket(bus.js, create=True)
-    record = VideoJobRecord(
-        job_id=job_id, account_id=account_id, state="queued", created_at=now, updated_at=now,
-        videos=len(videos),
-    )
-    items = [VideoJobItem(key=_key(key), value=value, video=ref) for key, value, ref in videos]
-    job = VideoJobRequest(
-        job_id=job_id, account_id=account_id, head=head, tags=tags, videos=items, every_ms=every_ms,
-        duration_s=duration_s or None, min_frame_diff=min_frame_diff,
-    )
-    try:
-        await kv.put(job_id, record.model_dump_json().encode())
-    except (nats.errors.Error, TimeoutError, OSError) as exc:
-        raise Unavailable("video job store unavailable") from exc
-    try:
-        await _publish(bus.js, job)
-    except BaseException:
-        # Best effort: the bucket's TTL removes an orphan record.
-        with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
-            await kv.delete(job_id)
-        raise
-    return {"job_id": job_id, "state": "queued"}
-
-
-async def _publish(js: JetStreamContext, job: VideoJobRequest) -> None:
-    data = job.model_dump_json().encode()
-    headers = {"Nats-Msg-Id": job.job_id}
-    for attempt in (1, 2):
-        try:
-            await js.publish(VIDEO_JOBS_SUBJECT, data, headers=headers, timeout=5.0)
-            return
-        except nats.errors.NoRespondersError as exc:
-            # No stream yet (no video_service has started): declare it and queue the job for it.
-            if attempt == 2:
-                raise Unavailable("video job queue unavailable") from exc
-            await ensure_video_jobs(js)
-        except nats.js.errors.APIError as exc:
-            if "maximum messages" in (exc.description or ""):
-                raise Overloaded("too many video jobs queued; retry later") from exc
-            raise Unavailable("video job queue unavailable") from exc
-        except (nats.errors.Error, TimeoutError, OSError) as exc:
-            raise Unavailable("video job queue unavailable") from exc
-
-
-def _key(key: str) -> VideoKey:
-    if key == "video_file":
-        return "video_file"
-    return "video_url"
-
-
-async def read_video_job(bus: Bus, account_id: int, job_id: str) -> dict[str, Any]:
-    """The job as the API shows it; a job of another account (or expired, or unknown) is 404."""
-    if not _JOB_ID.fullmatch(job_id):
-        raise NotFound("video job not found (jobs are kept for 24 hours)")
-    kv = await _bucket(bus.js, create=False)
-    try:
-        entry = await kv.get(job_id)
-    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-        raise NotFound("video job not found (jobs are kept for 24 hours)") from None
-    except (nats.errors.Error, TimeoutError, OSError) as exc:
-        raise Unavailable("video job store unavailable") from exc
-    record = VideoJobRecord.model_validate_json(entry.value or b"{}")
-    if record.account_id != account_id:
-        raise NotFound("video job not found (jobs are kept for 24 hours)")
-    result: list[dict[str, Any]] | None = None
-    if record.state in ("done", "failed") and record.result is not None:
-        result = []
-        for outcome in record.result:
-            element: dict[str, Any] = {outcome.key: outcome.value}
-            if outcome.error is not None:
-                element["error"] = outcome.error.detail
-            element["frames"] = [
-                {"frame": f.frame, "time": f.time, "tags": tags_out(f.tags)} for f in outcome.frames
-            ]
-            result.append(element)
-    error = None
-    if record.state == "failed" and record.error is not None:
-        error = {"error": record.error.error, "detail": record.error.detail}
-    return {"job_id": record.job_id, "state": record.state, "result": result, "error": error}
 
 
 def router() -> APIRouter:

@@ -39,7 +39,7 @@ def _unknown() -> list[ScoredTag]:
     return [ScoredTag(id=UNKNOWN_TAG_ID, title=UNKNOWN_TITLE, probability=1.0)]
 
 
-async def _prepare(repo: Repository, account_id: int, name: str, kind: str) -> tuple[HeadRef, list[TagRef]]:
+async def prepare(repo: Repository, account_id: int, name: str, kind: str) -> tuple[HeadRef, list[TagRef]]:
     dataset: Dataset = await load_dataset(repo, account_id, name)
     await ensure_kind(repo, dataset, kind)
     tags = [TagRef(id=t.id, title=t.title) for t in await repo.active_tags(dataset.id)]
@@ -77,7 +77,7 @@ async def tag_texts(
     check_count(body.contents, "contents", settings)
     for i, text in enumerate(body.contents):
         check_text(text, f"contents[{i}]", settings)
-    head, tags = await _prepare(repo, account_id, body.dataset, "text")
+    head, tags = await prepare(repo, account_id, body.dataset, "text")
     if not tags:  # nothing can pass a threshold: no need to ask the model
         items = [ItemResult(tags=_unknown()) for _ in body.contents]
     else:
@@ -114,7 +114,7 @@ async def tag_images(
 ) -> list[dict[str, Any]]:
     """``images``: (answer key, its value, where), e.g. ("image_url", url, MediaInput(url=url))."""
     check_count(images, "image_urls" if images and images[0][0] == "image_url" else "image_file", settings)
-    head, tags = await _prepare(repo, account_id, dataset, "image")
+    head, tags = await prepare(repo, account_id, dataset, "image")
     request = TagImagesRequest(head=head, tags=tags, images=[ref for _, _, ref in images])
     reply = await bus.request(VISION_TAG, request, TagReply, timeout_s=settings.vision_timeout_s)
     _check_items(reply.items, len(images), VISION_TAG.queue)
@@ -153,7 +153,7 @@ async def tag_videos(
     """One VIDEO_TAG request per video, concurrently, so the service's replicas share them."""
     check_count(videos, "video_urls" if videos and videos[0][0] == "video_url" else "video_file", settings)
     check_video_params(params)
-    head, tags = await _prepare(repo, account_id, params.dataset, "image")
+    head, tags = await prepare(repo, account_id, params.dataset, "image")
     duration = params.duration or None
     replies = await asyncio.gather(
         *(

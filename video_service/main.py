@@ -1,0 +1,72 @@
+"""Process entry: settings, model load and warm-up, then serve (``python -m video_service``)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from shared.bus import Bus, ensure_streams
+from shared.fetch import Fetcher, FetchPolicy, parse_allow_hosts
+from shared.heads import HeadCache
+from shared.runtime import Readiness, run_service
+from shared.settings import VideoServiceSettings
+from video_service import handlers
+from video_service.jobs import VideoJobRunner
+from video_service.model import Encoder, load_encoder
+from video_service.sampling import VideoLimits
+from video_service.service import VideoService
+
+# A whole video in one download: longer than an image fetch's budget.
+VIDEO_FETCH_TIMEOUT_S = 120.0
+
+
+def fetch_policy(settings: VideoServiceSettings) -> FetchPolicy:
+    return FetchPolicy(
+        allow_hosts=parse_allow_hosts(settings.fetch_allow_hosts),
+        max_bytes=settings.max_video_bytes,
+        read_timeout=15.0,
+        total_timeout=VIDEO_FETCH_TIMEOUT_S,
+    )
+
+
+def video_limits(settings: VideoServiceSettings) -> VideoLimits:
+    return VideoLimits(max_duration_s=settings.max_video_seconds, max_frames=settings.max_video_frames)
+
+
+async def setup(settings: VideoServiceSettings, bus: Bus, encoder: Encoder | None = None) -> Readiness:
+    """Load and warm the model, then subscribe and start the job consumer: no work reaches a cold model."""
+    if encoder is None:
+        encoder = await asyncio.to_thread(load_encoder, settings)
+    await ensure_streams(bus.js)  # heads and uploads buckets must exist before the first request
+    fetcher = Fetcher(fetch_policy(settings))
+    blobs = handlers.ObjectStoreBlobs(bus.js)
+    service = VideoService(
+        encoder, HeadCache(bus.js), fetcher, blobs,
+        limits=video_limits(settings), max_video_bytes=settings.max_video_bytes,
+        sync_video_seconds=settings.sync_video_seconds, active_videos=settings.active_videos,
+        frame_batch=settings.frame_batch, max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, tmp_dir=settings.tmp_dir,
+    )
+    service.start()
+    await handlers.serve(bus, service, concurrency=settings.concurrency)
+    # The job consumer has a connection of its own: the harness drains the main one before the
+    # shutdown hooks run, and nats-py cannot drain a connection holding a pull subscription.
+    jobs_bus = await Bus.connect(settings.nats_url, "video_service-jobs")
+    jobs = VideoJobRunner(
+        jobs_bus.js, service, blobs, workers=settings.job_workers, ack_wait_s=settings.job_ack_wait_s,
+        max_deliver=settings.job_max_deliver,
+    )
+    await jobs.start()
+    readiness = Readiness()
+    readiness.add_check("model", lambda: service.ready)
+    readiness.add_check("jobs", lambda: jobs.running and jobs_bus.nc.is_connected)
+    readiness.on_shutdown(functools.partial(jobs.stop, settings.drain_timeout_s / 2))
+    readiness.on_shutdown(functools.partial(jobs_bus.close, 5.0))
+    readiness.on_shutdown(service.stop)
+    readiness.on_shutdown(fetcher.aclose)
+    return readiness
+
+
+def main() -> int:
+    settings = VideoServiceSettings()
+    return run_service("video_service", settings, functools.partial(setup, settings))
