@@ -23,7 +23,16 @@ from nats.js.api import StorageType, StreamConfig
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
-from shared.errors import Internal, InvalidInput, KashfError, Overloaded, Timeout, Unavailable, from_wire
+from shared.errors import (
+    Internal,
+    InvalidInput,
+    KashfError,
+    Overloaded,
+    Timeout,
+    TooLarge,
+    Unavailable,
+    from_wire,
+)
 from shared.logging import CORRELATION_HEADER, bind_correlation_id, current_correlation_id
 
 log = structlog.get_logger(__name__)
@@ -39,15 +48,19 @@ Handler = Callable[[Req], Awaitable[BaseModel]]
 async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> NATS:
     """Connect, retrying forever on later disconnects (the client buffers while reconnecting)."""
     try:
-        return await nats.connect(
-            servers=[url],
-            name=name,
-            connect_timeout=connect_timeout,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            allow_reconnect=True,
+        # With unlimited reconnects nats-py also retries the *first* connect forever: bound it.
+        return await asyncio.wait_for(
+            nats.connect(
+                servers=[url],
+                name=name,
+                connect_timeout=connect_timeout,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+            ),
+            timeout=connect_timeout * 2,
         )
-    except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise Unavailable("message bus unreachable") from exc
 
 
@@ -168,7 +181,11 @@ class Bus:
                 await self._reply_error(msg, Internal("internal error in model service"))
                 return
             if msg.reply:
-                await self.nc.publish(msg.reply, reply.model_dump_json().encode())
+                try:
+                    await self.nc.publish(msg.reply, reply.model_dump_json().encode())
+                except nats.errors.MaxPayloadError:
+                    await self._reply_error(msg, TooLarge("reply over the message bus payload limit; "
+                                                          "send fewer items per request"))
         finally:
             slots.release()
 
@@ -185,16 +202,20 @@ class Bus:
             await self.js.publish(
                 subject, message.model_dump_json().encode(), headers={"Nats-Msg-Id": msg_id}, timeout=5.0
             )
-        except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise Unavailable("event stream unavailable") from exc
 
     async def close(self, drain_timeout_s: float = 20.0) -> None:
         """Stop taking requests, let running handlers finish, then drain the connection."""
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):
-                await sub.drain()
+                await sub.drain()  # type: ignore[no-untyped-call]
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=drain_timeout_s)
         if not self.nc.is_closed:
+            # nats-py cannot drain a connection holding a pull subscription (it waits for its whole
+            # drain timeout), and by now our handlers are done: bound the wait, then close.
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
-                await self.nc.drain()
+                await asyncio.wait_for(self.nc.drain(), timeout=5.0)
+            if not self.nc.is_closed:
+                await self.nc.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 from pydantic import Base64Bytes
 
@@ -48,6 +50,11 @@ class EmbedReply(Message):
 
     def array(self) -> np.ndarray:
         return unpack_vectors(self.vectors, self.dim)
+
+    @classmethod
+    def from_array(cls, model_id: str, vectors: np.ndarray) -> EmbedReply:
+        """Base64Bytes fields take base64 text when built in Python: encode here, once."""
+        return cls(model_id=model_id, dim=int(vectors.shape[1]), vectors=base64.b64encode(pack_vectors(vectors)))
 
 
 class TagTextsRequest(Message):

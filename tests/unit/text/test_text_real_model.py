@@ -1,0 +1,94 @@
+"""The text service with the real multilingual-e5-small model (built by `make models`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from shared.bus import Bus
+from shared.heads import Head, store_head
+from shared.schemas.inference import EmbedReply, EmbedTextsRequest, HeadRef, TagRef, TagReply, TagTextsRequest
+from shared.settings import TextServiceSettings
+from shared.subjects import TEXT_EMBED, TEXT_TAG
+from tests.unit.text.texts import (
+    BUY,
+    BUY_HELD_OUT,
+    OTHER,
+    PARAPHRASES,
+    POOR,
+    POOR_HELD_OUT,
+    UNRELATED,
+    VARIANTS,
+)
+from text_service.main import setup
+
+pytestmark = pytest.mark.models
+
+BUY_TAG = TagRef(id=39, title="توصیه خرید")
+POOR_TAG = TagRef(id=40, title="کیفیت پایین")
+
+
+@pytest.fixture(scope="module")
+async def client(nats_url: str, real_models_dir: Path) -> AsyncIterator[Bus]:
+    """The real model served over NATS once for this module, and a client bus."""
+    settings = TextServiceSettings(  # type: ignore[call-arg]
+        nats_url=nats_url, models_dir=real_models_dir, device="cpu"  # the default text model
+    )
+    bus = await Bus.connect(nats_url, "text_service")
+    readiness = await setup(settings, bus)
+    client = await Bus.connect(nats_url, "test-client")
+    yield client
+    await client.close()
+    await bus.close(5)
+    for hook in readiness.shutdown_hooks:
+        await hook()
+
+
+async def embed(bus: Bus, texts: list[str]) -> EmbedReply:
+    return await bus.request(TEXT_EMBED, EmbedTextsRequest(texts=texts), EmbedReply)
+
+
+async def test_embeddings_are_384_d_unit_vectors(client: Bus) -> None:
+    reply = await embed(client, [*BUY, *POOR])
+    vectors = reply.array()
+    assert reply.model_id.startswith("multilingual-e5-small@")
+    assert vectors.shape == (8, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+async def test_spelling_variants_embed_as_the_same_text(client: Bus) -> None:
+    canonical = (await embed(client, [c for c, _ in VARIANTS])).array()
+    variants = (await embed(client, [v for _, v in VARIANTS])).array()
+    cosines = np.sum(canonical * variants, axis=1)
+    assert np.all(cosines > 0.9999), cosines
+
+
+async def test_paraphrases_are_closer_than_unrelated_text(client: Bus) -> None:
+    for a, b in PARAPHRASES:
+        va, vb, vu = (await embed(client, [a, b, UNRELATED])).array()
+        assert float(va @ vb) > float(va @ vu) + 0.02, (a, b)
+
+
+async def test_head_fitted_on_eight_reviews_tags_unseen_reviews(client: Bus) -> None:
+    train = [*BUY, *POOR, *OTHER]
+    x = (await embed(client, train)).array()
+    model_id = (await embed(client, ["x"])).model_id
+    weights, bias = [], []
+    for positives in (BUY, POOR):
+        y = np.array([t in positives for t in train])
+        lr = LogisticRegression(C=50.0, max_iter=2000).fit(x, y)
+        weights.append(lr.coef_[0])
+        bias.append(lr.intercept_[0])
+    head = Head(model_id=model_id, version=1, tag_ids=np.array([39, 40], np.int64),
+                weights=np.array(weights, np.float32), bias=np.array(bias, np.float32),
+                calibration=np.tile(np.array([1.0, 0.0], np.float32), (2, 1)),
+                thresholds=np.full(2, 0.4, np.float32))  # the trainer picks thresholds by CV; fixed here
+    await store_head(client.js, 21, head)
+    request = TagTextsRequest(head=HeadRef(dataset_id=21, version=1), tags=[BUY_TAG, POOR_TAG],
+                              texts=[*BUY_HELD_OUT, *POOR_HELD_OUT])
+    reply = await client.request(TEXT_TAG, request, TagReply)
+    assert [item.tags[0].id for item in reply.items] == [39, 39, 40, 40]

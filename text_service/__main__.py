@@ -1,0 +1,5 @@
+"""``python -m text_service``."""
+
+from text_service.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""Process entry: settings, model load and warm-up, then serve (``python -m text_service``)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from shared.bus import Bus, ensure_streams
+from shared.heads import HeadCache
+from shared.runtime import Readiness, run_service
+from shared.settings import TextServiceSettings
+from text_service import handlers
+from text_service.model import Encoder, load_encoder
+from text_service.service import TextService
+
+
+async def setup(settings: TextServiceSettings, bus: Bus, encoder: Encoder | None = None) -> Readiness:
+    """Load and warm the model, then subscribe: no request reaches a cold model."""
+    if encoder is None:
+        encoder = await asyncio.to_thread(load_encoder, settings)
+    await ensure_streams(bus.js)  # the heads bucket must exist before the first tag request
+    service = TextService(
+        encoder, HeadCache(bus.js), max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+    )
+    service.start()
+    await handlers.serve(bus, service, concurrency=settings.concurrency)
+    readiness = Readiness()
+    readiness.add_check("model", lambda: service.ready)
+    readiness.on_shutdown(service.stop)
+    return readiness
+
+
+def main() -> int:
+    settings = TextServiceSettings()
+    return run_service("text_service", settings, functools.partial(setup, settings))

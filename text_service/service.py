@@ -1,0 +1,99 @@
+"""Text service logic: normalise, embed through the dynamic batcher, tag with the dataset's head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import structlog
+
+from shared.batcher import DynamicBatcher
+from shared.errors import Unavailable
+from shared.heads import Head, tag_vectors
+from shared.metrics import Metrics
+from shared.schemas.inference import HeadRef, ItemResult, TagReply, TagTextsRequest
+from shared.textnorm import normalize_text
+from text_service.model import Encoder
+
+log = structlog.get_logger(__name__)
+
+
+class HeadSource(Protocol):
+    """Where heads come from (shared.heads.HeadCache over the object store)."""
+
+    async def get(self, ref: HeadRef) -> Head | None: ...
+
+
+class HeadModelMismatch(Unavailable):
+    code = "head_model_mismatch"
+
+
+class TextService:
+    """Embeds texts (merged across concurrent requests) and tags them; owns no transport."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        heads: HeadSource,
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 4.0,
+        max_queue: int = 1024,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.heads = heads
+        # One model thread: ONNX Runtime already spreads one call over the cores.
+        self.batcher: DynamicBatcher[str, np.ndarray] = DynamicBatcher(
+            self._encode_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+            workers=1, name="text", metrics=metrics,
+        )
+
+    @property
+    def model_id(self) -> str:
+        return self.encoder.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.running
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    def _encode_batch(self, texts: list[str]) -> Sequence[np.ndarray]:
+        # Runs in the model thread: normalising here keeps the event loop free for long texts.
+        vectors = self.encoder.encode([normalize_text(t) for t in texts])
+        return list(np.asarray(vectors, dtype=np.float32))
+
+    async def embed(self, texts: list[str]) -> tuple[str, np.ndarray]:
+        """(model_id, (n, dim) float32 L2-normalised) for the normalised texts, in order."""
+        if not texts:
+            return self.model_id, np.zeros((0, self.dim), dtype=np.float32)
+        rows = await self.batcher.submit(texts)
+        return self.model_id, np.stack(rows)
+
+    async def tag(self, request: TagTextsRequest) -> TagReply:
+        """Active tags passing their thresholds per text, highest first; the unknown tag when none does.
+
+        A head fitted on another embedding model cannot score this model's vectors: that is a 503
+        ``head_model_mismatch`` (retrain the dataset), never a silent "unknown" that looks like an answer.
+        """
+        head = await self.heads.get(request.head)
+        if head is not None and (head.model_id != self.model_id or head.dim != self.dim):
+            log.warning("head_model_mismatch", dataset_id=request.head.dataset_id, version=head.version,
+                        head_model=head.model_id, service_model=self.model_id)
+            raise HeadModelMismatch(
+                f"the head of this dataset was fitted on model {head.model_id!r}, this service runs "
+                f"{self.model_id!r}: retrain the dataset"
+            )
+        _, vectors = await self.embed(request.texts)
+        tags = tag_vectors(head, vectors, request.tags)
+        return TagReply(model_id=self.model_id, items=[ItemResult(tags=row) for row in tags])
