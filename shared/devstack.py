@@ -61,7 +61,7 @@ def start_nats(store_dir: Path, port: int | None = None, *, quiet: bool = True) 
 async def _pg_answers(url: str) -> bool:
     try:
         conn = await asyncpg.connect(_plain(url), timeout=2)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()
     return True

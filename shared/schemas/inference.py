@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-from pydantic import Base64Bytes
+from pydantic import Base64Bytes, Field
 
 from shared.schemas.base import Message
 
@@ -54,7 +54,8 @@ class EmbedReply(Message):
     @classmethod
     def from_array(cls, model_id: str, vectors: np.ndarray) -> EmbedReply:
         """Base64Bytes fields take base64 text when built in Python: encode here, once."""
-        return cls(model_id=model_id, dim=int(vectors.shape[1]), vectors=base64.b64encode(pack_vectors(vectors)))
+        encoded = base64.b64encode(pack_vectors(vectors))
+        return cls(model_id=model_id, dim=int(vectors.shape[1]), vectors=encoded)
 
 
 class TagTextsRequest(Message):
@@ -66,7 +67,7 @@ class TagTextsRequest(Message):
 class ItemResult(Message):
     """Tags of one item, or why it could not be tagged."""
 
-    tags: list[ScoredTag] = []
+    tags: list[ScoredTag] = Field(default_factory=list)
     error: str | None = None
     error_code: str | None = None
 
