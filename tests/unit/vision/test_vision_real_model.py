@@ -123,7 +123,7 @@ async def test_a_head_fitted_on_uploads_finds_the_cat_in_unseen_variants(
 async def test_the_kept_copy_re_embeds_close_to_the_original(client: Bus) -> None:
     originals = [jpeg(img, 95) for img in photos().values()]
     first = await embed(client, [MediaInput(data=base64.b64encode(b)) for b in originals], keep_copy=True)
-    copies = [item.copy or b"" for item in first.items]
+    copies = [item.copy_bytes or b"" for item in first.items]
     assert all(len(c) < 80_000 for c in copies)
     again = await embed(client, [MediaInput(data=base64.b64encode(c)) for c in copies])
     cosines = np.sum(vectors(first) * vectors(again), axis=1)

@@ -1,0 +1,1 @@
+"""Model runtime for the services: ONNX Runtime sessions, text and image encoders (no torch)."""

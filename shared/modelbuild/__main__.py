@@ -1,0 +1,5 @@
+import sys
+
+from shared.modelbuild.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""`python -m shared.modelbuild` / `kashf-models`: build, export-st, export-openclip."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from shared.modelbuild.build import DEFAULT_CACHE, build_target, default_targets, openclip_target, st_target
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m shared.modelbuild", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--out", type=Path, default=Path("models"), help="models folder (default: models)")
+        sp.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"default: {DEFAULT_CACHE}")
+        sp.add_argument("--force", action="store_true", help="rebuild even when up to date")
+
+    b = sub.add_parser("build", help="build the default text and image models")
+    common(b)
+    b.add_argument("--only", choices=["text", "image"])
+
+    st = sub.add_parser("export-st", help="export a local sentence-transformers folder")
+    common(st)
+    st.add_argument("path", type=Path)
+    st.add_argument("--name", required=True)
+    st.add_argument("--prefix", default="", help='text prefix, e.g. "query: " for e5 models')
+    st.add_argument("--max-length", type=int, default=512)
+    st.add_argument("--no-int8", action="store_true", help="skip the dynamically quantised CPU file")
+
+    oc = sub.add_parser("export-openclip", help="export an open_clip model from a local checkpoint")
+    common(oc)
+    oc.add_argument("--model", required=True, help="open_clip architecture name, e.g. ViT-B-32")
+    oc.add_argument("--checkpoint", type=Path, required=True)
+    oc.add_argument("--name", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # never reach a model hub: weights come from local files and registry packages only
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    cache = Path(args.cache_dir).expanduser()
+    start = time.perf_counter()
+    if args.command == "build":
+        targets = [t for t in default_targets() if args.only in (None, t.modality)]
+    elif args.command == "export-st":
+        targets = [st_target(args.path, args.name, args.prefix, args.max_length, not args.no_int8)]
+    else:
+        targets = [openclip_target(args.model, args.checkpoint, args.name)]
+    for target in targets:
+        try:
+            result = build_target(target, args.out, cache, force=args.force)
+        except (RuntimeError, FileNotFoundError) as exc:  # missing packages, failed checks: say it plainly
+            print(f"error: {target.modality}/{target.name}: {exc}", file=sys.stderr, flush=True)
+            return 1
+        print(f"{target.modality}/{target.name}: {result}", flush=True)
+    print(f"done in {time.perf_counter() - start:.1f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
