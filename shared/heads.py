@@ -1,0 +1,230 @@
+"""Fitted per-dataset classifier heads: the blob format, tag selection and a cache for the services.
+
+A head is linear per tag on frozen L2-normalised embeddings, calibrated by Platt scaling:
+``p = sigmoid(a * (x @ w + b) + c)``; a tag is predicted when ``p`` reaches its threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import numpy as np
+from nats.js import JetStreamContext
+from nats.js.object_store import ObjectStore
+
+from shared import subjects
+from shared.errors import Internal, Unavailable
+from shared.schemas.inference import HeadRef, ScoredTag, TagRef
+
+UNKNOWN_TAG_ID = 0
+UNKNOWN_TITLE = "ناآشنا"
+ZERO_SHOT_THRESHOLD = 0.5
+FORMAT_VERSION = 1
+_ARRAYS = ("tag_ids", "weights", "bias", "calibration", "thresholds")
+
+
+def unknown_tag() -> ScoredTag:
+    return ScoredTag(id=UNKNOWN_TAG_ID, title=UNKNOWN_TITLE, probability=1.0)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    # Clipping keeps exp() finite; probabilities saturate long before |z| = 40.
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
+    return out
+
+
+@dataclass(frozen=True)
+class Head:
+    """One fitted multi-label head of one dataset."""
+
+    model_id: str
+    version: int
+    tag_ids: np.ndarray  # (k,) int64
+    weights: np.ndarray  # (k, dim) float32
+    bias: np.ndarray  # (k,) float32
+    calibration: np.ndarray  # (k, 2) float32: a, c of sigmoid(a * raw + c)
+    thresholds: np.ndarray  # (k,) float32, on the calibrated probability
+
+    def __post_init__(self) -> None:
+        k = self.tag_ids.shape[0]
+        if (self.weights.ndim != 2 or self.weights.shape[0] != k or self.bias.shape != (k,)
+                or self.calibration.shape != (k, 2) or self.thresholds.shape != (k,)):
+            raise ValueError("inconsistent head arrays")
+
+    @property
+    def dim(self) -> int:
+        return int(self.weights.shape[1])
+
+    def decision(self, vectors: np.ndarray) -> np.ndarray:
+        """Raw linear scores ``x @ w + b``, shape (n, k)."""
+        x = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        out: np.ndarray = x @ self.weights.T + self.bias
+        return out
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities, shape (n, k)."""
+        raw = self.decision(vectors).astype(np.float64)
+        out: np.ndarray = _sigmoid(self.calibration[:, 0] * raw + self.calibration[:, 1])
+        return out
+
+    def to_bytes(self) -> bytes:
+        """An ``.npz`` archive: the arrays plus a JSON meta record (no pickle)."""
+        meta = json.dumps({"format": FORMAT_VERSION, "model_id": self.model_id, "version": self.version})
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf,
+            meta=np.frombuffer(meta.encode(), dtype=np.uint8),
+            tag_ids=self.tag_ids.astype(np.int64),
+            weights=self.weights.astype(np.float32),
+            bias=self.bias.astype(np.float32),
+            calibration=self.calibration.astype(np.float32),
+            thresholds=self.thresholds.astype(np.float32),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Head:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                meta: dict[str, Any] = json.loads(npz["meta"].tobytes().decode())
+                arrays = {name: npz[name] for name in _ARRAYS}
+        except (OSError, ValueError, KeyError) as exc:
+            raise Internal("stored head is unreadable") from exc
+        if meta.get("format") != FORMAT_VERSION:
+            raise Internal(f"stored head has unknown format {meta.get('format')!r}")
+        return cls(
+            model_id=str(meta["model_id"]),
+            version=int(meta["version"]),
+            tag_ids=arrays["tag_ids"].astype(np.int64),
+            weights=arrays["weights"].astype(np.float32),
+            bias=arrays["bias"].astype(np.float32),
+            calibration=arrays["calibration"].astype(np.float32),
+            thresholds=arrays["thresholds"].astype(np.float32),
+        )
+
+
+def tag_vectors(
+    head: Head | None,
+    vectors: np.ndarray,
+    active: Sequence[TagRef],
+    zero_shot: np.ndarray | None = None,
+) -> list[list[ScoredTag]]:
+    """Per row: every active tag passing its threshold, highest first, else the unknown tag.
+
+    Tags absent from the head are scored only from ``zero_shot`` (n, len(active)) at threshold 0.5.
+    """
+    x = np.asarray(vectors, dtype=np.float32)
+    n = x.shape[0]
+    if zero_shot is not None and zero_shot.shape != (n, len(active)):
+        raise ValueError(f"zero_shot must have shape ({n}, {len(active)})")
+    probs = np.zeros((n, len(active)), dtype=np.float64)
+    thresholds = np.full(len(active), np.inf)  # a tag nobody can score never passes
+    if head is not None and head.tag_ids.size and n:
+        column = {int(t): j for j, t in enumerate(head.tag_ids.tolist())}
+        head_probs = head.probabilities(x)
+        for i, tag in enumerate(active):
+            j = column.get(tag.id)
+            if j is not None:
+                probs[:, i] = head_probs[:, j]
+                thresholds[i] = float(head.thresholds[j])
+    if zero_shot is not None:
+        for i in range(len(active)):
+            if not np.isfinite(thresholds[i]):
+                probs[:, i] = zero_shot[:, i]
+                thresholds[i] = ZERO_SHOT_THRESHOLD
+    out: list[list[ScoredTag]] = []
+    for row in range(n):
+        passing = [i for i in range(len(active)) if probs[row, i] >= thresholds[i]]
+        passing.sort(key=lambda i: -probs[row, i])
+        tags = [ScoredTag(id=active[i].id, title=active[i].title, probability=round(float(probs[row, i]), 2))
+                for i in passing]
+        out.append(tags or [unknown_tag()])
+    return out
+
+
+def object_name(dataset_id: int, version: int) -> str:
+    return f"dataset-{dataset_id}-v{version}"
+
+
+async def _bucket(js: JetStreamContext, *, create: bool) -> ObjectStore:
+    try:
+        return await js.object_store(subjects.HEADS_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        if not create:
+            raise
+        return await js.create_object_store(subjects.HEADS_BUCKET)
+
+
+async def store_head(js: JetStreamContext, dataset_id: int, head: Head) -> str:
+    """Put the head blob into the heads bucket and return its object name."""
+    name = object_name(dataset_id, head.version)
+    data = head.to_bytes()
+    try:
+        store = await _bucket(js, create=True)
+        await store.put(name, data)
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        raise Unavailable("head store unavailable") from exc
+    return name
+
+
+async def load_head(js: JetStreamContext, dataset_id: int, version: int) -> Head:
+    """Read one head version; Unavailable when it is missing or the store cannot be reached."""
+    name = object_name(dataset_id, version)
+    try:
+        store = await _bucket(js, create=False)
+        result = await store.get(name)
+    except (nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError) as exc:
+        raise Unavailable(f"head {name} not found") from exc
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        raise Unavailable("head store unavailable") from exc
+    return Head.from_bytes(result.data or b"")
+
+
+class HeadCache:
+    """LRU of loaded heads keyed by (dataset_id, version); concurrent gets of one key load once."""
+
+    def __init__(self, js: JetStreamContext, max_entries: int = 256) -> None:
+        self._js = js
+        self._max = max_entries
+        self._heads: OrderedDict[tuple[int, int], Head] = OrderedDict()
+        self._loading: dict[tuple[int, int], asyncio.Task[Head]] = {}
+        self.loads = 0  # object-store reads, for metrics and tests
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    async def get(self, ref: HeadRef) -> Head | None:
+        if ref.version is None:
+            return None
+        key = (ref.dataset_id, ref.version)
+        head = self._heads.get(key)
+        if head is not None:
+            self._heads.move_to_end(key)
+            return head
+        task = self._loading.get(key)
+        if task is None:
+            # The load runs as its own task so a cancelled caller does not cancel it for the others.
+            task = asyncio.create_task(self._load(key))
+            # Mark a failure retrieved even when every caller was cancelled before it came.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._loading[key] = task
+        return await asyncio.shield(task)
+
+    async def _load(self, key: tuple[int, int]) -> Head:
+        try:
+            self.loads += 1
+            head = await load_head(self._js, *key)
+        finally:
+            self._loading.pop(key, None)
+        self._heads[key] = head
+        while len(self._heads) > self._max:
+            self._heads.popitem(last=False)
+        return head

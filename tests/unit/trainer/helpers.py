@@ -1,0 +1,75 @@
+"""Shared pieces of the trainer tests: a deterministic embedder, a seeded dataset, polling its state."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import uuid
+import zlib
+
+import numpy as np
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db.models import Account, DataItem, Dataset, Report, Tag
+from shared.schemas.inference import EmbedReply, EmbedTextsRequest
+
+MODEL_ID = "test-embedder@1"
+DIM = 24
+GROUPS = ("sport", "food", "music")
+
+
+def embed_one(text: str) -> np.ndarray:
+    """Deterministic: the text's group (its first word) picks a centre, a hash of the text adds noise."""
+    group = text.split()[0]
+    centre = np.random.default_rng(zlib.crc32(group.encode())).normal(size=DIM)
+    noise = np.random.default_rng(zlib.crc32(text.encode())).normal(size=DIM)
+    v = 2.0 * centre / np.linalg.norm(centre) + 0.9 * noise / np.sqrt(DIM) + 1.0
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+async def embed_handler(request: EmbedTextsRequest) -> EmbedReply:
+    vectors = np.stack([embed_one(t) for t in request.texts])
+    return EmbedReply(model_id=MODEL_ID, dim=DIM, vectors=base64.b64encode(vectors.tobytes()))
+
+
+async def seed(sessions: async_sessionmaker[AsyncSession], per_group: int = 5) -> tuple[int, dict[str, int]]:
+    """An account, a text dataset, three tags (music inactive), items and reports with a few explicit negatives."""
+    async with sessions.begin() as s:
+        account = Account(name=f"acc-{uuid.uuid4().hex[:6]}")
+        s.add(account)
+        await s.flush()
+        dataset = Dataset(account_id=account.id, name="news", title="خبر", kind="text")
+        s.add(dataset)
+        await s.flush()
+        tags = {g: Tag(dataset_id=dataset.id, title=g, active=g != "music") for g in GROUPS}
+        s.add_all(tags.values())
+        await s.flush()
+        for group in GROUPS:
+            for i in range(per_group):
+                text = f"{group} sentence number {i}"
+                item = DataItem(dataset_id=dataset.id, kind="text", content=text,
+                                content_hash=hashlib.sha256(text.encode()).hexdigest())
+                s.add(item)
+                await s.flush()
+                s.add(Report(dataset_id=dataset.id, item_id=item.id, tag_id=tags[group].id, positive=True))
+                if i == 0:  # an explicit negative for the next group's tag
+                    other = GROUPS[(GROUPS.index(group) + 1) % len(GROUPS)]
+                    s.add(Report(dataset_id=dataset.id, item_id=item.id, tag_id=tags[other].id, positive=False))
+        return dataset.id, {g: t.id for g, t in tags.items()}
+
+
+async def wait_state(sessions: async_sessionmaker[AsyncSession], dataset_id: int, states: set[str],
+                     timeout_s: float = 30.0) -> Dataset:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        async with sessions() as s:
+            dataset = await s.get(Dataset, dataset_id)
+            assert dataset is not None
+            if dataset.state in states:
+                return dataset
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"dataset stayed {dataset.state!r} ({dataset.state_reason})")
+        await asyncio.sleep(0.1)
+
+

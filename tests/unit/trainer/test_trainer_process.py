@@ -1,0 +1,93 @@
+"""`python -m trainer` as a real process: readiness, a train request served end to end, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared import devstack
+from shared.bus import Bus, ensure_streams
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.heads import load_head
+from shared.schemas.events import TrainRequest
+from shared.schemas.inference import EmbedTextsRequest
+from shared.subjects import TEXT_EMBED, train_subject
+from tests.unit.trainer.helpers import MODEL_ID, embed_handler, seed, wait_state
+
+REPO = Path(__file__).resolve().parents[3]
+Running = tuple[subprocess.Popen[bytes], int, Path]  # the process, its health port, its log
+
+
+@pytest.fixture
+async def client(nats_url: str) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(nats_url, "test-trainer-process")
+    await ensure_streams(bus.js)
+    await bus.serve(TEXT_EMBED, EmbedTextsRequest, embed_handler, concurrency=4)
+    yield bus
+    await bus.close(5)
+
+
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture
+def trainer_process(clean_db: str, nats_url: str, tmp_path: Path) -> Iterator[Running]:
+    port = devstack.free_port()
+    env = {**os.environ, "DATABASE_URL": clean_db, "NATS_URL": nats_url, "KASHF_HEALTH_HOST": "127.0.0.1",
+           "KASHF_HEALTH_PORT": str(port), "KASHF_TRAIN_DEBOUNCE_S": "0.2", "KASHF_DRAIN_TIMEOUT_S": "5",
+           "KASHF_CV_FOLDS": "3"}
+    log = tmp_path / "trainer.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "trainer"], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+        yield proc, port, log
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+async def wait_http(port: int, path: str, status: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while True:
+            assert proc.poll() is None, tail(log)
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}{path}")).status_code == status:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, tail(log)
+            await asyncio.sleep(0.1)
+
+
+async def test_trainer_process_trains_and_stops_cleanly(
+    clean_db: str, client: Bus, trainer_process: Running,
+) -> None:
+    proc, port, log = trainer_process
+    engine = make_engine(clean_db, pool_size=2)
+    try:
+        await wait_http(port, "/readyz", 200, proc, log)
+        sessions = make_sessionmaker(engine)
+        dataset_id, _ = await seed(sessions)
+        await client.publish_event(train_subject(dataset_id), TrainRequest(dataset_id=dataset_id),
+                                   msg_id=uuid.uuid4().hex)
+        dataset = await wait_state(sessions, dataset_id, {"trained", "failed"})
+        assert dataset.state == "trained", dataset.state_reason
+        assert dataset.head_version is not None
+        head = await load_head(client.js, dataset_id, dataset.head_version)
+        assert head.model_id == MODEL_ID
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0, tail(log)
+    finally:
+        await engine.dispose()

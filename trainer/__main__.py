@@ -1,0 +1,5 @@
+"""``python -m trainer``."""
+
+from trainer.main import main
+
+raise SystemExit(main())

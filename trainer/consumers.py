@@ -1,0 +1,351 @@
+"""JetStream transport of the trainer: a durable pull consumer of report and train events.
+
+Per dataset, report events are held (unacked) and debounced into one refit; a train request
+refits at once. Messages are acked only after the refit committed, nak'ed with a delay on
+transient failures, and terminated when unparseable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import nats.errors
+import nats.js.errors
+import numpy as np
+import sqlalchemy.exc
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from PIL import Image
+from pydantic import ValidationError
+
+from shared import subjects
+from shared.bus import Bus
+from shared.errors import KashfError, Overloaded, Timeout, Unavailable
+from shared.schemas.events import ReportEvent, TrainRequest
+from shared.schemas.inference import EmbedReply, EmbedTextsRequest
+from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput
+from trainer.repository import ItemToEmbed
+from trainer.service import Trainer
+
+log = structlog.get_logger(__name__)
+
+_PROBE_TEXT = "model probe"
+
+
+class BusEmbedder:
+    """Embeds items by asking the model services over NATS."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def model_id(self, kind: str) -> str:
+        if kind == "text":
+            reply = await self.bus.request(subjects.TEXT_EMBED, EmbedTextsRequest(texts=[_PROBE_TEXT]), EmbedReply)
+            return reply.model_id
+        # The vision service has no model-info subject: one tiny inline image tells its model id.
+        probe = MediaInput(data=base64.b64encode(_blank_png()))
+        image_reply = await self.bus.request(subjects.VISION_EMBED, EmbedImagesRequest(images=[probe]),
+                                             EmbedImagesReply)
+        return image_reply.model_id
+
+    async def embed(self, kind: str, items: Sequence[ItemToEmbed]) -> tuple[str, list[np.ndarray | None]]:
+        if kind == "text":
+            texts = [item.content or "" for item in items]
+            reply = await self.bus.request(subjects.TEXT_EMBED, EmbedTextsRequest(texts=texts), EmbedReply)
+            return reply.model_id, list(reply.array())
+        # Kept image bytes travel by object-store key: a message carries at most 1 MiB.
+        keys: list[str] = []
+        inputs: list[MediaInput] = []
+        try:
+            for item in items:
+                if item.media is not None:
+                    keys.append(await self._put_blob(item.media))
+                    inputs.append(MediaInput(blob_key=keys[-1]))
+                else:
+                    inputs.append(MediaInput(url=item.source_url))
+            image_reply = await self.bus.request(subjects.VISION_EMBED, EmbedImagesRequest(images=inputs),
+                                                 EmbedImagesReply)
+        finally:
+            await self._delete_blobs(keys)
+        vectors: list[np.ndarray | None] = []
+        for item, result in zip(items, image_reply.items, strict=True):
+            if result.vector is None:
+                # One unreadable image must not block the dataset: it is left out of this fit.
+                log.warning("item_not_embedded", item_id=item.id, error_code=result.error_code, error=result.error)
+                vectors.append(None)
+            else:
+                vectors.append(np.frombuffer(result.vector, dtype=np.float32).reshape(image_reply.dim))
+        return image_reply.model_id, vectors
+
+    async def _put_blob(self, data: bytes) -> str:
+        key = f"trainer-{secrets.token_hex(16)}"
+        try:
+            store = await self.bus.js.object_store(subjects.BLOBS_BUCKET)
+            await store.put(key, data)
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            raise Unavailable("blob store unavailable") from exc
+        return key
+
+    async def _delete_blobs(self, keys: Sequence[str]) -> None:
+        # Best effort: the bucket's TTL removes what is left behind.
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError):
+            store = await self.bus.js.object_store(subjects.BLOBS_BUCKET)
+            for key in keys:
+                await store.delete(key)
+
+
+def _blank_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures worth retrying later: a model service or the bus away or busy, the database unreachable."""
+    if isinstance(exc, KashfError):
+        return isinstance(exc, Unavailable | Timeout | Overloaded)
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(
+            exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+    return isinstance(exc, OSError | TimeoutError | asyncpg.PostgresConnectionError | nats.errors.Error
+                      | sqlalchemy.exc.TimeoutError)
+
+
+@dataclass
+class _Pending:
+    """Held messages of one dataset and when to refit it."""
+
+    msgs: list[Msg] = field(default_factory=list)
+    deadline: float = 0.0
+    first_at: float = 0.0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class TrainerConsumer:
+    """Pulls events, debounces them per dataset and runs refits (at most ``concurrency`` at once)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        trainer: Trainer,
+        *,
+        debounce_s: float,
+        max_deliver: int,
+        ack_wait_s: float,
+        durable: str = subjects.TRAINER_DURABLE,
+        deliver_new: bool = False,
+        concurrency: int = 1,
+        retry_delay_s: float = 5.0,
+        max_debounce_s: float | None = None,
+    ) -> None:
+        self.bus = bus
+        self.trainer = trainer
+        self.debounce_s = debounce_s
+        self.max_debounce_s = max_debounce_s if max_debounce_s is not None else max(10 * debounce_s, 30.0)
+        self.max_deliver = max_deliver
+        self.ack_wait_s = ack_wait_s
+        self.durable = durable
+        self.deliver_new = deliver_new
+        self.retry_delay_s = retry_delay_s
+        self._slots = asyncio.Semaphore(concurrency)
+        self._pending: dict[int, _Pending] = {}
+        self._in_flight: dict[int, list[Msg]] = {}
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self.refits = 0  # completed refits, for tests and metrics
+
+    @property
+    def running(self) -> bool:
+        return self._sub is not None and not self._stopping.is_set()
+
+    async def start(self) -> None:
+        """Create (or update) the durable consumer, bind to it and start pulling."""
+        js = self.bus.js
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_deliver,
+            max_ack_pending=10_000,
+            deliver_policy=DeliverPolicy.NEW if self.deliver_new else DeliverPolicy.ALL,
+            filter_subjects=[f"{subjects.REPORT_EVENT}.*", f"{subjects.TRAIN_EVENT}.*"],
+        )
+        try:
+            await js.add_consumer(subjects.EVENTS_STREAM, config)
+        except nats.js.errors.BadRequestError as exc:
+            # An existing durable whose settings cannot change in place keeps them (logged for operators).
+            log.warning("consumer_config_kept", durable=self.durable, error=str(exc))
+        self._sub = await js.pull_subscribe_bind(durable=self.durable, stream=subjects.EVENTS_STREAM)
+        self._tasks = [asyncio.create_task(self._pull(), name="trainer-pull"),
+                       asyncio.create_task(self._heartbeat(), name="trainer-heartbeat")]
+
+    async def stop(self, timeout_s: float = 20.0) -> None:
+        """Stop pulling, hand back held messages, let running refits finish (up to ``timeout_s``)."""
+        self._stopping.set()
+        for pending in self._pending.values():
+            pending.wake.set()
+        workers = [p.task for p in self._pending.values() if p.task is not None]
+        if workers:
+            _, late = await asyncio.wait(workers, timeout=timeout_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _pull(self) -> None:
+        assert self._sub is not None
+        while not self._stopping.is_set():
+            try:
+                msgs = await self._sub.fetch(batch=32, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, OSError) as exc:
+                if self.bus.nc.is_closed:
+                    return  # shutting down: the harness drained the connection first
+                log.warning("fetch_failed", error=type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                await self._dispatch(msg)
+
+    async def _dispatch(self, msg: Msg) -> None:
+        try:
+            if msg.subject.startswith(subjects.REPORT_EVENT + "."):
+                dataset_id, urgent = ReportEvent.model_validate_json(msg.data).dataset_id, False
+            elif msg.subject.startswith(subjects.TRAIN_EVENT + "."):
+                dataset_id, urgent = TrainRequest.model_validate_json(msg.data).dataset_id, True
+            else:
+                raise ValueError(f"unexpected subject {msg.subject}")
+        except (ValidationError, ValueError) as exc:
+            # A poison message never parses: retrying it would only block the consumer.
+            log.error("poison_event_terminated", subject=msg.subject, error=str(exc)[:300],
+                      data=msg.data[:200].decode(errors="replace"))
+            await msg.term()
+            return
+        now = time.monotonic()
+        pending = self._pending.get(dataset_id)
+        if pending is None:
+            pending = self._pending[dataset_id] = _Pending()
+        fresh = not pending.msgs
+        if fresh:
+            pending.first_at = now
+        pending.msgs.append(msg)
+        if urgent:
+            pending.deadline = now
+        elif fresh or pending.deadline > now:
+            # A burst of reports trains once, but the refit is never pushed past max_debounce_s.
+            pending.deadline = min(now + self.debounce_s, pending.first_at + self.max_debounce_s)
+        pending.wake.set()
+        if pending.task is None or pending.task.done():
+            pending.task = asyncio.create_task(self._worker(dataset_id, pending), name=f"refit-{dataset_id}")
+
+    async def _worker(self, dataset_id: int, pending: _Pending) -> None:
+        while True:
+            while not self._stopping.is_set():
+                left = pending.deadline - time.monotonic()
+                if left <= 0:
+                    break
+                pending.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(pending.wake.wait(), left)
+            if self._stopping.is_set():
+                await self._hand_back(pending.msgs)
+                pending.msgs = []
+                self._pending.pop(dataset_id, None)
+                return
+            batch, pending.msgs = pending.msgs, []
+            self._in_flight[dataset_id] = batch
+            try:
+                async with self._slots:
+                    await self._refit(dataset_id, batch)
+            finally:
+                self._in_flight.pop(dataset_id, None)
+            if not pending.msgs:
+                self._pending.pop(dataset_id, None)
+                return
+
+    async def _refit(self, dataset_id: int, batch: list[Msg]) -> None:
+        try:
+            outcome = await self.trainer.refit(dataset_id)
+        except Exception as exc:
+            await self._failed(dataset_id, batch, exc)
+            return
+        self.refits += 1
+        if outcome.state == "missing":
+            log.info("dataset_missing_acked", dataset_id=dataset_id, events=len(batch))
+        await _settle(batch, "ack")
+
+    async def _failed(self, dataset_id: int, batch: list[Msg], exc: Exception) -> None:
+        deliveries = max(_deliveries(m) for m in batch)
+        reason = exc.detail if isinstance(exc, KashfError) else f"{type(exc).__name__}: {exc}"[:500]
+        if is_transient(exc) and deliveries < self.max_deliver:
+            delay = self.retry_delay_s * 2 ** (deliveries - 1)
+            log.warning("refit_retry", dataset_id=dataset_id, reason=reason, delivery=deliveries, retry_in_s=delay)
+            with contextlib.suppress(Exception):
+                await self.trainer.mark(dataset_id, "waiting", f"retrying: {reason}")
+            await _settle(batch, "nak", delay)
+            return
+        log.error("refit_failed", dataset_id=dataset_id, reason=reason, delivery=deliveries,
+                  exc_info=not is_transient(exc))
+        try:
+            await self.trainer.mark(dataset_id, "failed", reason)
+        except Exception:
+            # The state could not be written (database away): let the server redeliver later.
+            log.warning("refit_failure_unrecorded", dataset_id=dataset_id)
+            return
+        await _settle(batch, "ack")
+
+    async def _hand_back(self, msgs: Sequence[Msg]) -> None:
+        # On shutdown, held messages go back at once so another replica can take them.
+        await _settle(msgs, "nak")
+
+    async def _heartbeat(self) -> None:
+        # Held and in-flight messages must not reach ack_wait while debounced or being refitted.
+        interval = max(0.5, self.ack_wait_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            held = [m for p in self._pending.values() for m in p.msgs]
+            held += [m for batch in self._in_flight.values() for m in batch]
+            for msg in held:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
+
+
+async def _settle(msgs: Sequence[Msg], action: str, delay: float | None = None) -> None:
+    """Ack or nak each message; a lost connection only means the server redelivers later."""
+    for msg in msgs:
+        try:
+            if action == "ack":
+                await msg.ack()
+            else:
+                await msg.nak(delay=delay)
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("settle_failed", action=action, error=type(exc).__name__)
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1

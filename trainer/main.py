@@ -1,0 +1,57 @@
+"""Process entry: settings, database, the durable events consumer (``python -m trainer``)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.bus import Bus, ensure_streams
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.heads import store_head
+from shared.runtime import Readiness, run_service
+from shared.settings import TrainerSettings
+from trainer.consumers import BusEmbedder, TrainerConsumer
+from trainer.service import FitConfig, Trainer
+
+
+async def database_reachable(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:
+    async def ping() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.wait_for(ping(), timeout_s)
+    except Exception:
+        return False
+    return True
+
+
+async def setup(settings: TrainerSettings, bus: Bus) -> Readiness:
+    """Declare the stream, then start pulling: a refit runs only once both the bus and Postgres answer."""
+    await ensure_streams(bus.js)
+    engine = make_engine(settings.database_url, pool_size=4)
+    trainer = Trainer(
+        make_sessionmaker(engine), BusEmbedder(bus), functools.partial(store_head, bus.js),
+        config=FitConfig(cv_folds=settings.cv_folds),
+    )
+    consumer = TrainerConsumer(
+        bus, trainer, debounce_s=settings.debounce_s, max_deliver=settings.max_deliver,
+        ack_wait_s=settings.ack_wait_s,
+    )
+    await consumer.start()
+    readiness = Readiness()
+    readiness.add_check("postgres", functools.partial(database_reachable, engine))
+    readiness.add_check("consumer", lambda: consumer.running)
+    # The harness drains the bus before these hooks run: a refit cut short there is redelivered
+    # after ack_wait and simply refits again.
+    readiness.on_shutdown(functools.partial(consumer.stop, settings.drain_timeout_s))
+    readiness.on_shutdown(engine.dispose)
+    return readiness
+
+
+def main() -> int:
+    settings = TrainerSettings()
+    return run_service("trainer", settings, functools.partial(setup, settings))

@@ -1,0 +1,135 @@
+"""SQL of the trainer. Functions take a session and never commit: the caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import DataItem, Dataset, Embedding, HeadVersion, Report, Tag
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    item_id: int
+    tag_id: int
+    positive: bool
+    kind: str
+
+
+@dataclass(frozen=True)
+class ItemToEmbed:
+    """What an item needs to be (re-)embedded: its text, or its kept image bytes or URL."""
+
+    id: int
+    kind: str
+    content: str | None
+    media: bytes | None
+    media_type: str | None
+    source_url: str | None
+
+
+@dataclass(frozen=True)
+class TagRow:
+    id: int
+    title: str
+    active: bool
+
+
+async def get_dataset(session: AsyncSession, dataset_id: int, *, lock: bool = False) -> Dataset | None:
+    query = select(Dataset).where(Dataset.id == dataset_id)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def dataset_tags(session: AsyncSession, dataset_id: int) -> list[TagRow]:
+    rows = await session.execute(
+        select(Tag.id, Tag.title, Tag.active).where(Tag.dataset_id == dataset_id).order_by(Tag.id)
+    )
+    return [TagRow(id=r.id, title=r.title, active=r.active) for r in rows]
+
+
+async def dataset_reports(session: AsyncSession, dataset_id: int) -> list[ReportRow]:
+    """Every report of the dataset with its item's kind, in a stable order."""
+    rows = await session.execute(
+        select(Report.item_id, Report.tag_id, Report.positive, DataItem.kind)
+        .join(DataItem, DataItem.id == Report.item_id)
+        .where(Report.dataset_id == dataset_id)
+        .order_by(Report.item_id, Report.tag_id)
+    )
+    return [ReportRow(item_id=r.item_id, tag_id=r.tag_id, positive=r.positive, kind=r.kind) for r in rows]
+
+
+async def items_missing_embedding(session: AsyncSession, dataset_id: int, model_id: str) -> list[ItemToEmbed]:
+    """Reported items of the dataset that have no embedding by ``model_id``."""
+    reported = select(Report.item_id).where(Report.dataset_id == dataset_id)
+    embedded = select(Embedding.item_id).where(Embedding.model_id == model_id)
+    rows = await session.execute(
+        select(DataItem.id, DataItem.kind, DataItem.content, DataItem.media, DataItem.media_type,
+               DataItem.source_url)
+        .where(DataItem.dataset_id == dataset_id, DataItem.id.in_(reported), DataItem.id.not_in(embedded))
+        .order_by(DataItem.id)
+    )
+    return [ItemToEmbed(id=r.id, kind=r.kind, content=r.content, media=r.media, media_type=r.media_type,
+                        source_url=r.source_url) for r in rows]
+
+
+async def store_embeddings(session: AsyncSession, model_id: str, item_ids: Sequence[int], vectors: np.ndarray) -> None:
+    """Insert one row per item; an embedding stored by an earlier (crashed) attempt is kept."""
+    if not item_ids:
+        return
+    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    values = [
+        {"item_id": item_id, "model_id": model_id, "dim": int(matrix.shape[1]), "vector": matrix[i].tobytes()}
+        for i, item_id in enumerate(item_ids)
+    ]
+    await session.execute(insert(Embedding).values(values).on_conflict_do_nothing())
+
+
+async def load_embeddings(session: AsyncSession, item_ids: Iterable[int], model_id: str) -> dict[int, np.ndarray]:
+    ids = list(item_ids)
+    rows = await session.execute(
+        select(Embedding.item_id, Embedding.dim, Embedding.vector)
+        .where(Embedding.model_id == model_id, Embedding.item_id.in_(ids))
+    )
+    return {r.item_id: np.frombuffer(r.vector, dtype=np.float32).reshape(r.dim) for r in rows}
+
+
+async def set_state(session: AsyncSession, dataset_id: int, state: str, reason: str | None = None) -> None:
+    await session.execute(
+        update(Dataset).where(Dataset.id == dataset_id).values(state=state, state_reason=reason)
+    )
+
+
+async def save_fit(
+    session: AsyncSession,
+    *,
+    dataset_id: int,
+    version: int,
+    model_id: str,
+    object_name: str,
+    report_count: int,
+    evaluation: Mapping[str, Any],
+    tags: Mapping[int, tuple[float | None, Mapping[str, Any]]],
+) -> None:
+    """Record a new head: its version row, the dataset's state and figures, each tag's threshold and figures."""
+    session.add(HeadVersion(dataset_id=dataset_id, version=version, model_id=model_id, object_name=object_name,
+                            report_count=report_count))
+    await session.execute(
+        update(Dataset).where(Dataset.id == dataset_id).values(
+            state="trained", state_reason=None, head_version=version, evaluation=dict(evaluation),
+            model_id=model_id, trained_at=func.now(),
+        )
+    )
+    for tag_id, (threshold, figures) in tags.items():
+        await session.execute(
+            update(Tag).where(Tag.id == tag_id, Tag.dataset_id == dataset_id)
+            .values(threshold=threshold, evaluation=dict(figures))
+        )
+    await session.flush()
