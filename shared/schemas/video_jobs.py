@@ -25,8 +25,7 @@ from pydantic import Field
 
 from shared.schemas.base import Message
 from shared.schemas.inference import HeadRef, TagRef
-from shared.schemas.media import VideoFrame
-from shared.schemas.vision import MediaRef
+from shared.schemas.media import MediaInput, VideoFrame
 
 VIDEO_JOBS_STREAM = "KASHF_VIDEO_JOBS"
 VIDEO_JOBS_SUBJECT = "kashf.jobs.video"
@@ -87,7 +86,7 @@ class VideoJobItem(Message):
 
     key: VideoKey
     value: str
-    video: MediaRef
+    video: MediaInput
 
 
 class VideoJobRequest(Message):

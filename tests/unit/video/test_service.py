@@ -36,9 +36,8 @@ from shared.heads import Head, store_head
 from shared.inference.image import ImageEncoder
 from shared.runtime import Readiness
 from shared.schemas.inference import HeadRef, TagRef
+from shared.schemas.media import MediaInput, TagVideoReply, TagVideoRequest
 from shared.schemas.media import TagVideoReply as ServiceReply
-from shared.schemas.video import TagVideoReply, TagVideoRequest
-from shared.schemas.vision import MediaRef
 from shared.settings import VideoServiceSettings
 from shared.subjects import BLOBS_BUCKET, VIDEO_TAG
 from tests import media_video as media
@@ -172,17 +171,17 @@ class Kit:
     model_id: str
     tmp_dir: Path  # where the service keeps downloads while it works on them
 
-    def request(self, video: MediaRef, every_ms: int = 200, **kw: Any) -> TagVideoRequest:
+    def request(self, video: MediaInput, every_ms: int = 200, **kw: Any) -> TagVideoRequest:
         return TagVideoRequest(head=self.head, tags=list(TAGS.values()), video=video, every_ms=every_ms, **kw)
 
-    async def tag(self, video: MediaRef, every_ms: int = 200, **kw: Any) -> TagVideoReply:
+    async def tag(self, video: MediaInput, every_ms: int = 200, **kw: Any) -> TagVideoReply:
         return await self.client.request(VIDEO_TAG, self.request(video, every_ms, **kw), TagVideoReply)
 
-    async def upload(self, path: Path) -> MediaRef:
+    async def upload(self, path: Path) -> MediaInput:
         key = f"test-{secrets.token_hex(8)}"
         store = await self.client.js.object_store(BLOBS_BUCKET)
         await store.put(key, await asyncio.to_thread(path.read_bytes))
-        return MediaRef(blob_key=key, name=path.name)
+        return MediaInput(blob_key=key, name=path.name)
 
 
 def _models_root(kind: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
@@ -258,7 +257,7 @@ async def test_long_static_shot_comes_back_once(kit: Kit, videos: Videos) -> Non
 async def test_url_variable_frame_rate_frames_and_times_follow_timestamps(
         kit: Kit, videos: Videos, http_base: str) -> None:
     url = f"{http_base}/{videos.vfr.path.name}"
-    reply = await kit.tag(MediaRef(url=url), every_ms=100)
+    reply = await kit.tag(MediaInput(url=url), every_ms=100)
     # The photos change inside long frame gaps (at 1.14 s and 2.22 s): index and time are the stream's.
     assert [f.time for f in reply.frames] == ["0:00:00", "0:00:01", "0:00:02"]
     assert [tag_ids(f) for f in reply.frames] == [[101], [102], [UNKNOWN]]
@@ -280,7 +279,7 @@ async def test_min_frame_diff_and_duration_limit_the_analysis(kit: Kit, videos: 
 async def test_non_videos_are_415_and_the_service_keeps_serving(
         kit: Kit, videos: Videos, http_base: str, what: str) -> None:
     if what == "zip_url":
-        ref = MediaRef(url=f"{http_base}/{videos.zip.name}")
+        ref = MediaInput(url=f"{http_base}/{videos.zip.name}")
     else:
         path = {"zip": videos.zip, "tone": videos.tone, "headless": videos.headless.path}[what]
         ref = await kit.upload(path)
@@ -294,7 +293,7 @@ async def test_non_videos_are_415_and_the_service_keeps_serving(
 
 async def test_missing_upload_is_404(kit: Kit) -> None:
     with pytest.raises(NotFound):
-        await kit.tag(MediaRef(blob_key="test-never-uploaded"))
+        await kit.tag(MediaInput(blob_key="test-never-uploaded"))
 
 
 async def test_video_longer_than_sync_limit_is_400_unless_duration_cuts_it(kit: Kit, videos: Videos) -> None:
@@ -319,7 +318,7 @@ async def poll(kit: Kit, account_id: int, job_id: str, timeout_s: float = 60.0) 
 
 async def test_async_job_tags_a_long_video_end_to_end(kit: Kit, videos: Videos) -> None:
     ref = await kit.upload(videos.long.path)
-    url_ref = MediaRef(url="http://127.0.0.1:9/never.mp4")  # nothing listens: that video fails alone
+    url_ref = MediaInput(url="http://127.0.0.1:9/never.mp4")  # nothing listens: that video fails alone
     queued = await submit_video_job(
         kit.client, account_id=7, head=kit.head, tags=list(TAGS.values()),
         videos=[("video_file", "long.mp4", ref), ("video_url", url_ref.url or "", url_ref)],
