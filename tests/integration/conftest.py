@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,13 +11,29 @@ import httpx
 import pytest
 
 from shared import devstack
+from shared.db.migrate import upgrade
 from shared.stack import Stack, create_token
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def stack(database_url: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack_servers(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A database and a nats-server of the stack's own: unit tests in the same session subscribe to the
+    same subjects and consume the same streams, and must never meet the stack's services."""
+    name = f"kashf_it_{uuid.uuid4().hex[:10]}"
+    database_url = asyncio.run(devstack.create_database(pg_server, name))
+    upgrade(database_url)
+    proc, nats_url = devstack.start_nats(tmp_path_factory.mktemp("stack-nats"))
+    yield database_url, nats_url
+    proc.terminate()
+    proc.wait(timeout=10)
+    asyncio.run(devstack.drop_database(pg_server, name))
+
+
+@pytest.fixture(scope="session")
+def stack(stack_servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    database_url, nats_url = stack_servers
     models = REPO / "models"
     if not (models / "text").exists():
         pytest.fail("models/ is missing: run `make models` (make test does it)")
