@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 import structlog
 
-from shared.batcher import DynamicBatcher
-from shared.errors import Unavailable
-from shared.heads import Head, tag_vectors
+from shared.heads import tag_vectors
 from shared.metrics import Metrics
-from shared.schemas.inference import HeadRef, ItemResult, TagReply, TagTextsRequest
+from shared.modelservice import BatchedModelService, HeadSource
+from shared.schemas.inference import ItemResult, TagReply, TagTextsRequest
 from shared.textnorm import normalize_text
 from text_service.model import Encoder
 
 log = structlog.get_logger(__name__)
 
 
-class HeadSource(Protocol):
-    """Where heads come from (shared.heads.HeadCache over the object store)."""
-
-    async def get(self, ref: HeadRef) -> Head | None: ...
-
-
-class HeadModelMismatch(Unavailable):
-    code = "head_model_mismatch"
-
-
-class TextService:
+class TextService(BatchedModelService[str]):
     """Embeds texts (merged across concurrent requests) and tags them; owns no transport."""
 
     def __init__(
@@ -42,31 +30,9 @@ class TextService:
         max_queue: int = 1024,
         metrics: Metrics | None = None,
     ) -> None:
-        self.encoder = encoder
-        self.heads = heads
-        # One model thread: ONNX Runtime already spreads one call over the cores.
-        self.batcher: DynamicBatcher[str, np.ndarray] = DynamicBatcher(
-            self._encode_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-            workers=1, name="text", metrics=metrics,
-        )
-
-    @property
-    def model_id(self) -> str:
-        return self.encoder.model_id
-
-    @property
-    def dim(self) -> int:
-        return self.encoder.dim
-
-    @property
-    def ready(self) -> bool:
-        return self.batcher.running
-
-    def start(self) -> None:
-        self.batcher.start()
-
-    async def stop(self) -> None:
-        await self.batcher.stop()
+        super().__init__(encoder, heads, self._encode_batch, name="text", max_batch=max_batch,
+                         max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics)
+        self.encoder: Encoder = encoder
 
     def _encode_batch(self, texts: list[str]) -> Sequence[np.ndarray]:
         # Runs in the model thread: normalising here keeps the event loop free for long texts.
@@ -86,14 +52,7 @@ class TextService:
         A head fitted on another embedding model cannot score this model's vectors: that is a 503
         ``head_model_mismatch`` (retrain the dataset), never a silent "unknown" that looks like an answer.
         """
-        head = await self.heads.get(request.head)
-        if head is not None and (head.model_id != self.model_id or head.dim != self.dim):
-            log.warning("head_model_mismatch", dataset_id=request.head.dataset_id, version=head.version,
-                        head_model=head.model_id, service_model=self.model_id)
-            raise HeadModelMismatch(
-                f"the head of this dataset was fitted on model {head.model_id!r}, this service runs "
-                f"{self.model_id!r}: retrain the dataset"
-            )
+        head = await self.head_for(request.head)
         _, vectors = await self.embed(request.texts)
         tags = tag_vectors(head, vectors, request.tags)
         return TagReply(model_id=self.model_id, items=[ItemResult(tags=row) for row in tags])

@@ -14,7 +14,6 @@ import os
 import tempfile
 import threading
 from collections.abc import Generator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
@@ -22,12 +21,12 @@ from typing import Protocol, cast
 import numpy as np
 import structlog
 
-from shared.batcher import DynamicBatcher
 from shared.errors import BadRequest, TooLarge, Unavailable
 from shared.fetch import Fetcher
 from shared.heads import Head, tag_vectors
 from shared.metrics import Metrics
-from shared.schemas.inference import HeadRef, ScoredTag, TagRef
+from shared.modelservice import BatchedModelService, HeadSource
+from shared.schemas.inference import ScoredTag, TagRef
 from shared.schemas.media import MediaInput, TagVideoReply, TagVideoRequest, VideoFrame
 from video_service.model import Encoder
 from video_service.sampling import (
@@ -46,20 +45,10 @@ log = structlog.get_logger(__name__)
 _QUEUED_CHUNKS = 2
 
 
-class HeadSource(Protocol):
-    """Where heads come from (shared.heads.HeadCache over the object store)."""
-
-    async def get(self, ref: HeadRef) -> Head | None: ...
-
-
 class BlobSource(Protocol):
     """Uploads by key (the BLOBS_BUCKET object store); raises KashfError when missing or too big."""
 
     async def stream_to_file(self, key: str, dest: Path, max_bytes: int) -> int: ...
-
-
-class HeadModelMismatch(Unavailable):
-    code = "head_model_mismatch"
 
 
 @dataclass(frozen=True)
@@ -83,7 +72,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return out
 
 
-class VideoService:
+class VideoService(BatchedModelService[np.ndarray]):
     """Samples and tags videos; owns no transport (fetcher, blob store and heads are handed in)."""
 
     def __init__(
@@ -104,8 +93,10 @@ class VideoService:
         tmp_dir: Path | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.encoder = encoder
-        self.heads = heads
+        super().__init__(encoder, heads, self._encode_batch, name="video", max_batch=max_batch,
+                         max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics,
+                         pool_workers=active_videos)
+        self.encoder: Encoder = encoder
         self.fetcher = fetcher
         self.blobs = blobs
         self.limits = limits
@@ -113,38 +104,8 @@ class VideoService:
         self.sync_video_seconds = sync_video_seconds
         self.frame_batch = frame_batch
         self.tmp_dir = tmp_dir
-        self._active_videos = active_videos
         # Bounds downloads on disk and decoder threads; further requests wait their turn.
         self._slots = asyncio.Semaphore(active_videos)
-        self._pool: ThreadPoolExecutor | None = None
-        # One model thread: ONNX Runtime already spreads one call over the cores.
-        self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
-            self._encode_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-            workers=1, name="video", metrics=metrics,
-        )
-
-    @property
-    def model_id(self) -> str:
-        return self.encoder.model_id
-
-    @property
-    def dim(self) -> int:
-        return self.encoder.dim
-
-    @property
-    def ready(self) -> bool:
-        return self.batcher.running and self._pool is not None
-
-    def start(self) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self._active_videos, thread_name_prefix="video")
-        self.batcher.start()
-
-    async def stop(self) -> None:
-        await self.batcher.stop()
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await asyncio.to_thread(pool.shutdown, wait=True)
 
     # ------------------------------------------------------------------ requests
 
@@ -154,7 +115,7 @@ class VideoService:
 
     async def run(self, request: TagVideoRequest, *, sync: bool) -> TagVideoReply:
         """Frames whose tag set changed, in stream order; media problems raise their KashfError."""
-        head = await self._head(request.head)
+        head = await self.head_for(request.head)
         async with self._slots:
             path = await self._obtain(request.video)
             try:
@@ -162,17 +123,6 @@ class VideoService:
                 return await self._tag_file(path, request, head, end_s)
             finally:
                 await asyncio.to_thread(path.unlink, missing_ok=True)
-
-    async def _head(self, ref: HeadRef) -> Head | None:
-        head = await self.heads.get(ref)
-        if head is not None and (head.model_id != self.model_id or head.dim != self.dim):
-            log.warning("head_model_mismatch", dataset_id=ref.dataset_id, version=head.version,
-                        head_model=head.model_id, service_model=self.model_id)
-            raise HeadModelMismatch(
-                f"the head of this dataset was fitted on model {head.model_id!r}, this service runs "
-                f"{self.model_id!r}: retrain the dataset"
-            )
-        return head
 
     async def _obtain(self, video: MediaInput) -> Path:
         """The video's bytes in a new temp file (removed again if obtaining fails)."""

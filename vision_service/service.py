@@ -11,7 +11,6 @@ import base64
 import hashlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -19,12 +18,12 @@ import numpy as np
 import structlog
 from PIL import Image
 
-from shared.batcher import DynamicBatcher
 from shared.errors import BadRequest, KashfError, TooLarge, Unavailable
 from shared.fetch import Fetcher
 from shared.heads import Head, tag_vectors
 from shared.metrics import Metrics
-from shared.schemas.inference import HeadRef, ItemResult, TagRef, TagReply, pack_vectors
+from shared.modelservice import BatchedModelService, HeadSource
+from shared.schemas.inference import ItemResult, TagRef, TagReply, pack_vectors
 from shared.schemas.media import (
     EmbedImagesReply,
     EmbedImagesRequest,
@@ -45,20 +44,10 @@ ZERO_SHOT_FLOOR = 0.2
 _TITLE_CACHE = 4096
 
 
-class HeadSource(Protocol):
-    """Where heads come from (shared.heads.HeadCache over the object store)."""
-
-    async def get(self, ref: HeadRef) -> Head | None: ...
-
-
 class BlobSource(Protocol):
     """Uploaded bytes by key (the BLOBS_BUCKET object store); raises KashfError when missing or too big."""
 
     async def get(self, key: str, max_bytes: int) -> bytes: ...
-
-
-class HeadModelMismatch(Unavailable):
-    code = "head_model_mismatch"
 
 
 @dataclass(frozen=True)
@@ -115,7 +104,7 @@ async def _all_or_cancel(aws: Sequence[Awaitable[T]]) -> list[T]:
         raise
 
 
-class VisionService:
+class VisionService(BatchedModelService[np.ndarray]):
     """Embeds and tags images; owns no transport (fetcher, blob store and heads are handed in)."""
 
     def __init__(
@@ -138,8 +127,10 @@ class VisionService:
         zero_shot_floor: float = ZERO_SHOT_FLOOR,
         metrics: Metrics | None = None,
     ) -> None:
-        self.encoder = encoder
-        self.heads = heads
+        super().__init__(encoder, heads, self._encode_batch, name="image", max_batch=max_batch,
+                         max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics,
+                         pool_workers=decode_workers)
+        self.encoder: Encoder = encoder
         self.fetcher = fetcher
         self.blobs = blobs
         self.max_image_bytes = max_image_bytes
@@ -148,39 +139,9 @@ class VisionService:
         self.copy_resample = copy_resample
         self.zero_shot_scale = zero_shot_scale
         self.zero_shot_floor = zero_shot_floor
-        self._decode_workers = decode_workers
-        self._pool: ThreadPoolExecutor | None = None
         # Bounds the original bytes held at once: each in-flight image may be up to max_image_bytes.
         self._inflight = asyncio.Semaphore(max_inflight)
         self._titles: OrderedDict[str, np.ndarray] = OrderedDict()
-        # One model thread: ONNX Runtime already spreads one call over the cores.
-        self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
-            self._encode_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-            workers=1, name="image", metrics=metrics,
-        )
-
-    @property
-    def model_id(self) -> str:
-        return self.encoder.model_id
-
-    @property
-    def dim(self) -> int:
-        return self.encoder.dim
-
-    @property
-    def ready(self) -> bool:
-        return self.batcher.running and self._pool is not None
-
-    def start(self) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self._decode_workers, thread_name_prefix="decode")
-        self.batcher.start()
-
-    async def stop(self) -> None:
-        await self.batcher.stop()
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await asyncio.to_thread(pool.shutdown, wait=True)
 
     # ------------------------------------------------------------------ pipeline
 
@@ -256,14 +217,7 @@ class VisionService:
 
         A head fitted on another embedding model is a 503 ``head_model_mismatch`` (retrain the dataset).
         """
-        head = await self.heads.get(request.head)
-        if head is not None and (head.model_id != self.model_id or head.dim != self.dim):
-            log.warning("head_model_mismatch", dataset_id=request.head.dataset_id, version=head.version,
-                        head_model=head.model_id, service_model=self.model_id)
-            raise HeadModelMismatch(
-                f"the head of this dataset was fitted on model {head.model_id!r}, this service runs "
-                f"{self.model_id!r}: retrain the dataset"
-            )
+        head = await self.head_for(request.head)
         results = await self._embed_all(request.images, keep_copy=False)
         ok = [i for i, r in enumerate(results) if r.vector is not None]
         tagged: dict[int, ItemResult] = {}
