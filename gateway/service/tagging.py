@@ -13,7 +13,7 @@ from gateway.service.datasets import ensure_kind, load_dataset
 from gateway.service.limits import check_count, check_text
 from shared.bus import Bus
 from shared.db.models import Dataset
-from shared.errors import BadRequest, Internal
+from shared.errors import BadRequest, Internal, Timeout
 from shared.schemas.inference import HeadRef, ItemResult, ScoredTag, TagRef, TagReply, TagTextsRequest
 from shared.schemas.media import MediaInput, TagImagesRequest, TagVideoReply, TagVideoRequest
 from shared.settings import GatewaySettings
@@ -154,8 +154,33 @@ async def tag_videos(
     check_count(videos, "video_urls" if videos and videos[0][0] == "video_url" else "video_file", settings)
     check_video_params(params)
     head, tags = await prepare(repo, account_id, params.dataset, "image")
+    try:
+        replies = await _video_replies(bus, head, tags, params, videos, settings)
+    except Timeout as exc:
+        raise Timeout(f"{exc.detail}; for long videos send \"async\": true and poll POST /api/video_job/") from exc
+    await _count_predictions(repo, (frame.tags for reply in replies for frame in reply.frames))
+    out = []
+    for (key, value, _), reply in zip(videos, replies, strict=True):
+        element: dict[str, Any] = {key: value}
+        if reply.error:
+            element["error"] = reply.error
+        element["frames"] = [
+            {"frame": f.frame, "time": f.time, "tags": tags_out(f.tags)} for f in reply.frames
+        ]
+        out.append(element)
+    return out
+
+
+async def _video_replies(
+    bus: Bus,
+    head: HeadRef,
+    tags: list[TagRef],
+    params: VideoParams,
+    videos: Sequence[tuple[str, str, MediaInput]],
+    settings: GatewaySettings,
+) -> list[TagVideoReply]:
     duration = params.duration or None
-    replies = await asyncio.gather(
+    return await asyncio.gather(
         *(
             bus.request(
                 VIDEO_TAG,
@@ -173,14 +198,3 @@ async def tag_videos(
             for _, _, ref in videos
         )
     )
-    await _count_predictions(repo, (frame.tags for reply in replies for frame in reply.frames))
-    out = []
-    for (key, value, _), reply in zip(videos, replies, strict=True):
-        element: dict[str, Any] = {key: value}
-        if reply.error:
-            element["error"] = reply.error
-        element["frames"] = [
-            {"frame": f.frame, "time": f.time, "tags": tags_out(f.tags)} for f in reply.frames
-        ]
-        out.append(element)
-    return out

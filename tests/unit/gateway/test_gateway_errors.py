@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from shared.schemas.media import EmbedImagesReply, ImageEmbedding
-from shared.subjects import TEXT_TAG, VISION_EMBED
+from shared.subjects import TEXT_TAG, VIDEO_TAG, VISION_EMBED
 from tests.unit.gateway.harness import Gateway, responder
 
 
@@ -211,6 +211,22 @@ async def test_504_when_the_text_service_never_answers(
         await gw.post("/api/create_tag/", {"dataset": "d", "title": "t"}, token)
         response = await gw.post("/api/tag_texts/", {"dataset": "d", "contents": ["سلام"]}, token)
     assert assert_error(response, 504, "text_service did not answer within 0.3 s")["error"] == "timeout"
+
+
+async def test_504_for_a_slow_video_tells_the_client_to_go_async(
+    gateway_factory: Callable[..., Any], nats_url: str
+) -> None:
+    async def never(data: bytes) -> None:
+        await asyncio.sleep(0)
+        return None
+
+    async with gateway_factory(video_timeout_s=0.3) as gw, responder(nats_url, VIDEO_TAG, never):
+        token = await gw.token("acme")
+        await gw.post("/api/create_dataset/", {"dataset": "v", "title": "v", "kind": "image"}, token)
+        response = await gw.post("/api/tag_video_frames/",
+                                 {"dataset": "v", "every_ms": 500, "video_urls": ["https://example.org/a.mp4"]}, token)
+    body = assert_error(response, 504, "video_service did not answer within 0.3 s")
+    assert '"async": true' in body["detail"] and "/api/video_job/" in body["detail"]
 
 
 async def test_503_when_the_database_is_unreachable(nats_url: str) -> None:
