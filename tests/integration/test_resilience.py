@@ -39,17 +39,26 @@ async def test_gateway_killed_while_reports_are_posted(stack: Stack, token: str)
         r = await api.post("/api/create_tag/", json={"dataset": "crash", "title": "t"})
         tag_id = r.json()["tag_id"]
 
+        answered = asyncio.Event()
+        count = 0
+
         async def post(i: int) -> int | None:
+            nonlocal count
             with contextlib.suppress(httpx.HTTPError):
                 r = await api.post("/api/report_text_tags/",
                                    json=[{"content": f"نظر شماره {i} درباره محصول", "tag_id": tag_id,
                                           "positive": i % 2 == 0}])
                 if r.status_code == 200:
+                    count += 1
+                    if count >= 10:
+                        answered.set()
                     return int(r.json()[0]["id"])
             return None
 
         tasks = [asyncio.create_task(post(i)) for i in range(150)]
-        await asyncio.sleep(0.4)
+        # Kill mid-stream: after some reports were acknowledged, while most are still in flight.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(answered.wait(), timeout=30)
         stack.stop("gateway", kill=True)
         acked = {i for i in await asyncio.gather(*tasks) if i is not None}
     assert acked, "no report was acknowledged before the kill"
