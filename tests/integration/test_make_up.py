@@ -1,0 +1,58 @@
+"""What `make up` runs (`python -m shared.stack up`): the whole stack, the URL and a working token printed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from shared import devstack
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_stack_up_prints_url_and_token_then_stops_cleanly(database_url: str, tmp_path: Path) -> None:
+    port = devstack.free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "PORT": str(port), "KASHF_MODELS_DIR": str(REPO / "models")}
+    env.pop("NATS_URL", None)  # so it starts its own nats-server from the wheel
+    proc = subprocess.Popen([sys.executable, "-m", "shared.stack", "up", "--state-dir", str(tmp_path / "state")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        lines.extend(iter(proc.stdout.readline, ""))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any(line.startswith("try: curl") for line in lines):
+            assert proc.poll() is None, "".join(lines[-40:])
+            time.sleep(0.2)
+        output = "".join(lines)
+        assert f"Kashf is up at http://127.0.0.1:{port}" in output, output[-3000:]
+        assert "started nats-server (JetStream)" in output
+        token = output.split("API token for account 'dev':\n", 1)[1].splitlines()[0].strip()
+        assert re.fullmatch(r"[A-Za-z0-9_\-]{20,}", token)
+        # Every service logs with its name as prefix.
+        for name in ("gateway", "text_service", "vision_service", "video_service", "trainer"):
+            assert any(line.startswith(f"{name} ") for line in lines), name
+        r = httpx.post(f"http://127.0.0.1:{port}/api/create_tag/", headers={"Authorization": f"Token {token}"},
+                       json={"dataset": "demo", "title": "first tag"}, timeout=30)
+        assert r.status_code == 200 and r.json()["title"] == "first tag", r.text
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 6  # five services and nats-server
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=90)
+    assert code == 0, "".join(lines[-40:])
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
