@@ -1,8 +1,11 @@
-"""Image tagging throughput and latency: the vision service over NATS against the in-process pipeline.
+"""Image tagging throughput and latency through the whole stack, against the in-process pipeline.
 
-Baseline: the same decode + preprocess (threads) + ONNX batches called in this process. The service
-path adds NATS, uploads through the object store or fetches from a loopback server, and batching.
-Run: ``python -m bench.image`` (needs ``make models``).
+Stack: ``POST /api/tag_images/`` over HTTP with a real token and a trained image dataset, by multipart
+upload and by URL from a loopback server (gateway -> Postgres -> NATS -> vision_service: fetch or
+object store, decode, preprocess, dynamic batcher, ONNX, head). Baseline, interleaved round by round:
+the same decode + preprocess (threads) + ONNX batches called in this process. Extra rows send the
+gateway's VISION_TAG request straight to vision_service over NATS, to locate the overhead.
+Run: ``python -m bench.image`` (about 2 min; ``--quick`` about 40 s; needs ``make models``).
 """
 
 from __future__ import annotations
@@ -10,19 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -31,16 +27,42 @@ from PIL import Image, ImageOps
 from skimage import data as skdata
 from sklearn.datasets import load_sample_images
 
-from shared import devstack
+from bench._stack import (
+    BenchStack,
+    RequestFailed,
+    Result,
+    Span,
+    add_stack_args,
+    bench_stack,
+    dataset_head,
+    load_note,
+    make_image_dataset,
+    measure,
+    models_dir,
+    print_failures,
+    print_ratio,
+    rotated,
+    serve_files,
+    service_env,
+    timed_clients,
+    timed_loop,
+    verdict,
+    wait_ready,
+)
 from shared.bus import Bus
+from shared.errors import KashfError
 from shared.inference.image import ImageEncoder
-from shared.schemas.inference import HeadRef, TagReply
+from shared.schemas.inference import HeadRef, TagRef, TagReply
 from shared.schemas.media import MediaInput, TagImagesRequest
 from shared.subjects import BLOBS_BUCKET, VISION_TAG
 from vision_service.decode import decode_image
 
-REPO = Path(__file__).resolve().parent.parent
+DATASET = "bench-photos"
+SERVICES = ("vision_service", "trainer", "gateway")
+METERED = ("gateway", "vision_service")
 MAX_PIXELS = 40_000_000
+TARGET = 0.7
+
 
 
 def make_images(n: int, seed: int = 0) -> list[bytes]:
@@ -66,181 +88,213 @@ def make_images(n: int, seed: int = 0) -> list[bytes]:
     return out
 
 
-@dataclass
-class Result:
-    name: str
-    images: int
-    seconds: float
-    latencies_ms: list[float]
-
-    @property
-    def rate(self) -> float:
-        return self.images / self.seconds
-
-    def row(self) -> str:
-        lat = np.array(self.latencies_ms)
-        return (f"{self.name:<52} {self.rate:8.1f} images/s   p50 {np.percentile(lat, 50):7.1f} ms"
-                f"   p95 {np.percentile(lat, 95):7.1f} ms")
-
-
-def bench_in_process(encoder: ImageEncoder, images: list[bytes], batch: int, workers: int) -> Result:
-    """Decode + preprocess in ``workers`` threads, then one ONNX call per batch; latency per batch."""
+def in_process(encoder: ImageEncoder, pool: ThreadPoolExecutor, images: list[bytes], batch: int,
+               budget_s: float) -> list[Span]:
+    """Decode + preprocess on ``pool``, one ONNX call per batch, for about ``budget_s``."""
 
     def prepare(data: bytes) -> np.ndarray:
         img = decode_image(data, max_pixels=MAX_PIXELS, min_side=encoder.pre.resize_shorter)
         return encoder.preprocess(img)
 
-    with ThreadPoolExecutor(workers) as pool:
-        encoder.encode_batch(np.stack(list(pool.map(prepare, images[:batch]))))  # warm
-        latencies = []
-        start = time.perf_counter()
-        for i in range(0, len(images) - batch + 1, batch):
-            t0 = time.perf_counter()
-            encoder.encode_batch(np.stack(list(pool.map(prepare, images[i : i + batch]))))
-            latencies.append((time.perf_counter() - t0) * 1000)
-        seconds = time.perf_counter() - start
-    return Result(f"in-process decode x{workers} + ONNX, batch {batch}", len(latencies) * batch,
-                  seconds, latencies)
+    def step(k: int) -> int:
+        i = (k * batch) % (len(images) - batch + 1)
+        encoder.encode_batch(np.stack(list(pool.map(prepare, images[i : i + batch]))))
+        return batch
+
+    return timed_loop(step, budget_s)
 
 
-async def bench_service(nats_url: str, images: list[bytes], clients: int, per_request: int, how: str,
-                        url_of: Callable[[int], str]) -> Result:
-    """``clients`` concurrent requesters of ``per_request`` images each; latency includes the upload."""
-    bus = await Bus.connect(nats_url, "bench")
-    store = await bus.js.object_store(BLOBS_BUCKET)
-    todo = list(reversed(range(len(images))))
-    latencies: list[float] = []
-    done = 0
+async def batch_clients(call: Callable[[list[int]], Awaitable[None]], n_images: int, clients: int,
+                        per_request: int, budget_s: float, failures: Counter[str] | None = None) -> list[Span]:
+    """``clients`` concurrent requesters of ``per_request`` images each, for about ``budget_s``."""
 
-    async def media(i: int) -> MediaInput:
-        if how == "upload":
-            key = f"bench-{uuid.uuid4().hex}"
-            await store.put(key, images[i])
-            return MediaInput(blob_key=key)
-        return MediaInput(url=url_of(i))
+    async def step(c: int, k: int) -> int:
+        first = (c + k * clients) * per_request
+        await call([(first + j) % n_images for j in range(per_request)])
+        return per_request
 
-    async def request(indices: list[int]) -> None:
-        items = [await media(i) for i in indices]
-        reply = await bus.request(VISION_TAG, TagImagesRequest(head=HeadRef(dataset_id=1), tags=[],
-                                                               images=items), TagReply)
+    return await timed_clients(step, clients, budget_s, failures)
+
+
+def _check(r: httpx.Response, expected: int) -> None:
+    if r.status_code != 200:
+        raise RequestFailed(f"HTTP {r.status_code} {r.text[:200]}")
+    items = r.json()
+    failed = [x["error"] for x in items if x.get("error")]
+    if failed or len(items) != expected:
+        raise RequestFailed(f"items refused: {failed[:2]}")
+
+
+def http_upload(api: httpx.AsyncClient, images: list[bytes]) -> Callable[[list[int]], Awaitable[None]]:
+    async def call(indices: list[int]) -> None:
+        files = [("image_file", (f"{i}.jpg", images[i], "image/jpeg")) for i in indices]
+        _check(await api.post("/api/tag_images/", data={"dataset": DATASET}, files=files), len(indices))
+
+    return call
+
+
+def http_urls(api: httpx.AsyncClient, url_of: Callable[[int], str]) -> Callable[[list[int]], Awaitable[None]]:
+    async def call(indices: list[int]) -> None:
+        body = {"dataset": DATASET, "image_urls": [url_of(i) for i in indices]}
+        _check(await api.post("/api/tag_images/", json=body), len(indices))
+
+    return call
+
+
+def nats_call(bus: Bus, head: HeadRef, tags: list[TagRef], images: list[bytes] | None,
+              url_of: Callable[[int], str]) -> Callable[[list[int]], Awaitable[None]]:
+    """The gateway's VISION_TAG request; ``images`` given: uploads through the object store first."""
+
+    async def call(indices: list[int]) -> None:
+        if images is not None:
+            store = await bus.js.object_store(BLOBS_BUCKET)
+            items = []
+            for i in indices:
+                key = f"bench-{uuid.uuid4().hex}"
+                await store.put(key, images[i])
+                items.append(MediaInput(blob_key=key, name=f"{i}.jpg"))
+        else:
+            items = [MediaInput(url=url_of(i)) for i in indices]
+        try:
+            reply = await bus.request(VISION_TAG, TagImagesRequest(head=head, tags=tags, images=items), TagReply)
+        except KashfError as exc:
+            raise RequestFailed(f"{exc.status} {exc.error_code}: {exc}") from exc
+        if images is not None:
+            for item in items:
+                assert item.blob_key is not None
+                await store.delete(item.blob_key)
         failed = [item.error for item in reply.items if item.error]
         if failed:
-            raise RuntimeError(f"service refused bench images: {failed[:3]}")
+            raise RequestFailed(f"items refused: {failed[:2]}")
 
-    async def client() -> None:
-        nonlocal done
-        while todo:
-            indices = [todo.pop() for _ in range(min(per_request, len(todo)))]
-            t0 = time.perf_counter()
-            await request(indices)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            done += len(indices)
-
-    try:
-        await request(list(range(min(8, len(images)))))  # warm
-        start = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        seconds = time.perf_counter() - start
-    finally:
-        await bus.close()
-    label = "uploads (object store)" if how == "upload" else "URLs (loopback)"
-    return Result(f"vision_service over NATS, {label}, {clients}x{per_request}", done, seconds, latencies)
-
-
-@contextmanager
-def serve_files(images: list[bytes]) -> Iterator[Callable[[int], str]]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = images[int(self.path.strip("/").split(".")[0])]
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    port = httpd.server_address[1]
-    try:
-        yield lambda i: f"http://127.0.0.1:{port}/{i}.jpg"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def start_service(
-    nats_url: str, models_dir: Path, args: argparse.Namespace, log: Path
-) -> subprocess.Popen[bytes]:
-    port = devstack.free_port()
-    env = {**os.environ, "NATS_URL": nats_url, "KASHF_MODELS_DIR": str(models_dir),
-           "KASHF_HEALTH_HOST": "127.0.0.1", "KASHF_HEALTH_PORT": str(port),
-           "KASHF_MAX_WAIT_MS": str(args.max_wait_ms), "KASHF_DECODE_WORKERS": str(args.decode_workers),
-           "FETCH_ALLOW_HOSTS": "127.0.0.1", "KASHF_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "vision_service"], cwd=REPO, env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vision_service exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("vision_service not ready after 120 s")
+    return call
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    default_models = Path(os.environ.get("KASHF_MODELS_DIR", REPO / "models"))
-    parser.add_argument("--models-dir", type=Path, default=default_models)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=models_dir())
     parser.add_argument("--model", default="image/efficientnet-lite0")
-    parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--max-wait-ms", type=float, default=4.0)
-    parser.add_argument("--decode-workers", type=int, default=2)
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--decode-workers", type=int, default=2, help="in-process; the service's own setting")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per configuration and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s per configuration")
+    add_stack_args(parser)
     args = parser.parse_args()
-    images = make_images(args.images)
-    mean_kb = sum(map(len, images)) / len(images) / 1024
-    print(f"{len(images)} JPEGs (mean {mean_kb:.0f} KiB), {os.cpu_count()} cores, "
-          f"model {args.models_dir / args.model}")
+    if args.quick:
+        args.seconds, args.rounds = 2.0, 1
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kashf-bench-image-") as tmp, \
+            bench_stack(Path(tmp), SERVICES, service_env(args, KASHF_DECODE_WORKERS=str(args.decode_workers))) as bs:
+        # The services boot while this process makes the images and loads its baseline.
+        images = make_images(args.images)
+        mean_kb = sum(map(len, images)) / len(images) / 1024
+        print(f"{len(images)} JPEGs (mean {mean_kb:.0f} KiB, 480 to 1600 px wide), model "
+              f"{args.models_dir / args.model}; {load_note()}")
+        encoder = ImageEncoder(args.models_dir / args.model, device="auto")
+        encoder.warmup()
+        wait_ready(bs)
+        with serve_files(images, "image/jpeg", ".jpg") as url_of, \
+                ThreadPoolExecutor(args.decode_workers) as pool:
+            base: dict[str, tuple[str, Callable[[], list[Span]]]] = {
+                "inproc32": (f"baseline: in-process decode x{args.decode_workers} + ONNX, batch 32",
+                             lambda: in_process(encoder, pool, images, 32, args.seconds)),
+                "inproc1": ("baseline: in-process decode + ONNX, batch 1",
+                            lambda: in_process(encoder, pool, images, 1, args.seconds)),
+            }
+            loop = asyncio.new_event_loop()
+            try:
+                results = loop.run_until_complete(run_rounds(bs, base, images, url_of, args))
+            finally:
+                loop.close()
+    report(results, args, time.perf_counter() - t_start)
 
-    results: dict[str, Result] = {}
-    encoder = ImageEncoder(args.models_dir / args.model, device="auto")
-    encoder.warmup()
-    results["inproc"] = bench_in_process(encoder, images, 32, args.decode_workers)
-    results["inproc1"] = bench_in_process(encoder, images, 1, 1)
-    del encoder  # free its threads for the service process
 
-    with tempfile.TemporaryDirectory() as tmp, serve_files(images) as url_of:
-        nats, nats_url = devstack.start_nats(Path(tmp) / "nats")
-        service = start_service(nats_url, args.models_dir, args, Path(tmp) / "service.log")
+async def run_rounds(bs: BenchStack, base: dict[str, tuple[str, Callable[[], list[Span]]]], images: list[bytes],
+                     url_of: Callable[[int], str], args: argparse.Namespace) -> dict[str, Result]:
+    async with bs.client() as api:
+        t0 = time.perf_counter()
+        info = await make_image_dataset(api, DATASET)
+        print(f"dataset trained in {time.perf_counter() - t0:.1f} s: {info['report_count']} reports, "
+              f"evaluation {info['evaluation']}")
+        dataset_id, version, tag_rows = await dataset_head(bs, DATASET)
+        head = HeadRef(dataset_id=dataset_id, version=version)
+        tags = [TagRef(id=i, title=t) for i, t in tag_rows]
+        bus = await Bus.connect(bs.nats_url, "bench")
         try:
-            runs = [("upload", 32, 1), ("url", 32, 1), ("upload", 2, 32), ("url", 2, 32), ("url", 1, 1)]
-            for how, clients, per in runs:
-                results[f"{how}{clients}x{per}"] = asyncio.run(
-                    bench_service(nats_url, images, clients, per, how, url_of))
-        finally:
-            service.send_signal(signal.SIGTERM)
-            service.wait(30)
-            nats.terminate()
-            nats.wait(10)
+            n = len(images)
+            calls: dict[str, tuple[str, Callable[[list[int]], Awaitable[None]], int, int]] = {
+                "up2x32": ("stack: HTTP multipart uploads, 2 clients x 32", http_upload(api, images), 2, 32),
+                "url2x32": ("stack: HTTP image_urls (loopback), 2 clients x 32", http_urls(api, url_of), 2, 32),
+                "up32x1": ("stack: HTTP multipart uploads, 32 clients x 1", http_upload(api, images), 32, 1),
+                "url1x1": ("stack: HTTP image_urls (loopback), 1 client x 1", http_urls(api, url_of), 1, 1),
+                "natsup2x32": ("extra: vision_service NATS, object store, 2 x 32",
+                               nats_call(bus, head, tags, images, url_of), 2, 32),
+                "natsurl2x32": ("extra: vision_service NATS, URLs, 2 x 32",
+                                nats_call(bus, head, tags, None, url_of), 2, 32),
+            }
+            # Warm every path once and check that a trained tag comes back.
+            r = await api.post("/api/tag_images/", json={"dataset": DATASET, "image_urls": [url_of(0), url_of(1)]})
+            _check(r, 2)
+            assert {t["id"] for x in r.json() for t in x["tags"]}, r.text
+            for _, call, _, _ in calls.values():
+                await call([2, 3])
 
-    print(f"\nservice max_wait_ms={args.max_wait_ms:g} decode_workers={args.decode_workers}")
+            results = {key: Result(name, unit="images") for key, (name, _) in base.items()}
+            runs: dict[str, Callable[[], Awaitable[list[Span]]]] = {}
+            for key, (_, fn) in base.items():
+                runs[key] = _threaded(fn)
+            for key, (name, call, clients, per) in calls.items():
+                results[key] = Result(name, unit="images")
+                runs[key] = _clients(call, n, clients, per, args.seconds, results[key].failures)
+            meter = bs.meter(METERED)
+            for round_ in range(args.rounds):
+                for key in rotated(list(runs), round_):
+                    await measure(meter, results[key], runs[key], args.seconds)
+                print(f"round {round_ + 1}/{args.rounds} done ({load_note()})")
+            return results
+        finally:
+            await bus.close()
+
+
+def _threaded(fn: Callable[[], list[Span]]) -> Callable[[], Awaitable[list[Span]]]:
+    async def run() -> list[Span]:
+        return await asyncio.to_thread(fn)
+
+    return run
+
+
+def _clients(call: Callable[[list[int]], Awaitable[None]], n: int, clients: int, per: int, seconds: float,
+             failures: Counter[str]) -> Callable[[], Awaitable[list[Span]]]:
+    async def run() -> list[Span]:
+        return await batch_clients(call, n, clients, per, seconds, failures)
+
+    return run
+
+
+def report(results: dict[str, Result], args: argparse.Namespace, elapsed: float) -> None:
+    print(f"\n{args.rounds} round(s) of {args.seconds:g} s per configuration, interleaved; "
+          f"throughput = median of rounds; latency per request (per batch for in-process)")
     for r in results.values():
         print(r.row())
-    print("\nratios (throughput; target >= 0.7 against the in-process pipeline)")
-    base = results["inproc"]
-    for key, r in results.items():
-        if key.startswith(("upload", "url")):
-            print(f"  {r.name}  /  in-process batch 32: {r.rate / base.rate:5.2f}")
-    single = results["url1x1"].rate / results["inproc1"].rate
-    print(f"  service 1x1 URL  /  in-process batch 1: {single:5.2f}")
+    print("\nCPU ms per image, per process (client = this process: the in-process pipeline, or the client)")
+    for r in results.values():
+        if (line := r.cpu_row()) is not None:
+            print(line)
+    failed = print_failures(results)
+    print("\nratios (throughput; > 1 means the first is faster)")
+    ratios = {key: print_ratio(results, key, "inproc32") for key in ("up2x32", "url2x32", "up32x1")}
+    print_ratio(results, "natsup2x32", "inproc32")
+    print_ratio(results, "natsurl2x32", "inproc32")
+    print_ratio(results, "url1x1", "inproc1")
+    print(f"\ntargets (>= {TARGET} x in-process batch 32)")
+    for key, ratio in ratios.items():
+        verdict(results[key].name, None if ratio is None else ratio >= TARGET,
+                "not measured" if ratio is None else f"{ratio:.2f}")
+    verdict("no request refused", not failed, "none" if not failed else "see FAILED above")
+    print(f"  single image p50: {results['url1x1'].p(50):.1f} ms through the stack vs "
+          f"{results['inproc1'].p(50):.1f} ms in-process")
+    print(f"\ntotal {elapsed:.0f} s; {load_note()}")
 
 
 if __name__ == "__main__":

@@ -1,36 +1,57 @@
-"""Text embedding throughput and latency: the text service over NATS against named baselines.
+"""Text tagging throughput and latency through the whole stack, against named in-process baselines.
 
-Baselines: the same ONNX model called in-process with the same batch sizes, and the same weights in
-sentence-transformers on PyTorch. Run: ``python -m bench.text`` (needs ``make models``).
+Stack: ``POST /api/tag_texts/`` over HTTP (gateway -> Postgres -> NATS -> text_service -> head) with a
+real token and a trained dataset, one text per request, 1 and 32 concurrent clients. Baselines, in the
+same run and interleaved round by round: (a) the same ONNX model in this process, batch 1 and 32;
+(b) the same weights in sentence-transformers on PyTorch. An extra row sends the gateway's own
+TEXT_TAG request straight to text_service over NATS, to tell HTTP + database cost from NATS + batcher.
+Run: ``python -m bench.text`` (about 2 min; ``--quick`` about 40 s; needs ``make models``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import functools
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
-import numpy as np
 
-from shared import devstack
+from bench._stack import (
+    BenchStack,
+    RequestFailed,
+    Result,
+    Span,
+    add_stack_args,
+    bench_stack,
+    dataset_head,
+    load_note,
+    make_text_dataset,
+    measure,
+    models_dir,
+    print_failures,
+    print_ratio,
+    rotated,
+    service_env,
+    timed_clients,
+    timed_loop,
+    verdict,
+    wait_ready,
+)
 from shared.bus import Bus
+from shared.errors import KashfError
 from shared.inference.text import TextEncoder
-from shared.schemas.inference import EmbedReply, EmbedTextsRequest
-from shared.subjects import TEXT_EMBED
+from shared.schemas.inference import HeadRef, TagRef, TagReply, TagTextsRequest
+from shared.subjects import TEXT_TAG
 from shared.textnorm import normalize_text
 
-REPO = Path(__file__).resolve().parent.parent
+DATASET = "bench-reviews"
+SERVICES = ("text_service", "trainer", "gateway")
+METERED = ("gateway", "text_service")
 
 _OPENINGS = ["این گوشی", "کیفیت ساخت این محصول", "بسته‌بندی سفارش", "رنگ و طراحی", "باتری این مدل",
              "پشتیبانی فروشگاه", "قیمت این کالا", "صفحه نمایشش"]
@@ -50,179 +71,189 @@ def make_texts(n: int) -> list[str]:
     return out
 
 
-@dataclass
-class Result:
-    name: str
-    texts: int = 0
-    seconds: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
-    rates: list[float] = field(default_factory=list)  # per round
+def in_process(fn: Callable[[list[str]], object], texts: list[str], batch: int, budget_s: float) -> list[Span]:
+    """Call ``fn`` on consecutive batches of ``texts`` for about ``budget_s``."""
 
-    def add(self, texts: int, seconds: float, latencies_ms: list[float]) -> None:
-        self.texts += texts
-        self.seconds += seconds
-        self.latencies_ms += latencies_ms
-        self.rates.append(texts / seconds)
-
-    @property
-    def rate(self) -> float:
-        """Median over rounds: robust to a neighbour's burst of load during one round."""
-        return float(np.median(self.rates))
-
-    def row(self) -> str:
-        lat = np.array(self.latencies_ms)
-        return (f"{self.name:<52} {self.rate:7.1f} texts/s   p50 {np.percentile(lat, 50):7.1f} ms"
-                f"   p95 {np.percentile(lat, 95):7.1f} ms")
-
-
-def bench_calls(result: Result, fn: Callable[[list[str]], object], texts: list[str], batch: int,
-                budget_s: float) -> None:
-    """Call ``fn`` on consecutive batches of ``texts`` for about ``budget_s``; latency is per call."""
-    latencies = []
-    done = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < budget_s:
-        i = done % (len(texts) - batch + 1)
-        t0 = time.perf_counter()
+    def step(k: int) -> int:
+        i = (k * batch) % (len(texts) - batch + 1)
         fn(texts[i : i + batch])
-        latencies.append((time.perf_counter() - t0) * 1000)
-        done += batch
-    result.add(done, time.perf_counter() - start, latencies)
+        return batch
+
+    return timed_loop(step, budget_s)
 
 
-async def bench_service(result: Result, bus: Bus, texts: list[str], clients: int, budget_s: float) -> None:
+async def one_text_clients(call: Callable[[str], Awaitable[None]], texts: list[str], clients: int,
+                           budget_s: float, failures: Counter[str] | None = None) -> list[Span]:
     """``clients`` concurrent requesters, one text per request, for about ``budget_s``."""
-    latencies: list[float] = []
-    start = time.perf_counter()
 
-    async def client(k: int) -> None:
-        i = k
-        while time.perf_counter() - start < budget_s:
-            t0 = time.perf_counter()
-            await bus.request(TEXT_EMBED, EmbedTextsRequest(texts=[texts[i % len(texts)]]), EmbedReply)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            i += clients
+    async def step(c: int, k: int) -> int:
+        await call(texts[(c + k * clients) % len(texts)])
+        return 1
 
-    await asyncio.gather(*(client(k) for k in range(clients)))
-    result.add(len(latencies), time.perf_counter() - start, latencies)
+    return await timed_clients(step, clients, budget_s, failures)
 
 
-def run_service_round(loop: asyncio.AbstractEventLoop, result: Result, bus: Bus, texts: list[str],
-                      clients: int, budget_s: float) -> None:
-    loop.run_until_complete(bench_service(result, bus, texts, clients, budget_s))
+def http_call(api: httpx.AsyncClient) -> Callable[[str], Awaitable[None]]:
+    async def call(text: str) -> None:
+        r = await api.post("/api/tag_texts/", json={"dataset": DATASET, "contents": [text]})
+        if r.status_code != 200:
+            raise RequestFailed(f"HTTP {r.status_code} {r.text[:200]}")
+
+    return call
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def start_service(
-    nats_url: str, models_dir: Path, max_wait_ms: float, log: Path
-) -> tuple[subprocess.Popen[bytes], int]:
-    port = devstack.free_port()
-    env = {**os.environ, "NATS_URL": nats_url, "KASHF_MODELS_DIR": str(models_dir),
-           "KASHF_HEALTH_HOST": "127.0.0.1", "KASHF_HEALTH_PORT": str(port),
-           "KASHF_TEXT_MAX_WAIT_MS": str(max_wait_ms), "KASHF_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "text_service"], cwd=REPO, env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"text_service exited: {log.read_text()[-2000:]}")
+def nats_call(bus: Bus, head: HeadRef, tags: list[TagRef]) -> Callable[[str], Awaitable[None]]:
+    async def call(text: str) -> None:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc, port
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("text_service not ready after 120 s")
+            await bus.request(TEXT_TAG, TagTextsRequest(head=head, tags=tags, texts=[text]), TagReply)
+        except KashfError as exc:
+            raise RequestFailed(f"{exc.status} {exc.error_code}: {exc}") from exc
+
+    return call
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    default_models = Path(os.environ.get("KASHF_MODELS_DIR", REPO / "models"))
-    parser.add_argument("--models-dir", type=Path, default=default_models)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=models_dir())
     parser.add_argument("--model", default="text/multilingual-e5-small")
     parser.add_argument("--texts", type=int, default=256)
-    parser.add_argument("--max-wait-ms", type=float, nargs="+", default=[4.0, 0.0],
-                        help="one service per value; ratios use the first")
-    parser.add_argument("--seconds", type=float, default=4.0, help="per configuration and round")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per configuration and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s per configuration")
     parser.add_argument("--no-torch", action="store_true", help="skip the sentence-transformers baseline")
+    add_stack_args(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 2.0, 1
+    t_start = time.perf_counter()
     model_dir = args.models_dir / args.model
     texts = make_texts(args.texts)
-    normalised = [normalize_text(t) for t in texts]
-    print(f"{len(texts)} Persian texts, {os.cpu_count()} cores, model {model_dir}")
+    print(f"{len(texts)} Persian texts, model {model_dir}; {load_note()}")
 
-    encoder = TextEncoder(model_dir, device="auto")
-    encoder.warmup()
-    runs: dict[str, tuple[Result, Callable[[], None]]] = {}
-    for batch in (1, 32):
-        r = Result(f"ONNX in-process ({encoder.device}), batch {batch}")
-        runs[f"onnx{batch}"] = (r, functools.partial(bench_calls, r, encoder.encode, normalised, batch,
-                                                     args.seconds))
+    with tempfile.TemporaryDirectory(prefix="kashf-bench-text-") as tmp, \
+            bench_stack(Path(tmp), SERVICES, service_env(args)) as bs:
+        # The services boot while this process loads its baselines.
+        encoder = TextEncoder(model_dir, device="auto")
+        encoder.warmup()
 
-    # The model build keeps the sentence-transformers folder it exported from (manifest "reference").
-    candidates = [model_dir / "reference" / "sentence-transformers", model_dir / "sentence-transformers"]
-    st_dir = next((c for c in candidates if (c / "modules.json").is_file()), None)
-    if not args.no_torch and st_dir is not None:
-        from sentence_transformers import SentenceTransformer
+        def onnx_encode(xs: list[str]) -> object:
+            return encoder.encode([normalize_text(x) for x in xs])
 
-        st = SentenceTransformer(str(st_dir), device="cpu", local_files_only=True)
-        prefix = encoder.pre.prefix
+        fns: dict[str, tuple[str, Callable[[list[str]], object], int]] = {
+            f"onnx{b}": (f"(a) ONNX in-process ({encoder.device}), batch {b}", onnx_encode, b) for b in (1, 32)
+        }
+        # The model build keeps the sentence-transformers folder it exported from.
+        candidates = [model_dir / "reference" / "sentence-transformers", model_dir / "sentence-transformers"]
+        st_dir = next((c for c in candidates if (c / "modules.json").is_file()), None)
+        if not args.no_torch and st_dir is not None:
+            from sentence_transformers import SentenceTransformer
 
-        def st_encode(xs: list[str]) -> object:
-            return st.encode([prefix + x for x in xs], batch_size=len(xs))
+            st = SentenceTransformer(str(st_dir), device="cpu", local_files_only=True)
+            prefix = encoder.pre.prefix
 
-        st_encode(normalised[:32])
-        for batch in (1, 32):
-            r = Result(f"sentence-transformers (PyTorch CPU), batch {batch}")
-            runs[f"torch{batch}"] = (r, functools.partial(bench_calls, r, st_encode, normalised, batch,
-                                                          args.seconds))
+            def st_encode(xs: list[str]) -> object:
+                return st.encode([prefix + normalize_text(x) for x in xs], batch_size=len(xs))
 
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+            st_encode(texts[:32])
+            fns.update({f"torch{b}": (f"(b) sentence-transformers (PyTorch CPU), batch {b}", st_encode, b)
+                        for b in (1, 32)})
+        wait_ready(bs)
         loop = asyncio.new_event_loop()
-        stack.callback(loop.close)
-        buses: list[Bus] = []
-        # One NATS server and one service process per max_wait value, so they never share a queue group.
-        for n, wait_ms in enumerate(args.max_wait_ms):
-            nats, nats_url = devstack.start_nats(Path(tmp) / f"nats{n}")
-            stack.callback(stop_process, nats)
-            service, _ = start_service(nats_url, args.models_dir, wait_ms, Path(tmp) / f"service{n}.log")
-            stack.callback(stop_process, service)
-            bus = loop.run_until_complete(Bus.connect(nats_url, "bench"))
-            buses.append(bus)
-            loop.run_until_complete(bus.request(TEXT_EMBED, EmbedTextsRequest(texts=texts[:32]), EmbedReply))
-            suffix = "" if n == 0 else f"@{wait_ms:g}"
-            for clients in (1, 32):
-                r = Result(f"text_service NATS, {clients} client(s), wait {wait_ms:g} ms")
-                runs[f"svc{clients}{suffix}"] = (r, functools.partial(
-                    run_service_round, loop, r, bus, texts, clients, args.seconds))
-        # Rounds interleave the configurations so background load hits them all alike.
-        for round_ in range(args.rounds):
-            for _, run in runs.values():
-                run()
-            print(f"round {round_ + 1}/{args.rounds} done (load {os.getloadavg()[0]:.1f})")
-        for bus in buses:
-            loop.run_until_complete(bus.close())
-    results = {key: r for key, (r, _) in runs.items()}
+        try:
+            results = loop.run_until_complete(
+                run_rounds(bs, fns, texts, args.seconds, args.rounds))
+        finally:
+            loop.close()
+    report(results, args, time.perf_counter() - t_start)
 
-    print(f"\n{len(texts)} texts, {args.rounds} rounds of {args.seconds:g} s, throughput = median of rounds")
+
+async def run_rounds(bs: BenchStack, fns: dict[str, tuple[str, Callable[[list[str]], object], int]],
+                     texts: list[str], seconds: float, rounds: int) -> dict[str, Result]:
+    async with bs.client() as api:
+        t0 = time.perf_counter()
+        info = await make_text_dataset(api, DATASET)
+        print(f"dataset trained in {time.perf_counter() - t0:.1f} s: {info['report_count']} reports, "
+              f"evaluation {info['evaluation']}")
+        dataset_id, version, tag_rows = await dataset_head(bs, DATASET)
+        head = HeadRef(dataset_id=dataset_id, version=version)
+        tags = [TagRef(id=i, title=t) for i, t in tag_rows]
+        bus = await Bus.connect(bs.nats_url, "bench")
+        try:
+            # Warm both paths, and check the answer names a trained tag, not only the unknown one.
+            r = await api.post("/api/tag_texts/", json={"dataset": DATASET, "contents": texts[:32]})
+            found = {t["id"] for item in r.json() for t in item["tags"]}
+            assert r.status_code == 200 and found - {0}, r.text[:500]
+            await bus.request(TEXT_TAG, TagTextsRequest(head=head, tags=tags, texts=texts[:32]), TagReply)
+
+            results: dict[str, Result] = {}
+            runs: dict[str, Callable[[], Awaitable[list[Span]]]] = {}
+            for key, (name, fn, batch) in fns.items():
+                results[key] = Result(name)
+                runs[key] = _sync_run(fn, texts, batch, seconds)
+            for clients in (1, 32):
+                results[f"http{clients}"] = Result(f"stack: HTTP /api/tag_texts/, {clients} client(s) x 1 text")
+                runs[f"http{clients}"] = _client_run(http_call(api), texts, clients, seconds,
+                                                     results[f"http{clients}"].failures)
+                results[f"nats{clients}"] = Result(f"extra: text_service NATS TEXT_TAG, {clients} client(s)")
+                runs[f"nats{clients}"] = _client_run(nats_call(bus, head, tags), texts, clients, seconds,
+                                                     results[f"nats{clients}"].failures)
+            meter = bs.meter(METERED)
+            for round_ in range(rounds):
+                for key in rotated(list(runs), round_):
+                    await measure(meter, results[key], runs[key], seconds)
+                print(f"round {round_ + 1}/{rounds} done ({load_note()})")
+            return results
+        finally:
+            await bus.close()
+
+
+def _sync_run(fn: Callable[[list[str]], object], texts: list[str], batch: int,
+              seconds: float) -> Callable[[], Awaitable[list[Span]]]:
+    async def run() -> list[Span]:
+        # In a thread so the event loop (NATS pings) stays responsive; nothing else runs meanwhile.
+        return await asyncio.to_thread(in_process, fn, texts, batch, seconds)
+
+    return run
+
+
+def _client_run(call: Callable[[str], Awaitable[None]], texts: list[str], clients: int, seconds: float,
+                failures: Counter[str]) -> Callable[[], Awaitable[list[Span]]]:
+    async def run() -> list[Span]:
+        return await one_text_clients(call, texts, clients, seconds, failures)
+
+    return run
+
+
+def report(results: dict[str, Result], args: argparse.Namespace, elapsed: float) -> None:
+    print(f"\n{args.rounds} round(s) of {args.seconds:g} s per configuration, interleaved; "
+          f"throughput = median of rounds; latency per request (per call for in-process)")
     for r in results.values():
         print(r.row())
+    print("\nCPU ms per text, per process (client = this process: the in-process model, or the HTTP/NATS client)")
+    for r in results.values():
+        if (line := r.cpu_row()) is not None:
+            print(line)
+    failed = print_failures(results)
     print("\nratios (throughput; > 1 means the first is faster)")
-    pairs = [("svc1", "onnx1"), ("svc32", "onnx32"), ("svc32", "svc1"), ("onnx32", "torch32"),
-             ("svc32", "torch32"), ("onnx1", "torch1"), ("svc1", "torch1")]
-    for a, b in pairs:
-        if a in results and b in results:
-            print(f"  {results[a].name}  /  {results[b].name}: {results[a].rate / results[b].rate:5.2f}")
+    stack32 = print_ratio(results, "http32", "onnx32")
+    vs_torch = print_ratio(results, "http32", "torch32")
+    print_ratio(results, "http1", "onnx1")
+    print_ratio(results, "nats32", "onnx32")
+    print_ratio(results, "http32", "nats32")
+    print_ratio(results, "onnx32", "torch32")
+    print("\ntargets")
+    verdict("stack at 32 clients >= 0.8 x in-process ONNX batch 32", None if stack32 is None else stack32 >= 0.8,
+            f"{stack32:.2f}" if stack32 is not None else "not measured")
+    verdict("stack at 32 clients >= 1.6 x sentence-transformers PyTorch batch 32",
+            None if vs_torch is None else vs_torch >= 1.6,
+            f"{vs_torch:.2f}" if vs_torch is not None else "not measured (--no-torch or no reference model)")
+    gap = results["http1"].p(50) - results["onnx1"].p(50)
+    verdict("single-text p50 within 15 ms of in-process ONNX batch 1", gap <= 15.0,
+            f"{results['http1'].p(50):.1f} ms vs {results['onnx1'].p(50):.1f} ms ({gap:+.1f} ms)")
+    verdict("no request refused", not failed, "none" if not failed else "see FAILED above")
+    print(f"\ntotal {elapsed:.0f} s; {load_note()}")
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

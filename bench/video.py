@@ -1,42 +1,55 @@
-"""Video tagging throughput: seconds of video analysed per wall second, video_service over NATS vs in-process.
+"""Video tagging throughput: seconds of video analysed per wall second, through the whole stack vs in-process.
 
-Baseline: this process decodes the same clip with PyAV, takes the same sampled frames (first frame at or
+Stack: ``POST /api/tag_video_frames/`` with the clip as a multipart ``video_file`` upload, a real token and
+a trained image dataset (gateway -> object store -> video_service: download, sample, batch, ONNX, head).
+Baseline: this process decodes the same clip with PyAV, keeps the same sampled frames (first frame at or
 after each ``every_ms``), preprocesses them with the same encoder and runs the same ONNX model in batches
-of 32: no bus, no temp file, no pipelining. The service path: upload to the object store, one VIDEO_TAG
-request to ``python -m video_service`` (its own process), download to a temp file, sample in a thread,
-batch through the dynamic batcher, tag, reply. Run: ``python -m bench.video`` (needs ``make models``).
+of 32: no bus, no temp file, no pipelining. An extra row sends the gateway's VIDEO_TAG request straight
+to video_service over NATS. Run: ``python -m bench.video`` (about 2 min; ``--quick`` about 40 s).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import av
-import httpx
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench._stack import (
+    BenchStack,
+    Result,
+    Span,
+    add_stack_args,
+    bench_stack,
+    dataset_head,
+    load_note,
+    make_image_dataset,
+    measure,
+    models_dir,
+    print_ratio,
+    rotated,
+    service_env,
+    verdict,
+    wait_ready,
+)
+from shared.bus import Bus
+from shared.inference.image import ImageEncoder
+from shared.schemas.inference import HeadRef, TagRef
+from shared.schemas.media import MediaInput, TagVideoReply, TagVideoRequest
+from shared.subjects import BLOBS_BUCKET, VIDEO_TAG
+from tests.media_video import photo_full, write_video
 
-from shared import devstack  # noqa: E402
-from shared.bus import Bus  # noqa: E402
-from shared.inference.image import ImageEncoder  # noqa: E402
-from shared.schemas.inference import HeadRef, TagRef  # noqa: E402
-from shared.schemas.media import MediaInput, TagVideoReply, TagVideoRequest  # noqa: E402
-from shared.subjects import BLOBS_BUCKET, VIDEO_TAG  # noqa: E402
-from tests.media_video import photo_full, write_video  # noqa: E402
+DATASET = "bench-scenes"
+SERVICES = ("vision_service", "video_service", "trainer", "gateway")
+METERED = ("gateway", "video_service")
+TARGET = 0.7
 
 
 def make_clip(path: Path, seconds: int, fps: int = 25, size: tuple[int, int] = (640, 360)) -> None:
@@ -56,7 +69,7 @@ def make_clip(path: Path, seconds: int, fps: int = 25, size: tuple[int, int] = (
     write_video(path, gen(), time_base=Fraction(1, fps), rate=fps)
 
 
-def baseline(encoder: ImageEncoder, path: Path, every_ms: int, batch: int = 32) -> int:
+def in_process(encoder: ImageEncoder, path: Path, every_ms: int, batch: int = 32) -> int:
     """Decode every frame, keep the sampled ones, embed them in batches; returns frames embedded."""
     step = Fraction(every_ms, 1000)
     pending: list[np.ndarray] = []
@@ -86,85 +99,140 @@ def baseline(encoder: ImageEncoder, path: Path, every_ms: int, batch: int = 32) 
     return done
 
 
-def start_service(nats_url: str, models_dir: Path, health_port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ, "NATS_URL": nats_url, "KASHF_MODELS_DIR": str(models_dir), "KASHF_DEVICE": "cpu",
-        "KASHF_HEALTH_PORT": str(health_port), "KASHF_LOG_LEVEL": "WARNING",
-        "KASHF_SYNC_VIDEO_SECONDS": "600",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "video_service"], cwd=REPO, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{health_port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("video_service did not become ready")
+def timed(seconds: int, run: Callable[[], Awaitable[int]], frames: dict[str, int],
+          key: str) -> Callable[[], Awaitable[list[Span]]]:
+    """One video as one span; the frames analysed go to ``frames[key]`` for the sanity check."""
 
+    async def go() -> list[Span]:
+        t0 = time.perf_counter()
+        frames[key] = await run()
+        return [(0.0, time.perf_counter() - t0, seconds)]
 
-async def through_service(client: Bus, key: str, every_ms: int, concurrent: int) -> tuple[float, int]:
-    request = TagVideoRequest(
-        head=HeadRef(dataset_id=1, version=None), tags=[TagRef(id=1, title="x")],
-        video=MediaInput(blob_key=key), every_ms=every_ms,
-    )
-    start = time.perf_counter()
-    replies = await asyncio.gather(*(
-        client.request(VIDEO_TAG, request, TagVideoReply, timeout_s=600) for _ in range(concurrent)
-    ))
-    return time.perf_counter() - start, sum(r.analysed_frames for r in replies)
-
-
-async def run(args: argparse.Namespace) -> None:
-    models_dir = Path(os.environ.get("KASHF_MODELS_DIR", REPO / "models"))
-    work = Path(tempfile.mkdtemp(prefix="kashf-vbench-"))
-    clip = work / "clip.mp4"
-    make_clip(clip, args.seconds)
-    encoder = ImageEncoder(models_dir / "image/efficientnet-lite0", device="cpu")
-    encoder.warmup()
-    nats_proc, nats_url = devstack.start_nats(work / "nats")
-    service = start_service(nats_url, models_dir, devstack.free_port())
-    client = await Bus.connect(nats_url, "bench")
-    try:
-        store = await client.js.object_store(BLOBS_BUCKET)
-        await store.put("bench-clip", clip.read_bytes())
-        print(f"clip: {args.seconds} s, 640x360, 25 fps, {clip.stat().st_size / 2**20:.1f} MiB; "
-              f"{os.cpu_count()} cores; model {encoder.model_id}")
-        for every_ms in args.every_ms:
-            await through_service(client, "bench-clip", every_ms, 1)  # warm the service's path
-            base, svc, svc2 = [], [], []
-            frames = 0
-            for _ in range(args.repeats):
-                # Interleaved, so both sides see the same machine state.
-                t0 = time.perf_counter()
-                frames = await asyncio.to_thread(baseline, encoder, clip, every_ms)
-                base.append(time.perf_counter() - t0)
-                wall, analysed = await through_service(client, "bench-clip", every_ms, 1)
-                assert analysed == frames, (analysed, frames)
-                svc.append(wall)
-                wall2, _ = await through_service(client, "bench-clip", every_ms, 2)
-                svc2.append(wall2)
-            b, s, s2 = (statistics.median(x) for x in (base, svc, svc2))
-            rate_b, rate_s, rate_s2 = args.seconds / b, args.seconds / s, 2 * args.seconds / s2
-            print(f"every_ms={every_ms:5d} ({frames} frames): in-process {rate_b:6.1f} s video/s | "
-                  f"video_service over NATS {rate_s:6.1f} s video/s (ratio {rate_s / rate_b:.2f}) | "
-                  f"2 concurrent videos {rate_s2:6.1f} s video/s (ratio {rate_s2 / rate_b:.2f})")
-    finally:
-        await client.close()
-        service.send_signal(signal.SIGTERM)
-        service.wait(30)
-        nats_proc.terminate()
-        nats_proc.wait(10)
+    return go
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--every-ms", type=int, nargs="+", default=[100, 500, 2000])
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--models-dir", type=Path, default=models_dir())
+    parser.add_argument("--model", default="image/efficientnet-lite0")
+    parser.add_argument("--seconds", type=int, default=30, help="clip length")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--every-ms", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--quick", action="store_true", help="a 10 s clip, every 500 ms, 2 rounds")
+    add_stack_args(parser)
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds, args.every_ms = 10, 2, [500]
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kashf-bench-video-") as tmp, \
+            bench_stack(Path(tmp), SERVICES, service_env(args, KASHF_SYNC_VIDEO_SECONDS="600")) as bs:
+        # The services boot while this process encodes the clip and loads its baseline.
+        clip = Path(tmp) / "clip.mp4"
+        make_clip(clip, args.seconds)
+        encoder = ImageEncoder(args.models_dir / args.model, device="auto")
+        encoder.warmup()
+        print(f"clip: {args.seconds} s, 640x360, 25 fps, {clip.stat().st_size / 2**20:.1f} MiB; "
+              f"model {encoder.model_id}; {load_note()}")
+        wait_ready(bs)
+        loop = asyncio.new_event_loop()
+        try:
+            results = loop.run_until_complete(run_rounds(bs, encoder, clip, args))
+        finally:
+            loop.close()
+    report(results, args, time.perf_counter() - t_start)
+
+
+async def run_rounds(bs: BenchStack, encoder: ImageEncoder, clip: Path,
+                     args: argparse.Namespace) -> dict[str, Result]:
+    data = await asyncio.to_thread(clip.read_bytes)
+    async with bs.client() as api:
+        t0 = time.perf_counter()
+        info = await make_image_dataset(api, DATASET)
+        print(f"dataset trained in {time.perf_counter() - t0:.1f} s: {info['report_count']} reports, "
+              f"evaluation {info['evaluation']}")
+        dataset_id, version, tag_rows = await dataset_head(bs, DATASET)
+        head = HeadRef(dataset_id=dataset_id, version=version)
+        tags = [TagRef(id=i, title=t) for i, t in tag_rows]
+        bus = await Bus.connect(bs.nats_url, "bench")
+        store = await bus.js.object_store(BLOBS_BUCKET)
+        await store.put("bench-clip", data)
+        frames: dict[str, int] = {}
+
+        async def baseline(every_ms: int) -> int:
+            return await asyncio.to_thread(in_process, encoder, clip, every_ms)
+
+        async def http(every_ms: int) -> int:
+            fields = {"dataset": DATASET, "every_ms": str(every_ms), "min_frame_diff": "0"}
+            r = await api.post("/api/tag_video_frames/", data=fields,
+                               files=[("video_file", ("clip.mp4", data, "video/mp4"))])
+            if r.status_code != 200:
+                raise RuntimeError(f"tag_video_frames answered {r.status_code}: {r.text[:300]}")
+            [video] = r.json()
+            if video.get("error") or not video["frames"]:
+                raise RuntimeError(f"tag_video_frames: {video}")
+            return len(video["frames"])  # frames whose tags changed, not frames analysed
+
+        async def nats(every_ms: int) -> int:
+            request = TagVideoRequest(head=head, tags=tags, video=MediaInput(blob_key="bench-clip"),
+                                      every_ms=every_ms, min_frame_diff=0)
+            reply = await bus.request(VIDEO_TAG, request, TagVideoReply, timeout_s=600)
+            if reply.error:
+                raise RuntimeError(f"video_service: {reply.error}")
+            return reply.analysed_frames
+
+        try:
+            results: dict[str, Result] = {}
+            meter = bs.meter(METERED)
+            for every_ms in args.every_ms:
+                paths = {
+                    f"base@{every_ms}": (f"baseline: in-process decode + ONNX batch 32, every {every_ms} ms",
+                                         baseline),
+                    f"http@{every_ms}": (f"stack: HTTP multipart video_file, every {every_ms} ms", http),
+                    f"nats@{every_ms}": (f"extra: video_service NATS (object store), every {every_ms} ms",
+                                         nats),
+                }
+                for key, (name, fn) in paths.items():
+                    results[key] = Result(name, unit="video-s")
+                    await fn(every_ms)  # warm each path (head cache, decoder) outside the rounds
+                runs = {key: timed(args.seconds, _bind(fn, every_ms), frames, key)
+                        for key, (_, fn) in paths.items()}
+                for round_ in range(args.rounds):
+                    for key in rotated(list(runs), round_):
+                        await measure(meter, results[key], runs[key], None)
+                assert frames[f"nats@{every_ms}"] == frames[f"base@{every_ms}"], frames
+                print(f"every {every_ms} ms: {frames[f'base@{every_ms}']} frames analysed, "
+                      f"{frames[f'http@{every_ms}']} returned by the API ({load_note()})")
+            return results
+        finally:
+            await bus.close()
+
+
+def _bind(fn: Callable[[int], Awaitable[int]], every_ms: int) -> Callable[[], Awaitable[int]]:
+    async def run() -> int:
+        return await fn(every_ms)
+
+    return run
+
+
+def report(results: dict[str, Result], args: argparse.Namespace, elapsed: float) -> None:
+    print(f"\nclip {args.seconds} s; {args.rounds} round(s) per configuration, interleaved; "
+          f"rate = median over rounds of clip seconds / wall seconds; latency = wall time per video")
+    for r in results.values():
+        print(r.row(width=66))
+    print("\nCPU ms per second of video, per process (client = this process: the baseline, or the client)")
+    for r in results.values():
+        if (line := r.cpu_row(width=66)) is not None:
+            print(line)
+    print("\nratios (throughput; > 1 means the first is faster)")
+    ratios = {}
+    for every_ms in args.every_ms:
+        ratios[every_ms] = print_ratio(results, f"http@{every_ms}", f"base@{every_ms}")
+        print_ratio(results, f"nats@{every_ms}", f"base@{every_ms}")
+    print(f"\ntargets (>= {TARGET} x in-process)")
+    for every_ms, ratio in ratios.items():
+        verdict(f"stack upload, every {every_ms} ms", None if ratio is None else ratio >= TARGET,
+                "not measured" if ratio is None else f"{ratio:.2f}")
+    print(f"\ntotal {elapsed:.0f} s; {load_note()}")
 
 
 if __name__ == "__main__":

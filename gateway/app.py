@@ -12,9 +12,11 @@ from gateway import handlers
 from gateway.metrics import Metrics
 from gateway.middleware import RequestContextMiddleware
 from gateway.outbox import OutboxPublisher
+from gateway.predictions import PredictionCounter
 from gateway.ratelimit import RateLimiter
 from gateway.routes import datasets, health, reports, tagging, tags, video_jobs
 from gateway.state import AppState
+from gateway.tokens import TokenCache
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.settings import GatewaySettings
@@ -32,7 +34,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
         bus = await Bus.connect(settings.nats_url, "gateway")
         try:
             await ensure_streams(bus.js)
@@ -45,13 +47,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 bus=bus,
                 outbox=publisher,
                 limiter=RateLimiter(settings.rate_per_minute, settings.rate_burst),
+                predictions=PredictionCounter(sessionmaker),
+                tokens=TokenCache(settings.token_cache_s),
             )
             app.state.kashf = state
             publisher.start()
+            state.predictions.start()
             log.info("gateway_started")
             try:
                 yield {"kashf": state}
             finally:
+                await state.predictions.stop()
                 await publisher.stop()
         finally:
             await bus.close(settings.drain_timeout_s)

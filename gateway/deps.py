@@ -39,14 +39,14 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-def get_repository(session: SessionDep) -> Repository:
+async def get_repository(session: SessionDep) -> Repository:
     return Repository(session)
 
 
 RepoDep = Annotated[Repository, Depends(get_repository, scope="function")]
 
 
-def get_account(request: Request) -> int:
+async def get_account(request: Request) -> int:
     """Set by ``ApiRoute`` before the body is read."""
     account_id = getattr(request.state, "account_id", None)
     if not isinstance(account_id, int):
@@ -57,7 +57,7 @@ def get_account(request: Request) -> int:
 AccountDep = Annotated[int, Depends(get_account)]
 
 
-def get_request_id() -> str:
+async def get_request_id() -> str:
     return current_correlation_id() or ""
 
 

@@ -218,9 +218,12 @@ class Repository:
         return int(deleted or 0)
 
     async def add_predictions(self, counts: dict[int, int]) -> None:
-        """Add to each tag's prediction counter, in one UPDATE."""
+        """Add to each tag's prediction counter; rows locked in id order so writers never deadlock."""
         if not counts:
             return
+        await self.session.execute(
+            select(Tag.id).where(Tag.id.in_(sorted(counts))).order_by(Tag.id).with_for_update()
+        )
         await self.session.execute(
             update(Tag)
             .where(Tag.id.in_(list(counts)))

@@ -61,6 +61,7 @@ class ApiRoute(APIRoute):
                     Repository(session),
                     request.headers.get("authorization"),
                     settings.token_pepper.get_secret_value(),
+                    state.tokens,
                 )
             state.limiter.check(account_id)
             request.state.account_id = account_id

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.outbox import OutboxPublisher
+from gateway.predictions import PredictionCounter
 from gateway.ratelimit import RateLimiter
+from gateway.tokens import TokenCache
 from shared.bus import Bus
 from shared.settings import GatewaySettings
 
@@ -20,3 +22,5 @@ class AppState:
     bus: Bus
     outbox: OutboxPublisher
     limiter: RateLimiter
+    predictions: PredictionCounter
+    tokens: TokenCache

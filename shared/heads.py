@@ -1,7 +1,8 @@
 """Fitted per-dataset classifier heads: the blob format, tag selection and a cache for the services.
 
-A head is linear per tag on frozen L2-normalised embeddings, calibrated by Platt scaling:
-``p = sigmoid(a * (x @ w + b) + c)``; a tag is predicted when ``p`` reaches its threshold.
+A head is linear per tag on frozen L2-normalised embeddings, calibrated by Platt scaling to a logit
+``z = a * (x @ w + b) + c``; ``p = sigmoid(z)``, or for an exclusive head (tags that never share an item)
+``p = exp(z) / (1 + sum(exp(z)))``, the tags competing with "none"; a tag is predicted when ``p`` reaches its threshold.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from shared.schemas.inference import HeadRef, ScoredTag, TagRef
 UNKNOWN_TAG_ID = 0
 UNKNOWN_TITLE = "ناآشنا"
 ZERO_SHOT_THRESHOLD = 0.5
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added "exclusive" to the meta record; format 1 blobs still load
+_READABLE = (1, 2)
 _ARRAYS = ("tag_ids", "weights", "bias", "calibration", "thresholds")
 
 
@@ -38,6 +40,15 @@ def unknown_tag() -> ScoredTag:
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     # Clipping keeps exp() finite; probabilities saturate long before |z| = 40.
     out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
+    return out
+
+
+def competing(z: np.ndarray) -> np.ndarray:
+    """Row-wise ``exp(z) / (1 + sum(exp(z)))``: tags and an implicit "none" (logit 0) share one unit of mass."""
+    z = np.asarray(z, dtype=np.float64)
+    top = np.maximum(z.max(axis=-1, keepdims=True, initial=0.0), 0.0)  # shift for overflow-free exp
+    e = np.exp(z - top)
+    out: np.ndarray = e / (np.exp(-top) + e.sum(axis=-1, keepdims=True))
     return out
 
 
@@ -52,6 +63,7 @@ class Head:
     bias: np.ndarray  # (k,) float32
     calibration: np.ndarray  # (k, 2) float32: a, c of sigmoid(a * raw + c)
     thresholds: np.ndarray  # (k,) float32, on the calibrated probability
+    exclusive: bool = False  # tags compete (softmax with a "none" logit of 0) instead of independent sigmoids
 
     def __post_init__(self) -> None:
         k = self.tag_ids.shape[0]
@@ -72,12 +84,13 @@ class Head:
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, shape (n, k)."""
         raw = self.decision(vectors).astype(np.float64)
-        out: np.ndarray = _sigmoid(self.calibration[:, 0] * raw + self.calibration[:, 1])
-        return out
+        z = self.calibration[:, 0] * raw + self.calibration[:, 1]
+        return competing(z) if self.exclusive else _sigmoid(z)
 
     def to_bytes(self) -> bytes:
         """An ``.npz`` archive: the arrays plus a JSON meta record (no pickle)."""
-        meta = json.dumps({"format": FORMAT_VERSION, "model_id": self.model_id, "version": self.version})
+        meta = json.dumps({"format": FORMAT_VERSION, "model_id": self.model_id, "version": self.version,
+                           "exclusive": self.exclusive})
         buf = io.BytesIO()
         np.savez_compressed(
             buf,
@@ -98,7 +111,7 @@ class Head:
                 arrays = {name: npz[name] for name in _ARRAYS}
         except (OSError, ValueError, KeyError) as exc:
             raise Internal("stored head is unreadable") from exc
-        if meta.get("format") != FORMAT_VERSION:
+        if meta.get("format") not in _READABLE:
             raise Internal(f"stored head has unknown format {meta.get('format')!r}")
         return cls(
             model_id=str(meta["model_id"]),
@@ -108,6 +121,7 @@ class Head:
             bias=arrays["bias"].astype(np.float32),
             calibration=arrays["calibration"].astype(np.float32),
             thresholds=arrays["thresholds"].astype(np.float32),
+            exclusive=bool(meta.get("exclusive", False)),
         )
 
 

@@ -78,6 +78,9 @@ class GatewaySettings(CommonSettings):
     rate_per_minute: int = Field(600, validation_alias=_alias("KASHF_RATE_PER_MINUTE"))
     rate_burst: int = Field(120, validation_alias=_alias("KASHF_RATE_BURST"))
     outbox_sweep_s: float = Field(2.0, validation_alias=_alias("KASHF_OUTBOX_SWEEP_S"))
+    # A revoked token keeps working on a replica for at most this long (0: look up every request).
+    token_cache_s: float = Field(5.0, validation_alias=_alias("KASHF_TOKEN_CACHE_S"))
+    db_pool_size: int = Field(20, validation_alias=_alias("KASHF_DB_POOL_SIZE"))
     # None: the subject's own timeout (shared/subjects.py).
     text_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_TEXT_TIMEOUT_S"))
     vision_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_VISION_TIMEOUT_S"))

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from gateway.deps import AccountDep, RepoDep, RequestIdDep
+from gateway.deps import AccountDep, RepoDep, RequestIdDep, StateDep
 from gateway.routes.common import api_router, post
 from gateway.schemas import (
     CreateDatasetBody,
@@ -42,7 +42,9 @@ def router() -> APIRouter:
         return await datasets.train_dataset(repo, account, body.dataset, request_id)
 
     @post(r, "/api/dataset_info", DatasetInfoOut, "State, counts and evaluation of a dataset and its tags")
-    async def dataset_info(body: DatasetInfoBody, repo: RepoDep, account: AccountDep) -> dict[str, Any]:
-        return await datasets.dataset_info(repo, account, body)
+    async def dataset_info(
+        body: DatasetInfoBody, repo: RepoDep, account: AccountDep, state: StateDep
+    ) -> dict[str, Any]:
+        return await datasets.dataset_info(repo, account, body, state.predictions)
 
     return r

@@ -93,7 +93,7 @@ def router() -> APIRouter:
     async def tag_texts(
         body: TagTextsBody, repo: RepoDep, account: AccountDep, state: StateDep
     ) -> list[dict[str, Any]]:
-        return await tagging.tag_texts(repo, state.bus, account, body, state.settings)
+        return await tagging.tag_texts(repo, state.bus, state.predictions, account, body, state.settings)
 
     @post_route(
         r,
@@ -109,7 +109,7 @@ def router() -> APIRouter:
         if media_kind(request.headers.get("content-type")) == "json":
             body = parse_body(TagImagesBody, await request.body())
             images = [("image_url", url, MediaInput(url=url)) for url in body.image_urls]
-            return await tagging.tag_images(repo, state.bus, account, body.dataset, images, settings)
+            return await tagging.tag_images(repo, state.bus, state.predictions, account, body.dataset, images, settings)
         form = await _read_form(request, state)
         try:
             dataset = parse_body(DatasetBody, _fields(form, ("dataset",))).dataset
@@ -119,7 +119,7 @@ def router() -> APIRouter:
         finally:
             await form.close()
         try:
-            return await tagging.tag_images(repo, state.bus, account, dataset, uploads, settings)
+            return await tagging.tag_images(repo, state.bus, state.predictions, account, dataset, uploads, settings)
         finally:
             await blobs.delete_blobs(state.bus.js, [ref.blob_key for _, _, ref in uploads if ref.blob_key])
 
@@ -149,7 +149,7 @@ def router() -> APIRouter:
             videos = [("video_url", url, MediaInput(url=url)) for url in body.video_urls]
             if body.async_:
                 return await video_jobs.submit_videos(repo, state.bus, account, body, videos, settings)
-            return await tagging.tag_videos(repo, state.bus, account, body, videos, settings)
+            return await tagging.tag_videos(repo, state.bus, state.predictions, account, body, videos, settings)
         form = await _read_form(request, state)
         try:
             params = parse_body(
@@ -165,7 +165,7 @@ def router() -> APIRouter:
             # The job owns the uploads now: video_service deletes them when the job ends.
             return await video_jobs.submit_videos(repo, state.bus, account, params, uploads, settings)
         try:
-            return await tagging.tag_videos(repo, state.bus, account, params, uploads, settings)
+            return await tagging.tag_videos(repo, state.bus, state.predictions, account, params, uploads, settings)
         finally:
             await blobs.delete_blobs(state.bus.js, [ref.blob_key for _, _, ref in uploads if ref.blob_key])
 

@@ -7,6 +7,7 @@ import hmac
 import secrets
 
 from gateway.repository import Repository
+from gateway.tokens import TokenCache
 from shared.errors import Unauthorized
 
 PREFIX_CHARS = 8
@@ -27,12 +28,17 @@ def parse_authorization(header: str | None) -> str:
     return key
 
 
-async def authenticate(repo: Repository, header: str | None, pepper: str) -> int:
+async def authenticate(repo: Repository, header: str | None, pepper: str, cache: TokenCache | None = None) -> int:
     """The account id the header's token belongs to; Unauthorized for unknown or revoked tokens."""
     key = parse_authorization(header)
-    account_id = await repo.account_for_token_hash(hash_token(key, pepper))
+    token_hash = hash_token(key, pepper)
+    if cache is not None and (cached := cache.get(token_hash)) is not None:
+        return cached
+    account_id = await repo.account_for_token_hash(token_hash)
     if account_id is None:
         raise Unauthorized("invalid or revoked token")
+    if cache is not None:
+        cache.put(token_hash, account_id)
     return account_id
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import outbox
+from gateway.predictions import PredictionCounter
 from gateway.repository import Repository
 from gateway.schemas import CreateDatasetBody, DatasetInfoBody
 from shared.db.models import Dataset
@@ -65,7 +66,9 @@ def _figures(evaluation: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[s
     return {key: evaluation.get(key) for key in keys}
 
 
-async def dataset_info(repo: Repository, account_id: int, body: DatasetInfoBody) -> dict[str, Any]:
+async def dataset_info(
+    repo: Repository, account_id: int, body: DatasetInfoBody, counter: PredictionCounter
+) -> dict[str, Any]:
     dataset = await load_dataset(repo, account_id, body.dataset)
     reports, items = await repo.dataset_counts(dataset.id)
     info: dict[str, Any] = {
@@ -81,7 +84,7 @@ async def dataset_info(repo: Repository, account_id: int, body: DatasetInfoBody)
                 "title": tag.title,
                 "id": tag.id,
                 "reports": n,
-                "predictions": tag.predictions,
+                "predictions": tag.predictions + counter.pending(tag.id),
                 "evaluation": _figures(tag.evaluation, ("recall", "precision", "f1")),
             }
             for tag, n in await repo.tags_with_report_counts(dataset.id)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gateway.predictions import PredictionCounter
 from gateway.repository import Repository
 from gateway.schemas import TagTextsBody, VideoParams
 from gateway.service.datasets import ensure_kind, load_dataset
@@ -48,9 +48,8 @@ async def prepare(repo: Repository, account_id: int, name: str, kind: str) -> tu
     return HeadRef(dataset_id=dataset.id, version=dataset.head_version), tags
 
 
-async def _count_predictions(repo: Repository, tag_lists: Iterable[Sequence[ScoredTag]]) -> None:
-    counts = Counter(t.id for tags in tag_lists for t in tags if t.id != UNKNOWN_TAG_ID)
-    await repo.add_predictions(dict(counts))
+def _count_predictions(counter: PredictionCounter, tag_lists: Iterable[Sequence[ScoredTag]]) -> None:
+    counter.add(t.id for tags in tag_lists for t in tags if t.id != UNKNOWN_TAG_ID)
 
 
 def _chunks(texts: Sequence[str]) -> list[list[str]]:
@@ -72,7 +71,12 @@ def _check_items(items: Sequence[ItemResult], expected: int, service: str) -> No
 
 
 async def tag_texts(
-    repo: Repository, bus: Bus, account_id: int, body: TagTextsBody, settings: GatewaySettings
+    repo: Repository,
+    bus: Bus,
+    counter: PredictionCounter,
+    account_id: int,
+    body: TagTextsBody,
+    settings: GatewaySettings,
 ) -> list[dict[str, Any]]:
     check_count(body.contents, "contents", settings)
     for i, text in enumerate(body.contents):
@@ -94,7 +98,7 @@ async def tag_texts(
         )
         items = [item for reply in replies for item in reply.items]
         _check_items(items, len(body.contents), TEXT_TAG.queue)
-    await _count_predictions(repo, (item.tags for item in items))
+    _count_predictions(counter, (item.tags for item in items))
     out = []
     for content, item in zip(body.contents, items, strict=True):
         element: dict[str, Any] = {"content": content, "tags": tags_out(item.tags)}
@@ -107,6 +111,7 @@ async def tag_texts(
 async def tag_images(
     repo: Repository,
     bus: Bus,
+    counter: PredictionCounter,
     account_id: int,
     dataset: str,
     images: Sequence[tuple[str, str, MediaInput]],
@@ -118,7 +123,7 @@ async def tag_images(
     request = TagImagesRequest(head=head, tags=tags, images=[ref for _, _, ref in images])
     reply = await bus.request(VISION_TAG, request, TagReply, timeout_s=settings.vision_timeout_s)
     _check_items(reply.items, len(images), VISION_TAG.queue)
-    await _count_predictions(repo, (item.tags for item in reply.items))
+    _count_predictions(counter, (item.tags for item in reply.items))
     out = []
     for (key, value, _), item in zip(images, reply.items, strict=True):
         element: dict[str, Any] = {key: value}
@@ -145,6 +150,7 @@ def check_video_params(params: VideoParams) -> None:
 async def tag_videos(
     repo: Repository,
     bus: Bus,
+    counter: PredictionCounter,
     account_id: int,
     params: VideoParams,
     videos: Sequence[tuple[str, str, MediaInput]],
@@ -158,7 +164,7 @@ async def tag_videos(
         replies = await _video_replies(bus, head, tags, params, videos, settings)
     except Timeout as exc:
         raise Timeout(f"{exc.detail}; for long videos send \"async\": true and poll POST /api/video_job/") from exc
-    await _count_predictions(repo, (frame.tags for reply in replies for frame in reply.frames))
+    _count_predictions(counter, (frame.tags for reply in replies for frame in reply.frames))
     out = []
     for (key, value, _), reply in zip(videos, replies, strict=True):
         element: dict[str, Any] = {key: value}

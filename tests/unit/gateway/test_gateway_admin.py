@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from tests.unit.gateway.harness import PEPPER, Gateway, sql
 
@@ -25,7 +27,12 @@ async def admin(database_url: str, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_create_list_and_revoke_tokens(gw: Gateway) -> None:
+async def test_create_list_and_revoke_tokens(gateway_factory: Callable[..., Any]) -> None:
+    async with gateway_factory(token_cache_s=0.5) as gw:
+        await _create_list_and_revoke(gw)
+
+
+async def _create_list_and_revoke(gw: Gateway) -> None:
     url = gw.settings.database_url
     code, out, _ = await admin(url, "create-token", "acme")
     assert code == 0
@@ -47,6 +54,7 @@ async def test_create_list_and_revoke_tokens(gw: Gateway) -> None:
 
     code, out, _ = await admin(url, "revoke-token", token[:8])
     assert code == 0 and "revoked" in out
+    await asyncio.sleep(0.6)  # the gateway's token cache (KASHF_TOKEN_CACHE_S) lets it expire
     assert (await gw.post("/api/list_datasets/", {}, token)).status_code == 401
     assert (await gw.post("/api/list_datasets/", {}, second.strip().splitlines()[-1])).status_code == 200
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -221,6 +222,31 @@ async def test_tag_texts_asks_text_service_and_counts_predictions(gw: Gateway, n
     assert {t["id"]: t["predictions"] for t in info["tags"]} == {buy: 2, bad: 0}
     kind = await sql(gw.settings.database_url, "SELECT kind FROM dataset WHERE name='digikala'")
     assert kind[0]["kind"] == "text"
+
+
+async def test_concurrent_tagging_counts_every_prediction(gw: Gateway, nats_url: str) -> None:
+    """Many tagging calls at once over the same tags: no deadlock, no lost count (read before and after
+    the counters reach Postgres)."""
+    token = await gw.token("acme")
+    buy, bad = await _text_dataset(gw, token)
+
+    async def text_service(data: bytes) -> bytes:
+        request = TagTextsRequest.model_validate_json(data)
+        tags = [ScoredTag(id=bad, title="عدم رضایت", probability=0.6), ScoredTag(id=buy, title="توصیه خرید",
+                                                                              probability=0.9)]
+        return TagReply(model_id="m", items=[ItemResult(tags=tags) for _ in request.texts]).model_dump_json().encode()
+
+    async with responder(nats_url, TEXT_TAG, text_service):
+        responses = await asyncio.gather(*(
+            gw.post("/api/tag_texts/", {"dataset": "digikala", "contents": [REVIEW_BUY, REVIEW_BAD]}, token)
+            for _ in range(40)
+        ))
+    assert [r.status_code for r in responses] == [200] * 40
+    info = (await gw.post("/api/dataset_info/", {"dataset": "digikala"}, token)).json()
+    assert {t["id"]: t["predictions"] for t in info["tags"]} == {buy: 80, bad: 80}
+    await gw.app.state.kashf.predictions.flush()
+    stored = await sql(gw.settings.database_url, "SELECT id, predictions FROM tag ORDER BY id")
+    assert {r["id"]: r["predictions"] for r in stored} == {buy: 80, bad: 80}
 
 
 async def test_tag_images_by_url_and_by_upload(gw: Gateway, nats_url: str) -> None:
