@@ -34,6 +34,9 @@ def make_session(path: Path, device: Device = "auto", threads: int | None = None
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle model threads sleep instead of spinning: a service shares its cores with the decoding pool,
+    # the bus client and (on small nodes) other services, and spinning burns the CPU quota between requests.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
