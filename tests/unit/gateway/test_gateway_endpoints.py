@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 
 import nats
 import numpy as np
+from PIL import Image
 
 from shared.logging import CORRELATION_HEADER
 from shared.schemas.inference import ItemResult, ScoredTag, TagReply, TagTextsRequest, pack_vectors
@@ -256,7 +258,12 @@ async def test_tag_images_by_url_and_by_upload(gw: Gateway, nats_url: str) -> No
         "tag_id"
     ]
     photo = png_bytes(1)
+    noise = io.BytesIO()  # incompressible: over the 256 KiB inline limit
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(noise, "PNG")
+    big = noise.getvalue()
+    assert len(big) > 256 * 1024
     blob_contents: list[bytes] = []
+    inline_contents: list[bytes] = []
     nc = await nats.connect(nats_url)
     store = await nc.jetstream().object_store(BLOBS_BUCKET)
 
@@ -266,6 +273,8 @@ async def test_tag_images_by_url_and_by_upload(gw: Gateway, nats_url: str) -> No
         for image in request.images:
             if image.blob_key:
                 blob_contents.append((await store.get(image.blob_key)).data or b"")
+            if image.data:
+                inline_contents.append(image.data)
             if image.url and "broken" in image.url:
                 items.append(
                     ItemResult(error="could not fetch the image (HTTP 404)", error_code="fetch_failed")
@@ -282,7 +291,8 @@ async def test_tag_images_by_url_and_by_upload(gw: Gateway, nats_url: str) -> No
                 "/api/tag_images/",
                 headers={"Authorization": f"Token {token}"},
                 data={"dataset": "iran"},
-                files=[("image_file", ("milad.png", photo, "image/png"))],
+                files=[("image_file", ("milad.png", photo, "image/png")),
+                       ("image_file", ("big.png", big, "image/png"))],
             )
     finally:
         await nc.close()
@@ -293,9 +303,11 @@ async def test_tag_images_by_url_and_by_upload(gw: Gateway, nats_url: str) -> No
     ]
     assert upload.status_code == 200, upload.text
     assert upload.json() == [
-        {"image_file": "milad.png", "tags": [{"id": milad, "probability": 0.99, "title": "برج میلاد"}]}
+        {"image_file": name, "tags": [{"id": milad, "probability": 0.99, "title": "برج میلاد"}]}
+        for name in ("milad.png", "big.png")
     ]
-    assert blob_contents == [photo]  # the bytes went through the object store, not the message
+    assert inline_contents == [photo]  # small: inline in the message
+    assert blob_contents == [big]  # large: through the object store (NATS payloads stay under 1 MiB)
 
 
 async def test_tag_video_frames_by_url_and_by_upload(gw: Gateway, nats_url: str) -> None:
@@ -339,7 +351,8 @@ async def test_tag_video_frames_by_url_and_by_upload(gw: Gateway, nats_url: str)
     assert upload.json() == [{"video_file": "clip.mp4", "frames": frames}]
     assert (seen[0].every_ms, seen[0].duration_s, seen[0].min_frame_diff) == (100, 25, 50)
     assert seen[0].video.url == url
-    assert (seen[1].every_ms, seen[1].duration_s, seen[1].video.blob_key is not None) == (250, None, True)
+    # A 2 KiB upload travels inline in the message (large ones go through the object store).
+    assert (seen[1].every_ms, seen[1].duration_s, seen[1].video.data) == (250, None, b"\x00" * 2048)
 
 
 async def test_report_image_tags_keeps_copy_and_embedding(gw: Gateway) -> None:
