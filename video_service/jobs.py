@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from shared.errors import KashfError, Overloaded, Timeout, Unavailable
-from shared.schemas.media import MediaInput, TagVideoRequest
+from shared.schemas.media import TagVideoRequest
 from shared.schemas.video_jobs import (
     VIDEO_JOBS_BUCKET,
     VIDEO_JOBS_DURABLE,
@@ -207,7 +207,7 @@ class VideoJobRunner:
         """One video; its own media problem is its outcome, transient failures fail the attempt."""
         request = TagVideoRequest(
             head=job.head, tags=job.tags,
-            video=MediaInput(url=item.video.url, blob_key=item.video.blob_key, name=item.video.name),
+            video=item.video,
             every_ms=job.every_ms, duration_s=job.duration_s, min_frame_diff=job.min_frame_diff,
         )
         try:
