@@ -6,16 +6,42 @@ List lengths and text lengths are not constrained here: those limits are setting
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DatasetName = Field(min_length=1, max_length=200, description="the dataset's name, unique per account")
 Title = Field(min_length=1, max_length=500)
 
 
+# Ids are Postgres bigints: anything outside is a schema error (422), not a database error.
+TagId = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if (found := _nul_path(item, f"{path}.{key}" if path else str(key))) is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := _nul_path(item, f"{path}[{i}]")) is not None:
+                return found
+    return None
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # Postgres text cannot hold NUL: refuse it here, naming the field, rather than fail later.
+        if (path := _nul_path(data, "")) is not None:
+            raise ValueError(f"{path} contains a NUL character (\\u0000)")
+        return data
 
 
 # Requests
@@ -55,7 +81,9 @@ class TagImagesBody(_Body):
 
 class VideoParams(_Body):
     dataset: str = DatasetName
-    every_ms: int = Field(1000, description="sample one frame every this many milliseconds of video time")
+    every_ms: int = Field(
+        1000, le=86_400_000, description="sample one frame every this many milliseconds of video time"
+    )
     duration: float | None = Field(
         None, description="analyse only the first seconds; absent or 0: whole video"
     )
@@ -134,7 +162,7 @@ class UpdateTagBody(_Body):
     dataset: str | None = Field(
         None, min_length=1, max_length=200, description="when given, must hold the tag"
     )
-    tag_id: int
+    tag_id: TagId
     title: str | None = Field(None, min_length=1, max_length=500)
     active: bool | None = None
 
@@ -142,7 +170,7 @@ class UpdateTagBody(_Body):
 class DeleteTagBody(_Body):
     model_config = ConfigDict(json_schema_extra={"examples": [{"tag_id": 111111111}]})
 
-    tag_id: int
+    tag_id: TagId
 
 
 class TextReport(_Body):
@@ -155,7 +183,7 @@ class TextReport(_Body):
     )
 
     content: str
-    tag_id: int
+    tag_id: TagId
     positive: bool
 
 
@@ -174,7 +202,7 @@ class ImageReport(_Body):
     )
 
     image_url: str
-    tag_id: int
+    tag_id: TagId
     positive: bool
 
 
@@ -253,7 +281,7 @@ class DatasetOut(BaseModel):
 
 class TagOutFull(BaseModel):
     title: str
-    tag_id: int
+    tag_id: TagId
     active: bool
 
 

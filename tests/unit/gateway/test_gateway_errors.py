@@ -239,3 +239,27 @@ async def test_503_when_the_database_is_unreachable(nats_url: str) -> None:
         ready = await gw.client.get("/readyz")
     assert assert_error(response, 503, "database unavailable")["error"] == "unavailable"
     assert assert_error(ready, 503, "database")["error"] == "unavailable"
+
+
+async def test_hostile_bodies_get_clear_errors_and_change_nothing(gw: Gateway) -> None:
+    """Inputs Postgres or the bus would choke on are refused up front (never a 500), naming the field."""
+    token = await gw.token("acme")
+    tag = (await gw.post("/api/create_tag/", {"dataset": "d", "title": "t"}, token)).json()["tag_id"]
+    cases: list[tuple[str, Any, int, str]] = [
+        ("/api/report_text_tags/", [{"content": "ab\u0000c", "tag_id": tag, "positive": True}], 422, "NUL"),
+        ("/api/create_tag/", {"dataset": "d\u0000x", "title": "t"}, 422, "dataset contains a NUL"),
+        ("/api/report_text_tags/", [{"content": "abc", "tag_id": 10**30, "positive": True}], 422, "[0].tag_id"),
+        ("/api/update_tag/", {"tag_id": 2**63, "title": "x"}, 422, "tag_id"),
+        ("/api/tag_video_frames/", {"dataset": "d", "every_ms": 10**20, "video_urls": ["https://e.org/a.mp4"]},
+         422, "every_ms"),
+        ("/api/create_dataset/", {"dataset": "k", "kind": "audio"}, 422, "kind"),
+    ]
+    for path, body, status, detail in cases:
+        assert_error(await gw.post(path, body, token), status, detail)
+    raw = await gw.client.post("/api/create_tag/", content=b'{"dataset": "d", "title": "\\ud800"}',
+                               headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})
+    assert_error(raw, 422, "title")
+    info = (await gw.post("/api/dataset_info/", {"dataset": "d", "tags": True}, token)).json()
+    assert info["report_count"] == 0 and [t["title"] for t in info["tags"]] == ["t"]
+    missing = await gw.post("/api/dataset_info/", {"dataset": "d\u0000x"}, token)
+    assert_error(missing, 422, "NUL")
