@@ -1,8 +1,7 @@
 """Fitted per-dataset classifier heads: the blob format, tag selection and a cache for the services.
 
-A head is linear per tag on frozen L2-normalised embeddings, calibrated by Platt scaling to a logit
-``z = a * (x @ w + b) + c``; ``p = sigmoid(z)``, or for an exclusive head (tags that never share an item)
-``p = exp(z) / (1 + sum(exp(z)))``, the tags competing with "none"; a tag is predicted when ``p`` reaches its threshold.
+Linear per tag on frozen embeddings, Platt-calibrated logits ``z = a * (x @ w + b) + c``; ``p = sigmoid(z)``, or
+for an exclusive head ``p_t = sigmoid(z_t - max(none, other z))``. A tag is predicted when ``p`` reaches its threshold.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from shared.schemas.inference import HeadRef, ScoredTag, TagRef
 UNKNOWN_TAG_ID = 0
 UNKNOWN_TITLE = "ناآشنا"
 ZERO_SHOT_THRESHOLD = 0.5
-FORMAT_VERSION = 2  # 2 added "exclusive" to the meta record; format 1 blobs still load
+FORMAT_VERSION = 2  # 2 added "exclusive" and "none_logit" to the meta record; format 1 blobs still load
 _READABLE = (1, 2)
 _ARRAYS = ("tag_ids", "weights", "bias", "calibration", "thresholds")
 
@@ -43,13 +42,18 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return out
 
 
-def competing(z: np.ndarray) -> np.ndarray:
-    """Row-wise ``exp(z) / (1 + sum(exp(z)))``: tags and an implicit "none" (logit 0) share one unit of mass."""
-    z = np.asarray(z, dtype=np.float64)
-    top = np.maximum(z.max(axis=-1, keepdims=True, initial=0.0), 0.0)  # shift for overflow-free exp
-    e = np.exp(z - top)
-    out: np.ndarray = e / (np.exp(-top) + e.sum(axis=-1, keepdims=True))
-    return out
+def exclusive_probabilities(z: np.ndarray, none_logit: float) -> np.ndarray:
+    """Row-wise ``sigmoid(z_t - max(none_logit, max of the other z))``; only the top tag can reach 0.5."""
+    z = np.asarray(z, dtype=np.float64).reshape(-1, np.shape(z)[-1])
+    k = z.shape[1]
+    rival = np.full(z.shape, float(none_logit))
+    if k > 1:
+        order = np.argsort(-z, axis=1)
+        top, second = np.take_along_axis(z, order[:, :1], axis=1), np.take_along_axis(z, order[:, 1:2], axis=1)
+        # Every tag's strongest rival is the top tag, except the top tag's own, which is the second.
+        others = np.where(np.arange(k)[None, :] == order[:, :1], second, top)
+        rival = np.maximum(rival, others)
+    return _sigmoid(z - rival)
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ class Head:
     bias: np.ndarray  # (k,) float32
     calibration: np.ndarray  # (k, 2) float32: a, c of sigmoid(a * raw + c)
     thresholds: np.ndarray  # (k,) float32, on the calibrated probability
-    exclusive: bool = False  # tags compete (softmax with a "none" logit of 0) instead of independent sigmoids
+    exclusive: bool = False  # tags compete (see exclusive_probabilities) instead of independent sigmoids
+    none_logit: float = 0.0  # for an exclusive head: the logit at which "none" (unknown) wins
 
     def __post_init__(self) -> None:
         k = self.tag_ids.shape[0]
@@ -85,12 +90,12 @@ class Head:
         """Calibrated probabilities, shape (n, k)."""
         raw = self.decision(vectors).astype(np.float64)
         z = self.calibration[:, 0] * raw + self.calibration[:, 1]
-        return competing(z) if self.exclusive else _sigmoid(z)
+        return exclusive_probabilities(z, self.none_logit) if self.exclusive else _sigmoid(z)
 
     def to_bytes(self) -> bytes:
         """An ``.npz`` archive: the arrays plus a JSON meta record (no pickle)."""
         meta = json.dumps({"format": FORMAT_VERSION, "model_id": self.model_id, "version": self.version,
-                           "exclusive": self.exclusive})
+                           "exclusive": self.exclusive, "none_logit": self.none_logit})
         buf = io.BytesIO()
         np.savez_compressed(
             buf,
@@ -122,6 +127,7 @@ class Head:
             calibration=arrays["calibration"].astype(np.float32),
             thresholds=arrays["thresholds"].astype(np.float32),
             exclusive=bool(meta.get("exclusive", False)),
+            none_logit=float(meta.get("none_logit", 0.0)),
         )
 
 

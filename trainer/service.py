@@ -1,8 +1,15 @@
 """Fitting and evaluating a dataset's multi-label head on frozen embeddings (no transport here).
 
-Per tag, one-vs-rest logistic regression on centred, rescaled L2-normalised embeddings; C picked by
-stratified k-fold CV (average precision) once a tag has 10+ examples of each class; the out-of-fold
-scores give a Platt calibration, the F1-maximising threshold and the cross-validated figures.
+Per tag, one-vs-rest logistic regression (implicit negatives: items positive for other tags) on centred, rescaled
+embeddings; C by k-fold CV (average precision) once a tag has 10+ examples of each class; one Platt map fitted on
+every tag's out-of-fold scores.
+
+Exclusive heads (2+ tags, no item reported positive for two): an item gets its top tag unless every tag's logit is
+under the head's "none" logit, so at most one tag; p = sigmoid(top logit - max(none, runner-up)), threshold 0.5.
+The none logit maximises out-of-fold micro-F1 + top-1 accuracy (lowest such cut), shrunk toward ``none_prior`` by
+``prior_weight`` pseudo-examples per tag: with 2 examples the top tag is nearly always returned, since a CV cut
+on 2 examples is noise and every unknown answer costs accuracy; with 32 the out-of-fold cut dominates.
+Other heads (multi-label): independent sigmoids, per-tag F1-maximising threshold on out-of-fold probabilities.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from sklearn.model_selection import StratifiedKFold
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.errors import Unavailable
-from shared.heads import Head
+from shared.heads import Head, exclusive_probabilities
 from trainer import repository
 from trainer.repository import ItemToEmbed
 
@@ -31,7 +38,7 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Knobs of the fit; the defaults are what the quality test measured best."""
+    """Knobs of the fit; defaults chosen on bench/heads.py's tuning splits (seeds 0-19), not its report splits."""
 
     cv_folds: int = 5
     # C is on features rescaled to unit RMS norm; weak regularisation ranked best on e5 embeddings.
@@ -45,6 +52,13 @@ class FitConfig:
     # Platt slopes stay bounded on tiny, perfectly separated folds.
     platt_c: float = 1.0
     calibration: Literal["pooled", "per_tag"] = "pooled"
+    # "auto": a head of 2+ tags is exclusive (the tags compete, see shared.heads) when no item is
+    # reported positive for two of them.
+    exclusive: Literal["auto", "never"] = "auto"
+    # The exclusive head's "none" logit: the out-of-fold choice shrunk toward none_prior by prior_weight
+    # pseudo-examples per tag (with 2 examples the out-of-fold choice is noise: then the top tag wins).
+    none_prior: float = -4.0
+    prior_weight: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,8 @@ class FitResult:
     dim: int
     report_count: int
     skipped: list[int] = field(default_factory=list)  # tags with no positive report: not in the head
+    exclusive: bool = False  # at most one tag per item (no item was reported positive for two tags)
+    none_logit: float = 0.0
 
     def head(self, model_id: str, version: int) -> Head:
         k = len(self.tags)
@@ -114,6 +130,8 @@ class FitResult:
             bias=np.array([t.bias for t in self.tags], dtype=np.float32),
             calibration=np.array([t.calibration for t in self.tags], dtype=np.float32).reshape(k, 2),
             thresholds=np.array([t.threshold for t in self.tags], dtype=np.float32),
+            exclusive=self.exclusive,
+            none_logit=self.none_logit,
         )
 
     def dataset_evaluation(self, active: set[int] | None = None) -> dict[str, Any]:
@@ -173,14 +191,13 @@ def best_threshold(probs: np.ndarray, y: np.ndarray) -> float:
     """The F1-maximising cut on ``probs``: the median of the tied best midpoints between sorted values."""
     values = np.unique(probs)
     candidates = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2]) if len(values) else np.array([0.5])
-    positives = y == 1
-    f1s = []
-    for t in candidates:
-        pred = probs >= t
-        tp = int(np.sum(pred & positives))
-        denominator = int(np.sum(pred)) + int(np.sum(positives))
-        f1s.append(2 * tp / denominator if denominator else 0.0)
-    f1 = np.array(f1s)
+    ordered = np.sort(probs)
+    positives = np.sort(probs[y == 1])
+    # Items at or above each candidate, all and positive ones, by binary search (pooled sets are large).
+    predicted = len(ordered) - np.searchsorted(ordered, candidates, side="left")
+    tp = len(positives) - np.searchsorted(positives, candidates, side="left")
+    denominator = predicted + len(positives)
+    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
     tied = candidates[np.isclose(f1, f1.max())]
     return float(np.median(tied))
 
@@ -268,6 +285,7 @@ class _Scored:
     weights: np.ndarray
     bias: float
     c: float
+    rows: np.ndarray  # rows of the embedding matrix in this tag's training set
     y: np.ndarray
     scores: np.ndarray | None
     folds: list[tuple[np.ndarray, np.ndarray]]
@@ -291,21 +309,73 @@ def _score_tag(space: _Space, tag_id: int, rows: np.ndarray, y: np.ndarray, w: n
                 best_ap, chosen_c, scores = ap, c, oof
     coef, intercept = _fit_lr(x, y, w, chosen_c, config)
     weights, bias = space.to_raw(coef, intercept)
-    return _Scored(tag_id=tag_id, weights=weights, bias=bias, c=chosen_c, y=y, scores=scores, folds=folds)
+    return _Scored(tag_id=tag_id, weights=weights, bias=bias, c=chosen_c, rows=rows, y=y, scores=scores,
+                   folds=folds)
 
 
-def _finish(scored: _Scored, calibration: tuple[float, float]) -> TagFit:
-    """Threshold and cross-validated counts on the calibrated out-of-fold probabilities."""
+def _finish(scored: _Scored, calibration: tuple[float, float], probs: np.ndarray | None,
+            exclusive: bool) -> TagFit:
+    """Threshold and cross-validated counts on the tag's out-of-fold probabilities (None: too few reports)."""
     n_pos = int(scored.y.sum())
     n_neg = len(scored.y) - n_pos
     threshold, counts = 0.5, None
-    if scored.scores is not None:
-        probs = _sigmoid(calibration[0] * scored.scores + calibration[1])
+    if probs is not None and exclusive:
+        # Exclusive: a tag is returned when it is the top tag and beats "none", i.e. p >= 0.5.
+        counts = _counts(probs >= threshold, scored.y)
+    elif probs is not None:
         threshold = best_threshold(probs, scored.y)
         counts = _cross_fitted_counts(probs, scored.y, scored.folds)
     return TagFit(tag_id=scored.tag_id, weights=scored.weights, bias=scored.bias, calibration=calibration,
                   threshold=threshold, counts=counts, positives=n_pos, negatives=n_neg, c=scored.c,
                   method="logistic")
+
+
+def _oof_logits(x: np.ndarray, scored: Sequence[_Scored], calibrations: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Calibrated logits of every tag at every row: out-of-fold where the tag has them, else its final fit."""
+    raw = np.empty((x.shape[0], len(scored)))
+    for j, s in enumerate(scored):
+        raw[:, j] = x @ s.weights + s.bias
+        if s.scores is not None:
+            raw[s.rows, j] = s.scores
+    cal = np.array(calibrations, dtype=np.float64).reshape(len(scored), 2)
+    out: np.ndarray = cal[:, 0] * raw + cal[:, 1]
+    return out
+
+
+def _none_logit(logits: np.ndarray, truth: np.ndarray) -> float:
+    """The lowest "none" logit maximising micro-F1 + top-1 accuracy of the top-tag-or-unknown answers.
+
+    ``truth`` is (rows, tags) boolean; a row with no true tag is answered right by unknown.
+    """
+    top, best = logits.argmax(axis=1), logits.max(axis=1)
+    hit = truth[np.arange(len(truth)), top]
+    positives = int(truth.sum())
+    candidates = np.concatenate([[best.min() - 1e-6], np.unique(best) + 1e-6])
+    scores = []
+    for nu in candidates:
+        answered = best >= nu
+        tp = int(np.sum(answered & hit))
+        f1 = 2 * tp / (int(answered.sum()) + positives) if answered.any() or positives else 0.0
+        right = np.where(answered, hit, ~truth.any(axis=1))
+        scores.append(f1 + float(right.mean()))
+    values = np.array(scores)
+    # Ties go to the lowest cut: an unknown answer costs top-1 accuracy whenever the top tag was right.
+    return float(candidates[np.flatnonzero(np.isclose(values, values.max()))[0]])
+
+
+def _calibrate(x: np.ndarray, scored: Sequence[_Scored],
+               config: FitConfig) -> tuple[list[tuple[float, float]], np.ndarray]:
+    """Each tag's Platt map and the calibrated (mostly out-of-fold) logits of every tag at every row."""
+    with_oof = [s for s in scored if s.scores is not None]
+    pooled = (1.0, 0.0)
+    if with_oof:
+        # One Platt map for every tag keeps their order as the linear scores rank them (it ranked
+        # the right tag first more often than per-tag maps, see bench/heads.py).
+        pooled = _platt(np.concatenate([s.scores for s in with_oof if s.scores is not None]),
+                        np.concatenate([s.y for s in with_oof]), config)
+    calibrations = [_platt(s.scores, s.y, config) if config.calibration == "per_tag" and s.scores is not None
+                    else pooled for s in scored]
+    return calibrations, _oof_logits(x, scored, calibrations)
 
 
 def fit_head(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[int],
@@ -321,7 +391,7 @@ def fit_head(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[i
         if r.positive:
             positives_by_row.setdefault(r.row, set()).add(r.tag_id)
     prototypes: dict[int, TagFit] = {}
-    scored: list[_Scored] = []
+    labelled: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     skipped: list[int] = []
     for tag_id in tag_ids:
         rows, y, w = _labels(reports, tag_id, positives_by_row, config)
@@ -330,27 +400,29 @@ def fit_head(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[i
         elif y.all():
             prototypes[tag_id] = _prototype(x, tag_id, rows)
         else:
-            scored.append(_score_tag(space, tag_id, rows, y, w, config))
-    if not scored and not prototypes:
+            labelled.append((tag_id, rows, y, w))
+    if not labelled and not prototypes:
         raise NothingToFit("no tag has a positive report")
-    with_oof = [s for s in scored if s.scores is not None]
-    pooled = (1.0, 0.0)
-    if with_oof:
-        # One Platt map for every tag keeps their order as the linear scores rank them (it ranked
-        # the right tag first more often than per-tag maps, see tests/unit/trainer/test_quality.py).
-        pooled = _platt(np.concatenate([s.scores for s in with_oof if s.scores is not None]),
-                        np.concatenate([s.y for s in with_oof]), config)
-    fits: list[TagFit] = []
-    by_tag = {s.tag_id: s for s in scored}
-    for tag_id in tag_ids:
-        if tag_id in prototypes:
-            fits.append(prototypes[tag_id])
-        elif tag_id in by_tag:
-            item = by_tag[tag_id]
-            own = config.calibration == "per_tag" and item.scores is not None
-            fits.append(_finish(item, _platt(item.scores, item.y, config) if own and item.scores is not None
-                                else pooled))
-    return FitResult(tags=fits, dim=x.shape[1], report_count=len(reports), skipped=skipped)
+    # Implicit negatives already assume that a tag missing from an item's reports is absent from it;
+    # when no item carries two tags, the head answers with at most one tag (or unknown) per item.
+    exclusive = (config.exclusive == "auto" and not prototypes and len(labelled) >= 2
+                 and all(len(tags) < 2 for tags in positives_by_row.values()))
+    scored = [_score_tag(space, tag_id, rows, y, w, config) for tag_id, rows, y, w in labelled]
+    calibrations, logits = _calibrate(x, scored, config)
+    none_logit = 0.0
+    if exclusive and any(s.scores is not None for s in scored):
+        reported = np.array(sorted({r.row for r in reports}))
+        truth = np.array([[s.tag_id in positives_by_row.get(int(row), ()) for s in scored] for row in reported])
+        per_tag = float(np.median([int(s.y.sum()) for s in scored]))
+        m = config.prior_weight
+        none_logit = (per_tag * _none_logit(logits[reported], truth) + m * config.none_prior) / (per_tag + m)
+    probs = exclusive_probabilities(logits, none_logit) if exclusive else _sigmoid(logits)
+    fitted = dict(prototypes)
+    for j, s in enumerate(scored):
+        fitted[s.tag_id] = _finish(s, calibrations[j], probs[s.rows, j] if s.scores is not None else None,
+                                   exclusive)
+    return FitResult(tags=[fitted[t] for t in tag_ids if t in fitted], dim=x.shape[1], report_count=len(reports),
+                     skipped=skipped, exclusive=exclusive, none_logit=none_logit)
 
 
 # --- one dataset's refit: read reports, embed what lacks an embedding, fit, commit -------------------

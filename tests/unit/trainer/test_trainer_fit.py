@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from shared.heads import UNKNOWN_TAG_ID, Head, tag_vectors
+from shared.schemas.inference import TagRef
 from trainer.service import Counts, FitConfig, NothingToFit, Report, best_threshold, fit_head
 
 DIM = 32
@@ -128,3 +133,49 @@ def test_reduced_space_fit_equals_full_space_fit() -> None:
     full = LogisticRegression(C=100.0, class_weight="balanced", max_iter=10_000, tol=1e-10)
     full.fit(centred / scale, groups == 0)
     np.testing.assert_allclose(x @ fit.weights + fit.bias, full.decision_function(centred / scale), atol=1e-3)
+
+
+def test_single_label_reports_give_one_tag_per_item_and_unknown_far_away() -> None:
+    # 16 examples a tag: enough for the out-of-fold "none" cut to outweigh the prior (see FitConfig).
+    x, groups, centres = clusters([16, 16, 16])
+    reports = [Report(i, 10 + int(g), True) for i, g in enumerate(groups)]
+    result = fit_head(x, reports, [10, 11, 12])
+    head = result.head("m", 1)
+    assert head.exclusive and result.exclusive
+    refs = [TagRef(id=t, title=f"tag {t}") for t in (10, 11, 12)]
+    for t, centre in enumerate(centres):
+        rows = tag_vectors(head, near(centre, seed=20 + t), refs)
+        assert all([tag.id for tag in row] == [10 + t] for row in rows)
+    # Opposite every tag's examples: no tag should claim it.
+    away = -centres.sum(axis=0, keepdims=True)
+    assert tag_vectors(head, away / np.linalg.norm(away), refs)[0][0].id == UNKNOWN_TAG_ID
+    assert all(fit.threshold == 0.5 and fit.evaluation["f1"] is not None for fit in result.tags)
+
+
+def test_items_with_two_tags_keep_independent_tags() -> None:
+    x, groups, centres = clusters([6, 6])
+    both = x[groups == 0][:3] + x[groups == 1][:3]
+    x = np.concatenate([x, both / np.linalg.norm(both, axis=1, keepdims=True)])
+    reports = [Report(i, 10 + int(g), True) for i, g in enumerate(groups)]
+    reports += [Report(12 + i, tag, True) for i in range(3) for tag in (10, 11)]
+    head = fit_head(x, reports, [10, 11]).head("m", 1)
+    assert not head.exclusive
+    mixed = centres[0] + centres[1]
+    probs = head.probabilities(mixed / np.linalg.norm(mixed))
+    assert (probs[0] >= head.thresholds).all()  # both tags of an item like the doubly tagged ones
+
+
+def test_heads_of_format_1_still_load() -> None:
+    x, groups, _ = clusters([4, 4])
+    head = fit_head(x, [Report(i, 10 + int(g), True) for i, g in enumerate(groups)], [10, 11]).head("m", 3)
+    back = Head.from_bytes(head.to_bytes())
+    assert back.exclusive and back.none_logit == pytest.approx(head.none_logit)
+    np.testing.assert_allclose(back.probabilities(x), head.probabilities(x), rtol=1e-6)
+    old = io.BytesIO()  # what the trainer wrote before exclusive heads: independent sigmoids
+    np.savez(old, meta=np.frombuffer(json.dumps({"format": 1, "model_id": "m", "version": 2}).encode(), np.uint8),
+             tag_ids=head.tag_ids, weights=head.weights, bias=head.bias, calibration=head.calibration,
+             thresholds=head.thresholds)
+    legacy = Head.from_bytes(old.getvalue())
+    assert not legacy.exclusive and legacy.version == 2
+    z = (x @ head.weights.T + head.bias) * head.calibration[:, 0] + head.calibration[:, 1]
+    np.testing.assert_allclose(legacy.probabilities(x), 1 / (1 + np.exp(-z)), rtol=1e-5)
