@@ -16,7 +16,6 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 from shared import devstack
 from shared.db.migrate import upgrade
 from shared.stack import Stack, create_token
+from tests.fileserver import file_server
 
 REPO = Path(__file__).resolve().parent.parent
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -235,34 +235,9 @@ class CpuMeter:
 @contextlib.contextmanager
 def serve_files(bodies: Sequence[bytes], content_type: str, suffix: str) -> Iterator[Callable[[int], str]]:
     """Serve ``bodies[i]`` at ``/<i><suffix>`` on 127.0.0.1; yields i -> URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as a real origin would
-
-        def do_GET(self) -> None:
-            try:
-                body = bodies[int(self.path.strip("/").split(".")[0])]
-            except (ValueError, IndexError):
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    port = httpd.server_address[1]
-    try:
-        yield lambda i: f"http://127.0.0.1:{port}/{i}{suffix}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    files = {f"/{i}{suffix}": (content_type, body) for i, body in enumerate(bodies)}
+    with file_server(files) as server:
+        yield lambda i: server.url(f"/{i}{suffix}")
 
 
 # The stack

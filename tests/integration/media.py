@@ -1,13 +1,8 @@
-"""Real photos for the end-to-end tests (skimage and scikit-learn ship them) and a loopback file server."""
+"""Real photos for the end-to-end tests (skimage ships them): views of each and JPEG bytes."""
 
 from __future__ import annotations
 
 import io
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -34,33 +29,3 @@ def jpeg(img: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-@contextmanager
-def file_server(files: dict[str, tuple[bytes, str]]) -> Iterator[str]:
-    """Serve ``files`` (path -> (body, content type)) on 127.0.0.1; yields the base URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            found = files.get(self.path)
-            if found is None:
-                self.send_error(404)
-                return
-            body, content_type = found
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()

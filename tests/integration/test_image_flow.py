@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.integration.media import file_server, jpeg, photos, variant
+from tests.fileserver import file_server
+from tests.integration.media import jpeg, photos, variant
 from tests.integration.test_text_flow import wait_trained
 
 TRAIN_VARIANTS = range(4)
@@ -22,10 +23,11 @@ async def test_report_train_tag_images(api: httpx.AsyncClient) -> None:
     files = {}
     for name, photo in photos().items():
         for k in [*TRAIN_VARIANTS, *UNSEEN_VARIANTS]:
-            files[f"/{name}-{k}.jpg"] = (jpeg(variant(photo, k)), "image/jpeg")
-    files["/not-an-image.jpg"] = (b"<html>nope</html>", "image/jpeg")
+            files[f"/{name}-{k}.jpg"] = ("image/jpeg", jpeg(variant(photo, k)))
+    files["/not-an-image.jpg"] = ("image/jpeg", b"<html>nope</html>")
 
-    with file_server(files) as base:
+    with file_server(files) as server:
+        base = server.base
         reports = [
             {"image_url": f"{base}/{name}-{k}.jpg", "tag_id": tag_ids[name], "positive": True}
             for name in photos() for k in TRAIN_VARIANTS

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.media import file_server, jpeg, variant
+from tests.fileserver import file_server
+from tests.integration.media import jpeg, variant
 from tests.integration.test_text_flow import wait_trained
 from tests.media_video import PHOTO_NAMES, photo_full, slideshow, zip_as_mp4
 
@@ -16,8 +17,9 @@ async def train_places(api: httpx.AsyncClient, dataset: str) -> dict[str, int]:
     await api.post("/api/create_dataset/", json={"dataset": dataset, "title": "مکان‌ها", "kind": "image"})
     tag_ids = {name: (await api.post("/api/create_tag/", json={"dataset": dataset, "title": name})).json()["tag_id"]
                for name in PHOTO_NAMES}
-    files = {f"/{n}-{k}.jpg": (jpeg(variant(photo_full(n), k)), "image/jpeg") for n in PHOTO_NAMES for k in range(4)}
-    with file_server(files) as base:
+    files = {f"/{n}-{k}.jpg": ("image/jpeg", jpeg(variant(photo_full(n), k))) for n in PHOTO_NAMES for k in range(4)}
+    with file_server(files) as server:
+        base = server.base
         r = await api.post("/api/report_image_tags/", json=[
             {"image_url": f"{base}/{n}-{k}.jpg", "tag_id": tag_ids[n], "positive": True}
             for n in PHOTO_NAMES for k in range(4)

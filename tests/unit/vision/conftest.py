@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests.fileserver import FileServer, file_server
 from tests.unit.vision.tiny_image_model import build_tiny_image_model
 
 REPO = Path(__file__).resolve().parents[3]
@@ -35,42 +33,7 @@ def real_models_dir() -> Path:
     return root
 
 
-@dataclass
-class StaticServer:
-    """Serves ``files`` (path -> (content type, body)) on 127.0.0.1; anything else is 404."""
-
-    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
-    port: int = 0
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-
 @pytest.fixture(scope="session")
-def static_server() -> Iterator[StaticServer]:
-    server = StaticServer()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            found = server.files.get(self.path)
-            if found is None:
-                self.send_error(404)
-                return
-            ctype, body = found
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    server.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    httpd.shutdown()
-    httpd.server_close()
+def static_server() -> Iterator[FileServer]:
+    with file_server() as server:
+        yield server

@@ -26,7 +26,8 @@ from shared.schemas.inference import HeadRef, TagRef, TagReply, unpack_vectors
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput, TagImagesRequest
 from shared.settings import VisionServiceSettings
 from shared.subjects import BLOBS_BUCKET, VISION_EMBED, VISION_TAG
-from tests.unit.vision.conftest import REAL_IMAGE_MODEL, StaticServer
+from tests.fileserver import FileServer
+from tests.unit.vision.conftest import REAL_IMAGE_MODEL
 from vision_service.main import setup
 
 pytestmark = pytest.mark.models
@@ -83,7 +84,7 @@ def vectors(reply: EmbedImagesReply) -> np.ndarray:
 
 
 async def test_a_head_fitted_on_uploads_finds_the_cat_in_unseen_variants(
-        client: Bus, static_server: StaticServer) -> None:
+        client: Bus, static_server: FileServer) -> None:
     pics = photos()
     train: list[tuple[Image.Image, bool]] = []
     for name, img in pics.items():

@@ -28,7 +28,7 @@ from shared.schemas.inference import HeadRef, ScoredTag, TagRef, TagReply, unpac
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput, TagImagesRequest
 from shared.settings import VisionServiceSettings
 from shared.subjects import BLOBS_BUCKET, VISION_EMBED, VISION_TAG
-from tests.unit.vision.conftest import StaticServer
+from tests.fileserver import FileServer
 from vision_service.main import setup
 
 RED, GREEN, BLUE, WHITE = (230, 25, 25), (25, 210, 25), (25, 25, 230), (250, 250, 250)
@@ -97,7 +97,7 @@ async def tag(client: Bus, images: list[MediaInput], tags: list[TagRef] = TAGS,
 
 
 async def test_urls_uploads_and_inline_bytes_are_tagged_zero_shot_by_title(
-        start_service: Start, static_server: StaticServer) -> None:
+        start_service: Start, static_server: FileServer) -> None:
     client = await start_service()
     static_server.files["/red.jpg"] = ("image/jpeg", solid(RED))
     static_server.files["/white.gif"] = ("image/gif", solid(WHITE, "GIF"))
@@ -118,7 +118,7 @@ async def test_urls_uploads_and_inline_bytes_are_tagged_zero_shot_by_title(
     assert reply.model_id.startswith("tiny-image-clip@")
 
 
-async def test_a_bad_image_fails_only_its_own_item(start_service: Start, static_server: StaticServer) -> None:
+async def test_a_bad_image_fails_only_its_own_item(start_service: Start, static_server: FileServer) -> None:
     client = await start_service(max_image_pixels=1_000_000)
     static_server.files["/blue.png"] = ("image/png", solid(BLUE, "PNG"))
     page = b"<!doctype html><html><body>" + b"x" * 600 + b"</body></html>"
@@ -194,7 +194,7 @@ async def test_without_a_text_tower_untrained_tags_stay_unknown(start_service: S
 
 
 async def test_embed_keeps_a_copy_that_re_embeds_to_the_same_vector(
-        start_service: Start, static_server: StaticServer) -> None:
+        start_service: Start, static_server: FileServer) -> None:
     client = await start_service()
     photo = encode(Image.fromarray(skdata.chelsea()), "PNG")  # 451x300, ~250 KB
     static_server.files["/chelsea.png"] = ("image/png", photo)
