@@ -15,7 +15,7 @@ from shared.bus import Bus
 from shared.db.models import Dataset
 from shared.errors import BadRequest, Internal, Timeout
 from shared.schemas.inference import HeadRef, ItemResult, ScoredTag, TagRef, TagReply, TagTextsRequest
-from shared.schemas.media import MediaInput, TagImagesRequest, TagVideoReply, TagVideoRequest
+from shared.schemas.media import MediaInput, TagImagesRequest, TagVideoReply, TagVideoRequest, VideoFrame
 from shared.settings import GatewaySettings
 from shared.subjects import TEXT_TAG, VIDEO_TAG, VISION_TAG
 
@@ -33,6 +33,16 @@ def probability(value: float) -> int | float:
 
 def tags_out(tags: Sequence[ScoredTag]) -> list[dict[str, Any]]:
     return [{"id": t.id, "probability": probability(t.probability), "title": t.title} for t in tags]
+
+
+def frames_out(frames: Sequence[VideoFrame]) -> list[dict[str, Any]]:
+    return [{"frame": f.frame, "time": f.time, "tags": tags_out(f.tags)} for f in frames]
+
+
+def check_media_count(items: Sequence[tuple[str, str, MediaInput]], kind: str, settings: GatewaySettings) -> None:
+    """Errors name the list as sent: ``image_urls`` for URLs, ``image_file`` for uploads."""
+    uploaded = bool(items) and items[0][0].endswith("_file")
+    check_count(items, f"{kind}_file" if uploaded else f"{kind}_urls", settings)
 
 
 def _unknown() -> list[ScoredTag]:
@@ -118,7 +128,7 @@ async def tag_images(
     settings: GatewaySettings,
 ) -> list[dict[str, Any]]:
     """``images``: (answer key, its value, where), e.g. ("image_url", url, MediaInput(url=url))."""
-    check_count(images, "image_urls" if images and images[0][0] == "image_url" else "image_file", settings)
+    check_media_count(images, "image", settings)
     head, tags = await prepare(repo, account_id, dataset, "image")
     request = TagImagesRequest(head=head, tags=tags, images=[ref for _, _, ref in images])
     reply = await bus.request(VISION_TAG, request, TagReply, timeout_s=settings.vision_timeout_s)
@@ -157,7 +167,7 @@ async def tag_videos(
     settings: GatewaySettings,
 ) -> list[dict[str, Any]]:
     """One VIDEO_TAG request per video, concurrently, so the service's replicas share them."""
-    check_count(videos, "video_urls" if videos and videos[0][0] == "video_url" else "video_file", settings)
+    check_media_count(videos, "video", settings)
     check_video_params(params)
     head, tags = await prepare(repo, account_id, params.dataset, "image")
     try:
@@ -170,9 +180,7 @@ async def tag_videos(
         element: dict[str, Any] = {key: value}
         if reply.error:
             element["error"] = reply.error
-        element["frames"] = [
-            {"frame": f.frame, "time": f.time, "tags": tags_out(f.tags)} for f in reply.frames
-        ]
+        element["frames"] = frames_out(reply.frames)
         out.append(element)
     return out
 

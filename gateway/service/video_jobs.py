@@ -16,8 +16,7 @@ from nats.js.kv import KeyValue
 
 from gateway.repository import Repository
 from gateway.schemas import VideoParams
-from gateway.service.limits import check_count
-from gateway.service.tagging import check_video_params, prepare, tags_out
+from gateway.service.tagging import check_media_count, check_video_params, frames_out, prepare
 from shared.bus import Bus
 from shared.errors import NotFound, Overloaded, TooLarge, Unavailable
 from shared.schemas.inference import HeadRef, TagRef
@@ -48,7 +47,7 @@ async def submit_videos(
     settings: GatewaySettings,
 ) -> dict[str, Any]:
     """tag_video_frames with ``"async": true``: one job for all the videos, answered at once."""
-    check_count(videos, "video_urls" if videos and videos[0][0] == "video_url" else "video_file", settings)
+    check_media_count(videos, "video", settings)
     check_video_params(params)
     head, tags = await prepare(repo, account_id, params.dataset, "image")
     return await submit_video_job(
@@ -160,9 +159,7 @@ async def read_video_job(bus: Bus, account_id: int, job_id: str) -> dict[str, An
             element: dict[str, Any] = {outcome.key: outcome.value}
             if outcome.error is not None:
                 element["error"] = outcome.error.detail
-            element["frames"] = [
-                {"frame": f.frame, "time": f.time, "tags": tags_out(f.tags)} for f in outcome.frames
-            ]
+            element["frames"] = frames_out(outcome.frames)
             result.append(element)
     error = None
     if record.state == "failed" and record.error is not None:
