@@ -66,12 +66,6 @@ _END = _End()
 _Item = _Chunk | BaseException | _End
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    out: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-    return out
-
-
 class VideoService(BatchedModelService[np.ndarray]):
     """Samples and tags videos; owns no transport (fetcher, blob store and heads are handed in)."""
 
@@ -260,4 +254,4 @@ class VideoService(BatchedModelService[np.ndarray]):
                 put(_END)
 
     def _encode_batch(self, batch: list[np.ndarray]) -> Sequence[np.ndarray]:
-        return list(_unit(self.encoder.encode_core(np.stack(batch))))
+        return list(self.encoder.encode_batch(np.stack(batch)))

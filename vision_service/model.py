@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
-import numpy as np
 import structlog
-from PIL import Image
 
-from shared.inference.image import ImageEncoder
+from shared.inference.image import ImageEncoder, ImageModel
 from shared.settings import VisionServiceSettings
 
 log = structlog.get_logger(__name__)
 
 
-class Encoder(Protocol):
-    """What the service needs of an image model (shared.inference.ImageEncoder is one)."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    @property
-    def has_text_tower(self) -> bool: ...
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """(3, crop, crop) float32 model input of one RGB image."""
-        ...
-
-    def encode_batch(self, batch: np.ndarray) -> np.ndarray:
-        """(n, dim) unit embeddings of a preprocessed (n, 3, crop, crop) batch."""
-        ...
-
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """(n, dim) text-tower embeddings in the image space (only when has_text_tower)."""
-        ...
-
-    def warmup(self) -> None: ...
+# What the service needs of its image model.
+Encoder = ImageModel
 
 
 def load_encoder(settings: VisionServiceSettings) -> ImageEncoder:

@@ -86,12 +86,6 @@ def zero_shot_probabilities(
     return probs
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    out: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-    return out
-
-
 async def _all_or_cancel(aws: Sequence[Awaitable[T]]) -> list[T]:
     """gather(), but a failure cancels the siblings instead of leaving them running."""
     tasks = [asyncio.ensure_future(a) for a in aws]
@@ -146,7 +140,7 @@ class VisionService(BatchedModelService[np.ndarray]):
     # ------------------------------------------------------------------ pipeline
 
     def _encode_batch(self, batch: list[np.ndarray]) -> Sequence[np.ndarray]:
-        vectors = _unit(self.encoder.encode_batch(np.stack(batch)))
+        vectors = self.encoder.encode_batch(np.stack(batch))
         return list(vectors)
 
     def _decode(self, data: bytes, keep_copy: bool) -> Decoded:
@@ -258,7 +252,7 @@ class VisionService(BatchedModelService[np.ndarray]):
         """Unit text-tower embeddings of ``titles``, cached by title (they repeat on every request)."""
         new = [t for t in dict.fromkeys(titles) if t not in self._titles]
         if new:
-            vectors = _unit(await asyncio.to_thread(self.encoder.encode_texts, new))
+            vectors = await asyncio.to_thread(self.encoder.encode_texts, new)
             for title, vector in zip(new, vectors, strict=True):
                 self._titles[title] = vector
         for title in titles:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -15,6 +16,27 @@ from shared.inference.text import l2_normalise, short_sha
 
 _CHUNK = 32
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+class ImageModel(Protocol):
+    """What the image and video services need of an image model; ``ImageEncoder`` is one."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def has_text_tower(self) -> bool: ...
+
+    def preprocess(self, img: Image.Image) -> np.ndarray: ...
+
+    def encode_batch(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray: ...
+
+    def warmup(self) -> None: ...
 
 
 class ImageEncoder:
