@@ -14,7 +14,6 @@ from gateway.schemas import ImageReport, TextReport
 from gateway.service.datasets import ensure_kind
 from gateway.service.limits import check_count, check_text
 from gateway.service.tags import tag_not_found
-from gateway.service.text import normalise, text_hash
 from shared.bus import Bus
 from shared.db.models import Dataset
 from shared.errors import BadRequest, from_wire
@@ -22,6 +21,7 @@ from shared.schemas.events import ReportEvent
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, ImageEmbedding, MediaInput
 from shared.settings import GatewaySettings
 from shared.subjects import VISION_EMBED, report_subject
+from shared.textnorm import dedup_key, normalize_text
 
 # vision_service replies with a ~60 KB copy per image: 8 stay well under the 1 MiB NATS payload.
 _EMBED_CHUNK = 8
@@ -97,14 +97,14 @@ async def report_texts(
     check_count(reports, "reports", settings)
     for i, report in enumerate(reports):
         check_text(report.content, f"reports[{i}].content", settings)
-        if not normalise(report.content):
+        if not normalize_text(report.content):
             raise BadRequest(f"reports[{i}].content is empty", code="empty_text")
     datasets = await _datasets_of_tags(repo, account_id, [r.tag_id for r in reports], "text")
     labels: list[_Label] = []
     items: dict[tuple[int, str], dict[str, Any]] = {}
     for report in reports:
         dataset_id = datasets[report.tag_id].id
-        digest = text_hash(report.content)
+        digest = dedup_key(report.content)
         items.setdefault(
             (dataset_id, digest),
             {

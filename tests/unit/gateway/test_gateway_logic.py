@@ -1,4 +1,5 @@
-"""Pure logic of the gateway: text identity, probability printing, rate buckets, error sentences."""
+"""Pure logic of the gateway: text identity (shared.textnorm, as the model sees text),
+probability printing, rate buckets, error sentences."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from gateway.ratelimit import RateLimiter
 from gateway.service.auth import hash_token, parse_authorization
 from gateway.service.reports import compact_labels
 from gateway.service.tagging import probability
-from gateway.service.text import normalise, text_hash
 from shared.errors import RateLimited, Unauthorized
+from shared.textnorm import dedup_key, normalize_text
 
 
 def test_persian_spellings_of_one_text_share_an_identity() -> None:
@@ -21,11 +22,11 @@ def test_persian_spellings_of_one_text_share_an_identity() -> None:
         "  پیشنهاد   می‌کنم،\tکیفیتش عالیه\n",  # spacing
         "ﭘﻴﺸﻨﻬﺎﺩ می‌کنم، کیفیتش عالیه",  # presentation forms, folded by NFKC
     ]
-    assert all(text_hash(v) == text_hash(persian) for v in variants)
-    assert normalise(variants[2]) == persian
+    assert all(dedup_key(v) == dedup_key(persian) for v in variants)
+    assert normalize_text(variants[2]) == persian
     # The zero-width non-joiner is part of Persian spelling: it is kept.
-    assert text_hash("می‌کنم") != text_hash("میکنم")
-    assert text_hash("خوب") != text_hash("بد")
+    assert dedup_key("می‌کنم") != dedup_key("میکنم")
+    assert dedup_key("خوب") != dedup_key("بد")
 
 
 def test_probabilities_print_like_the_reference() -> None:
