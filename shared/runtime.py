@@ -37,13 +37,18 @@ Hook = Callable[[], Awaitable[None]]
 
 @dataclass
 class Readiness:
-    """What ``setup`` hands back: readiness checks beyond NATS, and hooks run after the bus drained."""
+    """What ``setup`` hands back: readiness checks beyond NATS, and shutdown hooks run before the bus
+    drains (consumers that still need it to finish or hand back work) or after it (models, pools)."""
 
     checks: dict[str, Check] = field(default_factory=dict)
+    drain_hooks: list[Hook] = field(default_factory=list)
     shutdown_hooks: list[Hook] = field(default_factory=list)
 
     def add_check(self, name: str, check: Check) -> None:
         self.checks[name] = check
+
+    def before_drain(self, hook: Hook) -> None:
+        self.drain_hooks.append(hook)
 
     def on_shutdown(self, hook: Hook) -> None:
         self.shutdown_hooks.append(hook)
@@ -213,12 +218,18 @@ async def _setup_then_wait(name: str, state: _State, bus: Bus, setup: Setup, sto
 
 async def _shutdown(state: _State, drain_timeout_s: float) -> None:
     deadline = time.monotonic() + drain_timeout_s
+    await _run_hooks(state.readiness.drain_hooks if state.readiness else [], deadline)
     if state.bus is not None:
+        left = max(0.1, deadline - time.monotonic())
         try:
-            await asyncio.wait_for(state.bus.close(drain_timeout_s), drain_timeout_s)
+            await asyncio.wait_for(state.bus.close(left), left)
         except TimeoutError:
             log.warning("drain_timed_out", timeout_s=drain_timeout_s)
-    for hook in state.readiness.shutdown_hooks if state.readiness else []:
+    await _run_hooks(state.readiness.shutdown_hooks if state.readiness else [], deadline)
+
+
+async def _run_hooks(hooks: list[Hook], deadline: float) -> None:
+    for hook in hooks:
         left = max(0.1, deadline - time.monotonic())
         try:
             await asyncio.wait_for(hook(), left)

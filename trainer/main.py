@@ -45,9 +45,8 @@ async def setup(settings: TrainerSettings, bus: Bus) -> Readiness:
     readiness = Readiness()
     readiness.add_check("postgres", functools.partial(database_reachable, engine))
     readiness.add_check("consumer", lambda: consumer.running)
-    # The harness drains the bus before these hooks run: a refit cut short there is redelivered
-    # after ack_wait and simply refits again.
-    readiness.on_shutdown(functools.partial(consumer.stop, settings.drain_timeout_s))
+    # Before the bus drains: a running refit can still ack, held messages go back at once.
+    readiness.before_drain(functools.partial(consumer.stop, settings.drain_timeout_s))
     readiness.on_shutdown(engine.dispose)
     return readiness
 

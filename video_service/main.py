@@ -49,19 +49,16 @@ async def setup(settings: VideoServiceSettings, bus: Bus, encoder: Encoder | Non
     )
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)
-    # The job consumer has a connection of its own: the harness drains the main one before the
-    # shutdown hooks run, and nats-py cannot drain a connection holding a pull subscription.
-    jobs_bus = await Bus.connect(settings.nats_url, "video_service-jobs")
     jobs = VideoJobRunner(
-        jobs_bus.js, service, blobs, workers=settings.job_workers, ack_wait_s=settings.job_ack_wait_s,
+        bus.js, service, blobs, workers=settings.job_workers, ack_wait_s=settings.job_ack_wait_s,
         max_deliver=settings.job_max_deliver,
     )
     await jobs.start()
     readiness = Readiness()
     readiness.add_check("model", lambda: service.ready)
-    readiness.add_check("jobs", lambda: jobs.running and jobs_bus.nc.is_connected)
-    readiness.on_shutdown(functools.partial(jobs.stop, settings.drain_timeout_s / 2))
-    readiness.on_shutdown(functools.partial(jobs_bus.close, 5.0))
+    readiness.add_check("jobs", lambda: jobs.running)
+    # Before the bus drains: a running job can still write its result and ack.
+    readiness.before_drain(functools.partial(jobs.stop, settings.drain_timeout_s / 2))
     readiness.on_shutdown(service.stop)
     readiness.on_shutdown(fetcher.aclose)
     return readiness
