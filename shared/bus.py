@@ -42,7 +42,6 @@ ERROR_CODE = "Kashf-Error-Code"
 
 Req = TypeVar("Req", bound=BaseModel)
 Rep = TypeVar("Rep", bound=BaseModel)
-Handler = Callable[[Req], Awaitable[BaseModel]]
 
 
 async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> NATS:

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from shared import subjects
 from shared.bus import Bus
 from shared.errors import KashfError, Overloaded, Timeout, Unavailable
+from shared.metrics import Metrics, default_metrics
 from shared.schemas.events import ReportEvent, TrainRequest
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput
@@ -148,8 +149,10 @@ class TrainerConsumer:
         concurrency: int = 1,
         retry_delay_s: float = 5.0,
         max_debounce_s: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.bus = bus
+        self.metrics = metrics or default_metrics()
         self.trainer = trainer
         self.debounce_s = debounce_s
         self.max_debounce_s = max_debounce_s if max_debounce_s is not None else max(10 * debounce_s, 30.0)
@@ -286,11 +289,15 @@ class TrainerConsumer:
                 return
 
     async def _refit(self, dataset_id: int, batch: list[Msg]) -> None:
+        started = time.perf_counter()
         try:
             outcome = await self.trainer.refit(dataset_id)
         except Exception as exc:
+            self.metrics.training_runs.labels(outcome="retry" if is_transient(exc) else "error").inc()
             await self._failed(dataset_id, batch, exc)
             return
+        self.metrics.training_runs.labels(outcome=outcome.state).inc()
+        self.metrics.training_seconds.observe(time.perf_counter() - started)
         self.refits += 1
         if outcome.state == "missing":
             log.info("dataset_missing_acked", dataset_id=dataset_id, events=len(batch))

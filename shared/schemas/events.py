@@ -19,10 +19,3 @@ class TrainRequest(Message):
     dataset_id: int
     reason: Literal["api", "reports", "model_change"] = "api"
     request_id: str = ""
-
-
-class HeadPublished(Message):
-    """Broadcast after the trainer stored a new head version."""
-
-    dataset_id: int
-    version: int

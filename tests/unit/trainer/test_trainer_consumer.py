@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -21,6 +22,7 @@ from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Account, DataItem, Dataset, Embedding, HeadVersion, Report, Tag
 from shared.heads import Head, load_head, store_head, tag_vectors
+from shared.metrics import create_metrics
 from shared.schemas.events import ReportEvent, TrainRequest
 from shared.schemas.inference import EmbedTextsRequest, TagRef
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, ImageEmbedding
@@ -157,7 +159,8 @@ async def test_report_burst_is_debounced_into_one_refit(
 ) -> None:
     await start_responder()
     dataset_id, tags = await seed(sessions)
-    consumer = await make_consumer(debounce_s=0.8)
+    registry = CollectorRegistry()
+    consumer = await make_consumer(debounce_s=0.8, metrics=create_metrics(registry))
     for n in range(4):
         event = ReportEvent(dataset_id=dataset_id, item_id=n + 1, tag_id=tags["sport"], positive=True, report_id=n)
         await bus.publish_event(report_subject(dataset_id), event, msg_id=uuid.uuid4().hex)
@@ -165,6 +168,9 @@ async def test_report_burst_is_debounced_into_one_refit(
     assert dataset.state == "trained"
     await asyncio.sleep(1.0)
     assert consumer.refits == 1
+    # What /metrics shows.
+    assert registry.get_sample_value("kashf_training_runs_total", {"outcome": "trained"}) == 1
+    assert (registry.get_sample_value("kashf_training_seconds_sum") or 0) > 0
     info = await bus.js.consumer_info(EVENTS_STREAM, consumer.durable)
     assert info.num_ack_pending == 0 and info.num_pending == 0
 
