@@ -217,15 +217,22 @@ async def _setup_then_wait(name: str, state: _State, bus: Bus, setup: Setup, sto
 
 
 async def _shutdown(state: _State, drain_timeout_s: float) -> None:
+    if state.bus is not None and state.readiness is not None:
+        await stop_service(state.bus, state.readiness, drain_timeout_s)
+    elif state.bus is not None:
+        await state.bus.close(drain_timeout_s)
+
+
+async def stop_service(bus: Bus, readiness: Readiness, drain_timeout_s: float) -> None:
+    """What SIGTERM does once setup ran: drain hooks, the bus drained and closed, then shutdown hooks."""
     deadline = time.monotonic() + drain_timeout_s
-    await _run_hooks(state.readiness.drain_hooks if state.readiness else [], deadline)
-    if state.bus is not None:
-        left = max(0.1, deadline - time.monotonic())
-        try:
-            await asyncio.wait_for(state.bus.close(left), left)
-        except TimeoutError:
-            log.warning("drain_timed_out", timeout_s=drain_timeout_s)
-    await _run_hooks(state.readiness.shutdown_hooks if state.readiness else [], deadline)
+    await _run_hooks(readiness.drain_hooks, deadline)
+    left = max(0.1, deadline - time.monotonic())
+    try:
+        await asyncio.wait_for(bus.close(left), left)
+    except TimeoutError:
+        log.warning("drain_timed_out", timeout_s=drain_timeout_s)
+    await _run_hooks(readiness.shutdown_hooks, deadline)
 
 
 async def _run_hooks(hooks: list[Hook], deadline: float) -> None:

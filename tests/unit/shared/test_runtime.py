@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.bus import Bus
-from shared.runtime import Readiness, _shutdown, _State
+from shared.runtime import Readiness, stop_service
 
 
 async def test_drain_hooks_run_on_a_live_bus_and_shutdown_hooks_after_it_closed(nats_url: str) -> None:
@@ -19,5 +19,5 @@ async def test_drain_hooks_run_on_a_live_bus_and_shutdown_hooks_after_it_closed(
     readiness = Readiness()
     readiness.before_drain(consumer_stop)
     readiness.on_shutdown(model_stop)
-    await _shutdown(_State(bus=bus, readiness=readiness), drain_timeout_s=10.0)
+    await stop_service(bus, readiness, drain_timeout_s=10.0)
     assert seen == [("before_drain", True), ("shutdown", True)]

@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 from shared.bus import Bus
 from shared.heads import Head, store_head
+from shared.runtime import stop_service
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest, HeadRef, TagRef, TagReply, TagTextsRequest
 from shared.settings import TextServiceSettings
 from shared.subjects import TEXT_EMBED, TEXT_TAG
@@ -43,9 +44,7 @@ async def client(nats_url: str, real_models_dir: Path) -> AsyncIterator[Bus]:
     client = await Bus.connect(nats_url, "test-client")
     yield client
     await client.close()
-    await bus.close(5)
-    for hook in readiness.shutdown_hooks:
-        await hook()
+    await stop_service(bus, readiness, 10.0)
 
 
 async def embed(bus: Bus, texts: list[str]) -> EmbedReply:

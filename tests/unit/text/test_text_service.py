@@ -14,7 +14,7 @@ from shared.bus import Bus
 from shared.errors import KashfError
 from shared.heads import Head, store_head
 from shared.inference.text import TextEncoder
-from shared.runtime import Readiness
+from shared.runtime import Readiness, stop_service
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest, HeadRef, TagRef, TagReply, TagTextsRequest
 from shared.settings import TextServiceSettings
 from shared.subjects import TEXT_EMBED, TEXT_TAG
@@ -76,9 +76,7 @@ async def start_service(nats_url: str, tiny_models_dir: Path) -> AsyncIterator[S
     for client in clients:
         await client.close()
     for bus, readiness in running:
-        await bus.close(5)
-        for hook in readiness.shutdown_hooks:
-            await hook()
+        await stop_service(bus, readiness, 10.0)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from shared.bus import Bus
 from shared.errors import BadRequest, NotFound, UnsupportedMedia
 from shared.heads import Head, store_head
 from shared.inference.image import ImageEncoder
-from shared.runtime import Readiness
+from shared.runtime import Readiness, stop_service
 from shared.schemas.inference import HeadRef, TagRef
 from shared.schemas.media import MediaInput, TagVideoReply, TagVideoRequest
 from shared.schemas.media import TagVideoReply as ServiceReply
@@ -214,9 +214,7 @@ async def kit(
     await store_head(client.js, dataset_id, await asyncio.to_thread(fit_head, encoder))
     yield Kit(client, HeadRef(dataset_id=dataset_id, version=1), encoder.model_id, tmp_dir)
     await client.close()
-    await bus.close(5)
-    for hook in readiness.shutdown_hooks:
-        await hook()
+    await stop_service(bus, readiness, 10.0)
 
 
 def tag_ids(frame: Any) -> list[int]:

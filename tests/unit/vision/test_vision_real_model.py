@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 
 from shared.bus import Bus
 from shared.heads import Head, store_head
-from shared.runtime import Readiness
+from shared.runtime import Readiness, stop_service
 from shared.schemas.inference import HeadRef, TagRef, TagReply, unpack_vectors
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput, TagImagesRequest
 from shared.settings import VisionServiceSettings
@@ -68,9 +68,7 @@ async def client(nats_url: str, real_models_dir: Path) -> AsyncIterator[Bus]:
     client = await Bus.connect(nats_url, "test-client")
     yield client
     await client.close()
-    await bus.close(5)
-    for hook in readiness.shutdown_hooks:
-        await hook()
+    await stop_service(bus, readiness, 10.0)
 
 
 async def embed(client: Bus, images: list[MediaInput], keep_copy: bool = False) -> EmbedImagesReply:

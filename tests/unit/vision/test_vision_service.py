@@ -23,7 +23,7 @@ from shared.bus import Bus
 from shared.errors import KashfError
 from shared.heads import Head, store_head
 from shared.inference.image import ImageEncoder
-from shared.runtime import Readiness
+from shared.runtime import Readiness, stop_service
 from shared.schemas.inference import HeadRef, ScoredTag, TagRef, TagReply, unpack_vectors
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput, TagImagesRequest
 from shared.settings import VisionServiceSettings
@@ -77,9 +77,7 @@ async def start_service(nats_url: str, tiny_models_dir: Path) -> AsyncIterator[S
     for client in clients:
         await client.close()
     for bus, readiness in running:
-        await bus.close(5)
-        for hook in readiness.shutdown_hooks:
-            await hook()
+        await stop_service(bus, readiness, 10.0)
 
 
 async def upload(client: Bus, data: bytes) -> str:
