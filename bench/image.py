@@ -5,6 +5,7 @@ upload and by URL from a loopback server (gateway -> Postgres -> NATS -> vision_
 object store, decode, preprocess, dynamic batcher, ONNX, head). Baseline, interleaved round by round:
 the same decode + preprocess (threads) + ONNX batches called in this process. Extra rows send the
 gateway's VISION_TAG request straight to vision_service over NATS, to locate the overhead.
+HTTP load comes from aiohttp (``BenchStack.load_client``).
 Run: ``python -m bench.image`` (about 2 min; ``--quick`` about 40 s; needs ``make models``).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import tempfile
 import time
 import uuid
@@ -21,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+import aiohttp
 import numpy as np
 from PIL import Image, ImageOps
 from skimage import data as skdata
@@ -116,27 +118,33 @@ async def batch_clients(call: Callable[[list[int]], Awaitable[None]], n_images: 
     return await timed_clients(step, clients, budget_s, failures)
 
 
-def _check(r: httpx.Response, expected: int) -> None:
-    if r.status_code != 200:
-        raise RequestFailed(f"HTTP {r.status_code} {r.text[:200]}")
-    items = r.json()
+async def _check(r: aiohttp.ClientResponse, expected: int) -> None:
+    body = await r.read()
+    if r.status != 200:
+        raise RequestFailed(f"HTTP {r.status} {body[:200].decode(errors='replace')}")
+    items = json.loads(body)
     failed = [x["error"] for x in items if x.get("error")]
     if failed or len(items) != expected:
         raise RequestFailed(f"items refused: {failed[:2]}")
 
 
-def http_upload(api: httpx.AsyncClient, images: list[bytes]) -> Callable[[list[int]], Awaitable[None]]:
+def http_upload(api: aiohttp.ClientSession, images: list[bytes]) -> Callable[[list[int]], Awaitable[None]]:
     async def call(indices: list[int]) -> None:
-        files = [("image_file", (f"{i}.jpg", images[i], "image/jpeg")) for i in indices]
-        _check(await api.post("/api/tag_images/", data={"dataset": DATASET}, files=files), len(indices))
+        form = aiohttp.FormData()
+        form.add_field("dataset", DATASET)
+        for i in indices:
+            form.add_field("image_file", images[i], filename=f"{i}.jpg", content_type="image/jpeg")
+        async with api.post("/api/tag_images/", data=form) as r:
+            await _check(r, len(indices))
 
     return call
 
 
-def http_urls(api: httpx.AsyncClient, url_of: Callable[[int], str]) -> Callable[[list[int]], Awaitable[None]]:
+def http_urls(api: aiohttp.ClientSession, url_of: Callable[[int], str]) -> Callable[[list[int]], Awaitable[None]]:
     async def call(indices: list[int]) -> None:
         body = {"dataset": DATASET, "image_urls": [url_of(i) for i in indices]}
-        _check(await api.post("/api/tag_images/", json=body), len(indices))
+        async with api.post("/api/tag_images/", json=body) as r:
+            await _check(r, len(indices))
 
     return call
 
@@ -212,7 +220,7 @@ def main() -> None:
 
 async def run_rounds(bs: BenchStack, base: dict[str, tuple[str, Callable[[], list[Span]]]], images: list[bytes],
                      url_of: Callable[[int], str], args: argparse.Namespace) -> dict[str, Result]:
-    async with bs.client() as api:
+    async with bs.client() as api, bs.load_client() as load:
         t0 = time.perf_counter()
         info = await make_image_dataset(api, DATASET)
         print(f"dataset trained in {time.perf_counter() - t0:.1f} s: {info['report_count']} reports, "
@@ -224,10 +232,10 @@ async def run_rounds(bs: BenchStack, base: dict[str, tuple[str, Callable[[], lis
         try:
             n = len(images)
             calls: dict[str, tuple[str, Callable[[list[int]], Awaitable[None]], int, int]] = {
-                "up2x32": ("stack: HTTP multipart uploads, 2 clients x 32", http_upload(api, images), 2, 32),
-                "url2x32": ("stack: HTTP image_urls (loopback), 2 clients x 32", http_urls(api, url_of), 2, 32),
-                "up32x1": ("stack: HTTP multipart uploads, 32 clients x 1", http_upload(api, images), 32, 1),
-                "url1x1": ("stack: HTTP image_urls (loopback), 1 client x 1", http_urls(api, url_of), 1, 1),
+                "up2x32": ("stack: HTTP multipart uploads, 2 clients x 32", http_upload(load, images), 2, 32),
+                "url2x32": ("stack: HTTP image_urls (loopback), 2 clients x 32", http_urls(load, url_of), 2, 32),
+                "up32x1": ("stack: HTTP multipart uploads, 32 clients x 1", http_upload(load, images), 32, 1),
+                "url1x1": ("stack: HTTP image_urls (loopback), 1 client x 1", http_urls(load, url_of), 1, 1),
                 "natsup2x32": ("extra: vision_service NATS, object store, 2 x 32",
                                nats_call(bus, head, tags, images, url_of), 2, 32),
                 "natsurl2x32": ("extra: vision_service NATS, URLs, 2 x 32",
@@ -235,7 +243,7 @@ async def run_rounds(bs: BenchStack, base: dict[str, tuple[str, Callable[[], lis
             }
             # Warm every path once and check that a trained tag comes back.
             r = await api.post("/api/tag_images/", json={"dataset": DATASET, "image_urls": [url_of(0), url_of(1)]})
-            _check(r, 2)
+            assert r.status_code == 200 and len(r.json()) == 2, r.text
             assert {t["id"] for x in r.json() for t in x["tags"]}, r.text
             for _, call, _, _ in calls.values():
                 await call([2, 3])

@@ -5,6 +5,7 @@ real token and a trained dataset, one text per request, 1 and 32 concurrent clie
 same run and interleaved round by round: (a) the same ONNX model in this process, batch 1 and 32;
 (b) the same weights in sentence-transformers on PyTorch. An extra row sends the gateway's own
 TEXT_TAG request straight to text_service over NATS, to tell HTTP + database cost from NATS + batcher.
+The HTTP load comes from aiohttp, the lightest client measured (``BenchStack.load_client``).
 Run: ``python -m bench.text`` (about 2 min; ``--quick`` about 40 s; needs ``make models``).
 """
 
@@ -17,9 +18,10 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from bench._stack import (
     BenchStack,
@@ -44,6 +46,7 @@ from bench._stack import (
 )
 from shared.bus import Bus
 from shared.errors import KashfError
+from shared.inference.layout import model_layout
 from shared.inference.text import TextEncoder
 from shared.schemas.inference import HeadRef, TagRef, TagReply, TagTextsRequest
 from shared.subjects import TEXT_TAG
@@ -82,6 +85,14 @@ def in_process(fn: Callable[[list[str]], object], texts: list[str], batch: int, 
     return timed_loop(step, budget_s)
 
 
+def in_process_parallel(fn: Callable[[list[str]], object], texts: list[str], batch: int, budget_s: float,
+                        workers: int) -> list[Span]:
+    """``workers`` threads each calling ``fn`` as ``in_process`` does, all at once."""
+    with ThreadPoolExecutor(workers) as pool:
+        runs = [pool.submit(in_process, fn, texts[w * 7 :] + texts[: w * 7], batch, budget_s) for w in range(workers)]
+        return [span for run in runs for span in run.result()]
+
+
 async def one_text_clients(call: Callable[[str], Awaitable[None]], texts: list[str], clients: int,
                            budget_s: float, failures: Counter[str] | None = None) -> list[Span]:
     """``clients`` concurrent requesters, one text per request, for about ``budget_s``."""
@@ -93,11 +104,12 @@ async def one_text_clients(call: Callable[[str], Awaitable[None]], texts: list[s
     return await timed_clients(step, clients, budget_s, failures)
 
 
-def http_call(api: httpx.AsyncClient) -> Callable[[str], Awaitable[None]]:
+def http_call(api: aiohttp.ClientSession) -> Callable[[str], Awaitable[None]]:
     async def call(text: str) -> None:
-        r = await api.post("/api/tag_texts/", json={"dataset": DATASET, "contents": [text]})
-        if r.status_code != 200:
-            raise RequestFailed(f"HTTP {r.status_code} {r.text[:200]}")
+        async with api.post("/api/tag_texts/", json={"dataset": DATASET, "contents": [text]}) as r:
+            body = await r.read()
+            if r.status != 200:
+                raise RequestFailed(f"HTTP {r.status} {body[:200].decode(errors='replace')}")
 
     return call
 
@@ -139,9 +151,21 @@ def main() -> None:
         def onnx_encode(xs: list[str]) -> object:
             return encoder.encode([normalize_text(x) for x in xs])
 
-        fns: dict[str, tuple[str, Callable[[list[str]], object], int]] = {
-            f"onnx{b}": (f"(a) ONNX in-process ({encoder.device}), batch {b}", onnx_encode, b) for b in (1, 32)
+        fns: dict[str, tuple[str, Callable[[list[str]], object], int, int]] = {
+            f"onnx{b}": (f"(a) ONNX in-process ({encoder.device}), batch {b}", onnx_encode, b, 1) for b in (1, 32)
         }
+        # Not a target's baseline: the same model laid out as text_service lays it out by default
+        # (several calls at once, few threads each), to show that ceiling beside the naive call.
+        layout = model_layout(encoder.device)
+        if layout.workers > 1:
+            laid_out = TextEncoder(model_dir, device="auto", threads=layout.threads)
+            laid_out.warmup()
+
+            def layout_encode(xs: list[str]) -> object:
+                return laid_out.encode([normalize_text(x) for x in xs])
+
+            fns["onnx32x"] = (f"extra: ONNX in-process, {layout.workers} calls at once x {layout.threads} "
+                              "thread(s), batch 32", layout_encode, 32, layout.workers)
         # The model build keeps the sentence-transformers folder it exported from.
         candidates = [model_dir / "reference" / "sentence-transformers", model_dir / "sentence-transformers"]
         st_dir = next((c for c in candidates if (c / "modules.json").is_file()), None)
@@ -155,7 +179,7 @@ def main() -> None:
                 return st.encode([prefix + normalize_text(x) for x in xs], batch_size=len(xs))
 
             st_encode(texts[:32])
-            fns.update({f"torch{b}": (f"(b) sentence-transformers (PyTorch CPU), batch {b}", st_encode, b)
+            fns.update({f"torch{b}": (f"(b) sentence-transformers (PyTorch CPU), batch {b}", st_encode, b, 1)
                         for b in (1, 32)})
         wait_ready(bs)
         loop = asyncio.new_event_loop()
@@ -167,9 +191,9 @@ def main() -> None:
     report(results, args, time.perf_counter() - t_start)
 
 
-async def run_rounds(bs: BenchStack, fns: dict[str, tuple[str, Callable[[list[str]], object], int]],
+async def run_rounds(bs: BenchStack, fns: dict[str, tuple[str, Callable[[list[str]], object], int, int]],
                      texts: list[str], seconds: float, rounds: int) -> dict[str, Result]:
-    async with bs.client() as api:
+    async with bs.client() as api, bs.load_client() as load:
         t0 = time.perf_counter()
         info = await make_text_dataset(api, DATASET)
         print(f"dataset trained in {time.perf_counter() - t0:.1f} s: {info['report_count']} reports, "
@@ -187,12 +211,12 @@ async def run_rounds(bs: BenchStack, fns: dict[str, tuple[str, Callable[[list[st
 
             results: dict[str, Result] = {}
             runs: dict[str, Callable[[], Awaitable[list[Span]]]] = {}
-            for key, (name, fn, batch) in fns.items():
+            for key, (name, fn, batch, workers) in fns.items():
                 results[key] = Result(name)
-                runs[key] = _sync_run(fn, texts, batch, seconds)
+                runs[key] = _sync_run(fn, texts, batch, seconds, workers)
             for clients in (1, 32):
                 results[f"http{clients}"] = Result(f"stack: HTTP /api/tag_texts/, {clients} client(s) x 1 text")
-                runs[f"http{clients}"] = _client_run(http_call(api), texts, clients, seconds,
+                runs[f"http{clients}"] = _client_run(http_call(load), texts, clients, seconds,
                                                      results[f"http{clients}"].failures)
                 results[f"nats{clients}"] = Result(f"extra: text_service NATS TEXT_TAG, {clients} client(s)")
                 runs[f"nats{clients}"] = _client_run(nats_call(bus, head, tags), texts, clients, seconds,
@@ -208,9 +232,11 @@ async def run_rounds(bs: BenchStack, fns: dict[str, tuple[str, Callable[[list[st
 
 
 def _sync_run(fn: Callable[[list[str]], object], texts: list[str], batch: int,
-              seconds: float) -> Callable[[], Awaitable[list[Span]]]:
+              seconds: float, workers: int = 1) -> Callable[[], Awaitable[list[Span]]]:
     async def run() -> list[Span]:
         # In a thread so the event loop (NATS pings) stays responsive; nothing else runs meanwhile.
+        if workers > 1:
+            return await asyncio.to_thread(in_process_parallel, fn, texts, batch, seconds, workers)
         return await asyncio.to_thread(in_process, fn, texts, batch, seconds)
 
     return run
@@ -240,6 +266,7 @@ def report(results: dict[str, Result], args: argparse.Namespace, elapsed: float)
     print_ratio(results, "http1", "onnx1")
     print_ratio(results, "nats32", "onnx32")
     print_ratio(results, "http32", "nats32")
+    print_ratio(results, "http32", "onnx32x")
     print_ratio(results, "onnx32", "torch32")
     print("\ntargets")
     verdict("stack at 32 clients >= 0.8 x in-process ONNX batch 32", None if stack32 is None else stack32 >= 0.8,

@@ -9,6 +9,7 @@ import structlog
 from fastapi import FastAPI
 
 from gateway import handlers
+from gateway.datasetcache import DatasetCache
 from gateway.metrics import Metrics
 from gateway.middleware import RequestContextMiddleware
 from gateway.outbox import OutboxPublisher
@@ -19,7 +20,9 @@ from gateway.state import AppState
 from gateway.tokens import TokenCache
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
+from shared.schemas.events import DatasetsChanged
 from shared.settings import GatewaySettings
+from shared.subjects import DATASETS_CHANGED
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +52,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 limiter=RateLimiter(settings.rate_per_minute, settings.rate_burst),
                 predictions=PredictionCounter(sessionmaker),
                 tokens=TokenCache(settings.token_cache_s),
+                datasets=DatasetCache(settings.dataset_cache_s),
             )
+            await bus.listen(DATASETS_CHANGED, DatasetsChanged, state.datasets.on_broadcast)
             app.state.kashf = state
             publisher.start()
             state.predictions.start()

@@ -8,31 +8,45 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import outbox
+from gateway import datasetcache, outbox
 from gateway.repository import Repository
 from gateway.state import AppState
 from shared.errors import Unauthorized
 from shared.logging import current_correlation_id
+from shared.schemas.events import DatasetsChanged
+from shared.subjects import DATASETS_CHANGED
 
 
-def get_state(request: Request) -> AppState:
+def app_state(request: Request) -> AppState:
     return cast(AppState, request.app.state.kashf)
+
+
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop per request.
+    return app_state(request)
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """Commit when the route returns, roll back when it raises; then publish the outbox rows it wrote."""
-    state = get_state(request)
+    """Commit when the route returns, roll back when it raises; then publish the outbox rows it wrote
+    and drop (here and, by broadcast, in other replicas) the cached views of datasets it changed."""
+    state = app_state(request)
     async with state.sessionmaker() as session:
         try:
             yield session
         except BaseException:
             await session.rollback()
+            datasetcache.changed_ids(session)  # nothing changed after all
             raise
-        await session.commit()
+        if session.in_transaction():  # a tag request served from the caches never began one
+            await session.commit()
         state.outbox.publish_soon(outbox.pending_ids(session))
+        if changed := datasetcache.changed_ids(session):
+            state.datasets.invalidate(changed)
+            message = DatasetsChanged(dataset_ids=changed, origin=state.datasets.instance_id)
+            await state.bus.broadcast(DATASETS_CHANGED, message)
 
 
 # scope="function": the commit happens before the response is sent, so a 200 means durable.

@@ -13,8 +13,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import Message, Receive
 
-from gateway.deps import get_state
-from gateway.repository import Repository
+from gateway.deps import app_state
 from gateway.service.auth import authenticate
 from shared.errors import TooLarge, UnsupportedMedia
 
@@ -54,15 +53,14 @@ class ApiRoute(APIRoute):
         multipart_ok = self.path.rstrip("/") in MULTIPART_PATHS
 
         async def guarded(request: Request) -> Response:
-            state = get_state(request)
+            state = app_state(request)
             settings = state.settings
-            async with state.sessionmaker() as session:
-                account_id = await authenticate(
-                    Repository(session),
-                    request.headers.get("authorization"),
-                    settings.token_pepper.get_secret_value(),
-                    state.tokens,
-                )
+            account_id = await authenticate(
+                state.sessionmaker,
+                request.headers.get("authorization"),
+                settings.token_pepper.get_secret_value(),
+                state.tokens,
+            )
             state.limiter.check(account_id)
             request.state.account_id = account_id
             kind = media_kind(request.headers.get("content-type"))

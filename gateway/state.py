@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from gateway.datasetcache import DatasetCache
 from gateway.outbox import OutboxPublisher
 from gateway.predictions import PredictionCounter
 from gateway.ratelimit import RateLimiter
@@ -24,3 +25,4 @@ class AppState:
     limiter: RateLimiter
     predictions: PredictionCounter
     tokens: TokenCache
+    datasets: DatasetCache

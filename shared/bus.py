@@ -204,6 +204,26 @@ class Bus:
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise Unavailable("event stream unavailable") from exc
 
+    async def broadcast(self, subject: str, message: BaseModel) -> None:
+        """Publish on core NATS to every listener; best effort (a lost message is not an error here)."""
+        try:
+            await self.nc.publish(subject, message.model_dump_json().encode())
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("broadcast_failed", subject=subject, error=repr(exc))
+
+    async def listen(self, subject: str, message_type: type[Req], handler: Callable[[Req], None]) -> None:
+        """Call ``handler`` with every message on ``subject`` (no queue group); malformed ones are logged."""
+
+        async def on_msg(msg: Msg) -> None:
+            try:
+                message = message_type.model_validate_json(msg.data)
+            except ValidationError as exc:
+                log.warning("bad_broadcast", subject=msg.subject, errors=exc.error_count())
+                return
+            handler(message)
+
+        self._subs.append(await self.nc.subscribe(subject, cb=on_msg))
+
     async def close(self, drain_timeout_s: float = 20.0) -> None:
         """Stop taking requests, let running handlers finish, then drain the connection."""
         for sub in self._subs:

@@ -42,7 +42,7 @@ class HeadModelMismatch(Unavailable):
 
 
 class BatchedModelService(Generic[In]):
-    """Owns the batcher (one model thread: ONNX Runtime already spreads one call over the cores)."""
+    """Owns the batcher: ``workers`` model calls at once (``shared.inference.layout``)."""
 
     def __init__(
         self,
@@ -56,6 +56,7 @@ class BatchedModelService(Generic[In]):
         max_queue: int,
         metrics: Metrics | None,
         pool_workers: int = 0,
+        workers: int = 1,
     ) -> None:
         self.encoder = encoder
         self.heads = heads
@@ -63,7 +64,7 @@ class BatchedModelService(Generic[In]):
         self._pool: ThreadPoolExecutor | None = None
         self.batcher: DynamicBatcher[In, np.ndarray] = DynamicBatcher(
             encode_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-            workers=1, name=name, metrics=metrics,
+            workers=workers, name=name, metrics=metrics,
         )
         self._name = name
 

@@ -80,6 +80,9 @@ class GatewaySettings(CommonSettings):
     outbox_sweep_s: float = Field(2.0, validation_alias=_alias("KASHF_OUTBOX_SWEEP_S"))
     # A revoked token keeps working on a replica for at most this long (0: look up every request).
     token_cache_s: float = Field(5.0, validation_alias=_alias("KASHF_TOKEN_CACHE_S"))
+    # A dataset's tags, kind and head version as tagging reads them: changes reach this replica at once
+    # (by broadcast from others and the trainer), or after this long if a broadcast was lost (0: no cache).
+    dataset_cache_s: float = Field(5.0, validation_alias=_alias("KASHF_DATASET_CACHE_S"))
     db_pool_size: int = Field(20, validation_alias=_alias("KASHF_DB_POOL_SIZE"))
     # None: the subject's own timeout (shared/subjects.py).
     text_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_TEXT_TIMEOUT_S"))
@@ -100,7 +103,10 @@ class InferenceSettings(CommonSettings):
     max_wait_ms: float = Field(4.0, validation_alias=_alias("KASHF_MAX_WAIT_MS"))
     max_queue: int = Field(1024, validation_alias=_alias("KASHF_MAX_QUEUE"))
     concurrency: int = Field(64, validation_alias=_alias("KASHF_CONCURRENCY"))
-    threads: int | None = Field(None, validation_alias=_alias("KASHF_THREADS"))
+    # None: chosen per device (shared/inference/layout.py): on CPU up to 4 model calls at once, the
+    # cores shared out among them as intra-op threads; on GPU one call at a time.
+    model_workers: int | None = Field(None, ge=1, validation_alias=_alias("KASHF_MODEL_WORKERS"))
+    threads: int | None = Field(None, ge=1, validation_alias=_alias("KASHF_THREADS"))
     fetch_allow_hosts: str = Field("", validation_alias=_alias("FETCH_ALLOW_HOSTS"))
 
 

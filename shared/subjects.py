@@ -27,6 +27,10 @@ REPORT_EVENT = "kashf.events.report"  # + ".<dataset_id>"
 TRAIN_EVENT = "kashf.events.train"  # + ".<dataset_id>"
 TRAINER_DURABLE = "trainer"
 
+# Core NATS broadcast (every listener, no queue group, best effort): these datasets' tags, kind or head
+# changed, so gateways drop what they cached of them.
+DATASETS_CHANGED = "kashf.datasets.changed.v1"
+
 # Object stores: fitted heads (per dataset) and large payloads (uploads, videos).
 HEADS_BUCKET = "kashf-heads"
 BLOBS_BUCKET = "kashf-blobs"

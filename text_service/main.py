@@ -7,6 +7,7 @@ import functools
 
 from shared.bus import Bus, ensure_streams
 from shared.heads import HeadCache
+from shared.inference.layout import model_layout
 from shared.runtime import Readiness, run_service
 from shared.settings import TextServiceSettings
 from text_service import handlers
@@ -16,12 +17,13 @@ from text_service.service import TextService
 
 async def setup(settings: TextServiceSettings, bus: Bus, encoder: Encoder | None = None) -> Readiness:
     """Load and warm the model, then subscribe: no request reaches a cold model."""
+    layout = model_layout(settings.device, settings.model_workers, settings.threads)
     if encoder is None:
-        encoder = await asyncio.to_thread(load_encoder, settings)
+        encoder = await asyncio.to_thread(load_encoder, settings, layout)
     await ensure_streams(bus.js)  # the heads bucket must exist before the first tag request
     service = TextService(
         encoder, HeadCache(bus.js), max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-        max_queue=settings.max_queue,
+        max_queue=settings.max_queue, workers=layout.workers,
     )
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)

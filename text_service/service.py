@@ -28,10 +28,11 @@ class TextService(BatchedModelService[str]):
         max_batch: int = 32,
         max_wait_ms: float = 4.0,
         max_queue: int = 1024,
+        workers: int = 1,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__(encoder, heads, self._encode_batch, name="text", max_batch=max_batch,
-                         max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics)
+                         max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics, workers=workers)
         self.encoder: Encoder = encoder
 
     def _encode_batch(self, texts: list[str]) -> Sequence[np.ndarray]:

@@ -439,6 +439,8 @@ class Embedder(Protocol):
 
 
 HeadStore = Callable[[int, Head], Awaitable[str]]
+# Told the dataset id once a new head version is committed (gateways then drop what they cached of it).
+HeadNotify = Callable[[int], Awaitable[None]]
 
 
 class Unsupported(ValueError):
@@ -459,10 +461,12 @@ class Trainer:
     """Refits one dataset at a time; safe to repeat (a redelivered event just refits)."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], embedder: Embedder, store_head: HeadStore,
-                 *, config: FitConfig | None = None, text_chunk: int = 32, image_chunk: int = 8) -> None:
+                 *, config: FitConfig | None = None, text_chunk: int = 32, image_chunk: int = 8,
+                 on_new_head: HeadNotify | None = None) -> None:
         self.sessions = sessions
         self.embedder = embedder
         self.store_head = store_head
+        self.on_new_head = on_new_head
         self.config = config or FitConfig()
         self.chunks = {"text": text_chunk, "image": image_chunk}
 
@@ -490,6 +494,8 @@ class Trainer:
             await self.mark(dataset_id, "failed", str(exc))
             return RefitOutcome(dataset_id, "failed", reason=str(exc))
         version = await self._commit(dataset_id, model_id, tags, result)
+        if self.on_new_head is not None:
+            await self.on_new_head(dataset_id)
         log.info("dataset_trained", dataset_id=dataset_id, version=version, model_id=model_id,
                  reports=result.report_count, tags=len(result.tags), embedded=embedded)
         return RefitOutcome(dataset_id, "trained", version=version, embedded=embedded, result=result)

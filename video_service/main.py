@@ -8,6 +8,7 @@ import functools
 from shared.bus import Bus, ensure_streams
 from shared.fetch import Fetcher, FetchPolicy, parse_allow_hosts
 from shared.heads import HeadCache
+from shared.inference.layout import model_layout
 from shared.runtime import Readiness, run_service
 from shared.settings import VideoServiceSettings
 from video_service import handlers
@@ -35,8 +36,10 @@ def video_limits(settings: VideoServiceSettings) -> VideoLimits:
 
 async def setup(settings: VideoServiceSettings, bus: Bus, encoder: Encoder | None = None) -> Readiness:
     """Load and warm the model, then subscribe and start the job consumer: no work reaches a cold model."""
+    # One model call at a time unless configured: decode threads already share the cores (layout.py).
+    layout = model_layout(settings.device, settings.model_workers, settings.threads, max_auto_workers=1)
     if encoder is None:
-        encoder = await asyncio.to_thread(load_encoder, settings)
+        encoder = await asyncio.to_thread(load_encoder, settings, layout)
     await ensure_streams(bus.js)  # heads and uploads buckets must exist before the first request
     fetcher = Fetcher(fetch_policy(settings))
     blobs = handlers.ObjectStoreBlobs(bus.js)
@@ -46,6 +49,7 @@ async def setup(settings: VideoServiceSettings, bus: Bus, encoder: Encoder | Non
         sync_video_seconds=settings.sync_video_seconds, active_videos=settings.active_videos,
         frame_batch=settings.frame_batch, max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, tmp_dir=settings.tmp_dir,
+        workers=layout.workers,
     )
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)

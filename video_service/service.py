@@ -85,11 +85,12 @@ class VideoService(BatchedModelService[np.ndarray]):
         max_wait_ms: float = 4.0,
         max_queue: int = 1024,
         tmp_dir: Path | None = None,
+        workers: int = 1,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__(encoder, heads, self._encode_batch, name="video", max_batch=max_batch,
                          max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics,
-                         pool_workers=active_videos)
+                         pool_workers=active_videos, workers=workers)
         self.encoder: Encoder = encoder
         self.fetcher = fetcher
         self.blobs = blobs

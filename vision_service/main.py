@@ -10,6 +10,7 @@ from PIL import Image
 from shared.bus import Bus, ensure_streams
 from shared.fetch import Fetcher, FetchPolicy, parse_allow_hosts
 from shared.heads import HeadCache
+from shared.inference.layout import model_layout
 from shared.inference.manifest import ImagePreprocessing, load_manifest
 from shared.runtime import Readiness, run_service
 from shared.settings import VisionServiceSettings
@@ -39,7 +40,9 @@ def _resample(pre: object) -> Image.Resampling:
 async def setup(settings: VisionServiceSettings, bus: Bus, encoder: Encoder | None = None) -> Readiness:
     """Load and warm the model, then subscribe: no request reaches a cold model."""
     manifest = await asyncio.to_thread(load_manifest, settings.image_model_dir)
-    model: Encoder = encoder if encoder is not None else await asyncio.to_thread(load_encoder, settings)
+    # One model call at a time unless configured: decode threads already share the cores (layout.py).
+    layout = model_layout(settings.device, settings.model_workers, settings.threads, max_auto_workers=1)
+    model: Encoder = encoder if encoder is not None else await asyncio.to_thread(load_encoder, settings, layout)
     pre = manifest.preprocessing
     await ensure_streams(bus.js)  # heads and uploads buckets must exist before the first request
     fetcher = Fetcher(fetch_policy(settings))
@@ -48,7 +51,7 @@ async def setup(settings: VisionServiceSettings, bus: Bus, encoder: Encoder | No
         max_image_bytes=settings.max_image_bytes, max_image_pixels=settings.max_image_pixels,
         min_side=_needed_side(pre), copy_resample=_resample(pre),
         decode_workers=settings.decode_workers, max_batch=settings.max_batch,
-        max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
+        max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, workers=layout.workers,
     )
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)

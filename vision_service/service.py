@@ -119,11 +119,12 @@ class VisionService(BatchedModelService[np.ndarray]):
         max_queue: int = 1024,
         zero_shot_scale: float = ZERO_SHOT_LOGIT_SCALE,
         zero_shot_floor: float = ZERO_SHOT_FLOOR,
+        workers: int = 1,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__(encoder, heads, self._encode_batch, name="image", max_batch=max_batch,
                          max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics,
-                         pool_workers=decode_workers)
+                         pool_workers=decode_workers, workers=workers)
         self.encoder: Encoder = encoder
         self.fetcher = fetcher
         self.blobs = blobs

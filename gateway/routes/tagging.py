@@ -111,7 +111,7 @@ def router() -> APIRouter:
     async def tag_texts(
         body: TagTextsBody, repo: RepoDep, account: AccountDep, state: StateDep
     ) -> list[dict[str, Any]]:
-        return await tagging.tag_texts(repo, state.bus, state.predictions, account, body, state.settings)
+        return await tagging.tag_texts(repo, state, account, body)
 
     @post_route(
         r,
@@ -127,7 +127,7 @@ def router() -> APIRouter:
         if media_kind(request.headers.get("content-type")) == "json":
             body = parse_body(TagImagesBody, await request.body())
             images = [("image_url", url, MediaInput(url=url)) for url in body.image_urls]
-            return await tagging.tag_images(repo, state.bus, state.predictions, account, body.dataset, images, settings)
+            return await tagging.tag_images(repo, state, account, body.dataset, images)
         form = await _read_form(request, state)
         try:
             dataset = parse_body(DatasetBody, _fields(form, ("dataset",))).dataset
@@ -137,7 +137,7 @@ def router() -> APIRouter:
         finally:
             await form.close()
         try:
-            return await tagging.tag_images(repo, state.bus, state.predictions, account, dataset, uploads, settings)
+            return await tagging.tag_images(repo, state, account, dataset, uploads)
         finally:
             await blobs.delete_blobs(state.bus.js, [ref.blob_key for _, _, ref in uploads if ref.blob_key])
 
@@ -166,8 +166,8 @@ def router() -> APIRouter:
             tagging.check_video_params(body)
             videos = [("video_url", url, MediaInput(url=url)) for url in body.video_urls]
             if body.async_:
-                return await video_jobs.submit_videos(repo, state.bus, account, body, videos, settings)
-            return await tagging.tag_videos(repo, state.bus, state.predictions, account, body, videos, settings)
+                return await video_jobs.submit_videos(repo, state, account, body, videos)
+            return await tagging.tag_videos(repo, state, account, body, videos)
         form = await _read_form(request, state)
         try:
             params = parse_body(
@@ -181,9 +181,9 @@ def router() -> APIRouter:
             await form.close()
         if params.async_:
             # The job owns the uploads now: video_service deletes them when the job ends.
-            return await video_jobs.submit_videos(repo, state.bus, account, params, uploads, settings)
+            return await video_jobs.submit_videos(repo, state, account, params, uploads)
         try:
-            return await tagging.tag_videos(repo, state.bus, state.predictions, account, params, uploads, settings)
+            return await tagging.tag_videos(repo, state, account, params, uploads)
         finally:
             await blobs.delete_blobs(state.bus.js, [ref.blob_key for _, _, ref in uploads if ref.blob_key])
 

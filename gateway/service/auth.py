@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import secrets
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from gateway.repository import Repository
 from gateway.tokens import TokenCache
 from shared.errors import Unauthorized
@@ -28,13 +30,19 @@ def parse_authorization(header: str | None) -> str:
     return key
 
 
-async def authenticate(repo: Repository, header: str | None, pepper: str, cache: TokenCache | None = None) -> int:
-    """The account id the header's token belongs to; Unauthorized for unknown or revoked tokens."""
+async def authenticate(
+    sessions: async_sessionmaker[AsyncSession], header: str | None, pepper: str, cache: TokenCache | None = None
+) -> int:
+    """The account id the header's token belongs to; Unauthorized for unknown or revoked tokens.
+
+    A token in the cache costs no database session at all.
+    """
     key = parse_authorization(header)
     token_hash = hash_token(key, pepper)
     if cache is not None and (cached := cache.get(token_hash)) is not None:
         return cached
-    account_id = await repo.account_for_token_hash(token_hash)
+    async with sessions() as session:
+        account_id = await Repository(session).account_for_token_hash(token_hash)
     if account_id is None:
         raise Unauthorized("invalid or revoked token")
     if cache is not None:

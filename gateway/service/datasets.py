@@ -29,11 +29,14 @@ async def ensure_kind(repo: Repository, dataset: Dataset, kind: str) -> None:
     if dataset.kind is None:
         await repo.fix_kind(dataset, kind)
     if dataset.kind != kind:
-        raise BadRequest(
-            f"dataset '{dataset.name}' holds {_NOUN.get(dataset.kind or '', dataset.kind)}, "
-            f"not {_NOUN.get(kind, kind)}",
-            code="wrong_dataset_kind",
-        )
+        raise wrong_kind(dataset.name, dataset.kind, kind)
+
+
+def wrong_kind(name: str, has: str | None, wanted: str) -> BadRequest:
+    return BadRequest(
+        f"dataset '{name}' holds {_NOUN.get(has or '', has)}, not {_NOUN.get(wanted, wanted)}",
+        code="wrong_dataset_kind",
+    )
 
 
 def dataset_out(dataset: Dataset) -> dict[str, Any]:

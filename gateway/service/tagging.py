@@ -6,11 +6,13 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gateway.datasetcache import DatasetCache, DatasetView
 from gateway.predictions import PredictionCounter
 from gateway.repository import Repository
 from gateway.schemas import TagTextsBody, VideoParams
-from gateway.service.datasets import ensure_kind, load_dataset
+from gateway.service.datasets import ensure_kind, load_dataset, wrong_kind
 from gateway.service.limits import check_count, check_text
+from gateway.state import AppState
 from shared.bus import Bus
 from shared.db.models import Dataset
 from shared.errors import BadRequest, Internal, Timeout
@@ -49,13 +51,24 @@ def _unknown() -> list[ScoredTag]:
     return [ScoredTag(id=UNKNOWN_TAG_ID, title=UNKNOWN_TITLE, probability=1.0)]
 
 
-async def prepare(repo: Repository, account_id: int, name: str, kind: str) -> tuple[HeadRef, list[TagRef]]:
-    dataset: Dataset = await load_dataset(repo, account_id, name)
-    await ensure_kind(repo, dataset, kind)
-    tags = [TagRef(id=t.id, title=t.title) for t in await repo.active_tags(dataset.id)]
-    # End the transaction before waiting on a model service, so no pooled connection idles meanwhile.
-    await repo.session.commit()
-    return HeadRef(dataset_id=dataset.id, version=dataset.head_version), tags
+async def prepare(
+    repo: Repository, cache: DatasetCache, account_id: int, name: str, kind: str
+) -> tuple[HeadRef, list[TagRef]]:
+    """The dataset's head and active tags, from the replica's cache when it holds them."""
+    view = cache.get(account_id, name)
+    if view is None:
+        epoch = cache.epoch
+        dataset: Dataset = await load_dataset(repo, account_id, name)
+        await ensure_kind(repo, dataset, kind)
+        tags = tuple(TagRef(id=t.id, title=t.title) for t in await repo.active_tags(dataset.id))
+        # End the transaction before waiting on a model service, so no pooled connection idles meanwhile.
+        await repo.session.commit()
+        assert dataset.kind is not None  # ensure_kind fixed it
+        view = DatasetView(dataset.id, dataset.kind, HeadRef(dataset_id=dataset.id, version=dataset.head_version), tags)
+        cache.put(account_id, name, view, epoch)
+    elif view.kind != kind:
+        raise wrong_kind(name, view.kind, kind)
+    return view.head, list(view.tags)
 
 
 def _count_predictions(counter: PredictionCounter, tag_lists: Iterable[Sequence[ScoredTag]]) -> None:
@@ -80,18 +93,12 @@ def _check_items(items: Sequence[ItemResult], expected: int, service: str) -> No
         raise Internal(f"{service} answered {len(items)} items for {expected}")
 
 
-async def tag_texts(
-    repo: Repository,
-    bus: Bus,
-    counter: PredictionCounter,
-    account_id: int,
-    body: TagTextsBody,
-    settings: GatewaySettings,
-) -> list[dict[str, Any]]:
+async def tag_texts(repo: Repository, state: AppState, account_id: int, body: TagTextsBody) -> list[dict[str, Any]]:
+    bus, settings = state.bus, state.settings
     check_count(body.contents, "contents", settings)
     for i, text in enumerate(body.contents):
         check_text(text, f"contents[{i}]", settings)
-    head, tags = await prepare(repo, account_id, body.dataset, "text")
+    head, tags = await prepare(repo, state.datasets, account_id, body.dataset, "text")
     if not tags:  # nothing can pass a threshold: no need to ask the model
         items = [ItemResult(tags=_unknown()) for _ in body.contents]
     else:
@@ -108,7 +115,7 @@ async def tag_texts(
         )
         items = [item for reply in replies for item in reply.items]
         _check_items(items, len(body.contents), TEXT_TAG.queue)
-    _count_predictions(counter, (item.tags for item in items))
+    _count_predictions(state.predictions, (item.tags for item in items))
     out = []
     for content, item in zip(body.contents, items, strict=True):
         element: dict[str, Any] = {"content": content, "tags": tags_out(item.tags)}
@@ -119,21 +126,16 @@ async def tag_texts(
 
 
 async def tag_images(
-    repo: Repository,
-    bus: Bus,
-    counter: PredictionCounter,
-    account_id: int,
-    dataset: str,
-    images: Sequence[tuple[str, str, MediaInput]],
-    settings: GatewaySettings,
+    repo: Repository, state: AppState, account_id: int, dataset: str, images: Sequence[tuple[str, str, MediaInput]]
 ) -> list[dict[str, Any]]:
     """``images``: (answer key, its value, where), e.g. ("image_url", url, MediaInput(url=url))."""
+    bus, settings = state.bus, state.settings
     check_media_count(images, "image", settings)
-    head, tags = await prepare(repo, account_id, dataset, "image")
+    head, tags = await prepare(repo, state.datasets, account_id, dataset, "image")
     request = TagImagesRequest(head=head, tags=tags, images=[ref for _, _, ref in images])
     reply = await bus.request(VISION_TAG, request, TagReply, timeout_s=settings.vision_timeout_s)
     _check_items(reply.items, len(images), VISION_TAG.queue)
-    _count_predictions(counter, (item.tags for item in reply.items))
+    _count_predictions(state.predictions, (item.tags for item in reply.items))
     out = []
     for (key, value, _), item in zip(images, reply.items, strict=True):
         element: dict[str, Any] = {key: value}
@@ -159,22 +161,20 @@ def check_video_params(params: VideoParams) -> None:
 
 async def tag_videos(
     repo: Repository,
-    bus: Bus,
-    counter: PredictionCounter,
+    state: AppState,
     account_id: int,
     params: VideoParams,
     videos: Sequence[tuple[str, str, MediaInput]],
-    settings: GatewaySettings,
 ) -> list[dict[str, Any]]:
     """One VIDEO_TAG request per video, concurrently, so the service's replicas share them."""
-    check_media_count(videos, "video", settings)
+    check_media_count(videos, "video", state.settings)
     check_video_params(params)
-    head, tags = await prepare(repo, account_id, params.dataset, "image")
+    head, tags = await prepare(repo, state.datasets, account_id, params.dataset, "image")
     try:
-        replies = await _video_replies(bus, head, tags, params, videos, settings)
+        replies = await _video_replies(state.bus, head, tags, params, videos, state.settings)
     except Timeout as exc:
         raise Timeout(f"{exc.detail}; for long videos send \"async\": true and poll POST /api/video_job/") from exc
-    _count_predictions(counter, (frame.tags for reply in replies for frame in reply.frames))
+    _count_predictions(state.predictions, (frame.tags for reply in replies for frame in reply.frames))
     out = []
     for (key, value, _), reply in zip(videos, replies, strict=True):
         element: dict[str, Any] = {key: value}

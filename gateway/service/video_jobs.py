@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 from gateway.repository import Repository
 from gateway.schemas import VideoParams
 from gateway.service.tagging import check_media_count, check_video_params, frames_out, prepare
+from gateway.state import AppState
 from shared.bus import Bus
 from shared.errors import NotFound, Overloaded, TooLarge, Unavailable
 from shared.schemas.inference import HeadRef, TagRef
@@ -32,7 +33,6 @@ from shared.schemas.video_jobs import (
     new_job_id,
     now_s,
 )
-from shared.settings import GatewaySettings
 
 # What new_job_id makes; anything else cannot name a job (and must never reach the KV as a wildcard).
 _JOB_ID = re.compile(r"vj[0-9a-f]{32}")
@@ -40,18 +40,17 @@ _JOB_ID = re.compile(r"vj[0-9a-f]{32}")
 
 async def submit_videos(
     repo: Repository,
-    bus: Bus,
+    state: AppState,
     account_id: int,
     params: VideoParams,
     videos: Sequence[tuple[str, str, MediaInput]],
-    settings: GatewaySettings,
 ) -> dict[str, Any]:
     """tag_video_frames with ``"async": true``: one job for all the videos, answered at once."""
-    check_media_count(videos, "video", settings)
+    check_media_count(videos, "video", state.settings)
     check_video_params(params)
-    head, tags = await prepare(repo, account_id, params.dataset, "image")
+    head, tags = await prepare(repo, state.datasets, account_id, params.dataset, "image")
     return await submit_video_job(
-        bus, account_id=account_id, head=head, tags=tags, videos=videos, every_ms=params.every_ms,
+        state.bus, account_id=account_id, head=head, tags=tags, videos=videos, every_ms=params.every_ms,
         duration_s=params.duration or None, min_frame_diff=params.min_frame_diff,
     )
 

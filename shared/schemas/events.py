@@ -1,4 +1,4 @@
-"""JetStream events the trainer consumes."""
+"""JetStream events the trainer consumes, and the broadcast that datasets changed."""
 
 from __future__ import annotations
 
@@ -19,3 +19,10 @@ class TrainRequest(Message):
     dataset_id: int
     reason: Literal["api", "reports", "model_change"] = "api"
     request_id: str = ""
+
+
+class DatasetsChanged(Message):
+    """Core NATS broadcast on ``DATASETS_CHANGED``: drop cached state of these datasets."""
+
+    dataset_ids: list[int]
+    origin: str = ""  # the sender's instance id: a gateway has already applied its own change

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -57,6 +58,19 @@ async def test_embeddings_are_384_d_unit_vectors(client: Bus) -> None:
     assert reply.model_id.startswith("multilingual-e5-small@")
     assert vectors.shape == (8, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+async def test_concurrent_model_calls_give_what_one_call_at_a_time_gives(client: Bus) -> None:
+    # The service runs several model calls at once on CPU (shared/inference/layout.py) on one session.
+    texts = [*BUY, *POOR, *OTHER, UNRELATED]
+    alone = np.stack([(await embed(client, [t])).array()[0] for t in texts])
+    replies = await asyncio.gather(*(embed(client, [t]) for t in texts), *(embed(client, texts) for _ in range(4)))
+    # Not bit-equal: the int8 model quantises activations per call, so a text's batch-mates (and their
+    # padding) move its vector a little. A call clobbered by another would be far off.
+    together = np.stack([r.array()[0] for r in replies[: len(texts)]])
+    assert np.min(np.sum(together * alone, axis=1)) > 0.995
+    for batch in replies[len(texts) :]:
+        assert np.min(np.sum(batch.array() * alone, axis=1)) > 0.995
 
 
 async def test_spelling_variants_embed_as_the_same_text(client: Bus) -> None:

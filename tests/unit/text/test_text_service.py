@@ -182,7 +182,7 @@ async def test_head_of_another_model_is_refused_with_a_retrain_hint(
 async def test_full_queue_answers_429_at_once_and_queued_work_completes(
         start_service: Start, encoder: TextEncoder) -> None:
     gated = GatedEncoder(encoder)
-    client = await start_service(gated, max_batch=2, max_wait_ms=1, max_queue=4)
+    client = await start_service(gated, max_batch=2, max_wait_ms=1, max_queue=4, model_workers=1)
     first = asyncio.create_task(embed(client, CORPUS[:2]))  # held inside the model call
     await asyncio.to_thread(gated.entered.wait, 5)
     queued = asyncio.create_task(embed(client, CORPUS[2:6]))  # fills the queue
@@ -196,6 +196,27 @@ async def test_full_queue_answers_429_at_once_and_queued_work_completes(
     gated.gate.set()
     np.testing.assert_allclose((await first).array(), expected(encoder, CORPUS[:2]), atol=1e-5)
     np.testing.assert_allclose((await queued).array(), expected(encoder, CORPUS[2:6]), atol=1e-5)
+
+
+class MeetingEncoder(GatedEncoder):
+    """Each model call waits until ``parties`` calls are inside at once: serial calls would time out."""
+
+    def __init__(self, inner: Encoder, parties: int) -> None:
+        super().__init__(inner)
+        self.barrier = threading.Barrier(parties, timeout=5)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.barrier.wait()
+        return self.inner.encode(texts)
+
+
+async def test_model_workers_run_that_many_model_calls_at_once(
+        start_service: Start, encoder: TextEncoder) -> None:
+    client = await start_service(MeetingEncoder(encoder, 2), max_batch=2, max_wait_ms=0, model_workers=2)
+    first = asyncio.create_task(embed(client, CORPUS[:2]))
+    second = asyncio.create_task(embed(client, CORPUS[2:4]))
+    np.testing.assert_allclose((await first).array(), expected(encoder, CORPUS[:2]), atol=1e-5)
+    np.testing.assert_allclose((await second).array(), expected(encoder, CORPUS[2:4]), atol=1e-5)
 
 
 async def test_request_larger_than_the_queue_is_413(start_service: Start) -> None:

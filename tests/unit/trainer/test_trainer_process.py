@@ -19,9 +19,9 @@ from shared import devstack
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.heads import load_head
-from shared.schemas.events import TrainRequest
+from shared.schemas.events import DatasetsChanged, TrainRequest
 from shared.schemas.inference import EmbedTextsRequest
-from shared.subjects import TEXT_EMBED, train_subject
+from shared.subjects import DATASETS_CHANGED, TEXT_EMBED, train_subject
 from tests.unit.trainer.helpers import MODEL_ID, embed_handler, seed, wait_state
 
 REPO = Path(__file__).resolve().parents[3]
@@ -80,6 +80,15 @@ async def test_trainer_process_trains_and_stops_cleanly(
         await wait_http(port, "/readyz", 200, proc, log)
         sessions = make_sessionmaker(engine)
         dataset_id, _ = await seed(sessions)
+        announced: list[DatasetsChanged] = []
+        heard = asyncio.Event()
+
+        def on_changed(message: DatasetsChanged) -> None:
+            announced.append(message)
+            heard.set()
+
+        await client.listen(DATASETS_CHANGED, DatasetsChanged, on_changed)
+        await client.nc.flush()
         await client.publish_event(train_subject(dataset_id), TrainRequest(dataset_id=dataset_id),
                                    msg_id=uuid.uuid4().hex)
         dataset = await wait_state(sessions, dataset_id, {"trained", "failed"})
@@ -87,6 +96,9 @@ async def test_trainer_process_trains_and_stops_cleanly(
         assert dataset.head_version is not None
         head = await load_head(client.js, dataset_id, dataset.head_version)
         assert head.model_id == MODEL_ID
+        # Gateways learn of the new head at once (they cache the dataset's head version).
+        await asyncio.wait_for(heard.wait(), 5)
+        assert [m.dataset_ids for m in announced] == [[dataset_id]]
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 15) == 0, tail(log)
     finally:

@@ -1,0 +1,108 @@
+"""What tagging needs of a dataset (its id, kind, head version and active tags), cached per replica.
+
+Reading these took two queries, a pool checkout and its ping on every tag request: about half of
+the gateway's CPU per request in ``bench/text.py``. An entry lives ``ttl_s`` at most and goes sooner:
+
+* in the replica that changed a tag or a dataset's kind, as soon as its transaction commits;
+* in every replica when a ``DATASETS_CHANGED`` broadcast arrives: gateways send one after those
+  commits and the trainer after it stores a new head.
+
+A broadcast lost to a reconnect leaves an entry stale for ``ttl_s`` at most. A load that overlaps an
+invalidation is not stored, so a reader that started before a commit cannot put back the old state.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.schemas.events import DatasetsChanged
+from shared.schemas.inference import HeadRef, TagRef
+
+_CHANGED_KEY = "kashf_changed_datasets"
+
+
+@dataclass(frozen=True)
+class DatasetView:
+    dataset_id: int
+    kind: str
+    head: HeadRef
+    tags: tuple[TagRef, ...]
+
+
+class DatasetCache:
+    """(account id, dataset name) -> ``DatasetView``; LRU-bounded, ``ttl_s <= 0`` turns it off."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._max = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[tuple[int, str], tuple[DatasetView, float]] = OrderedDict()
+        self._keys: dict[int, set[tuple[int, str]]] = {}  # dataset id -> its keys, for invalidation
+        self._epoch = 0
+        self.instance_id = uuid.uuid4().hex  # sent with this replica's broadcasts, which it skips itself
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def epoch(self) -> int:
+        """Take this before loading; ``put`` with it stores nothing if an invalidation came meanwhile."""
+        return self._epoch
+
+    def get(self, account_id: int, name: str) -> DatasetView | None:
+        key = (account_id, name)
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        view, expires = found
+        if self._clock() >= expires:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return view
+
+    def put(self, account_id: int, name: str, view: DatasetView, epoch: int) -> None:
+        if self.ttl_s <= 0 or epoch != self._epoch:
+            return
+        key = (account_id, name)
+        self._drop(key)
+        self._entries[key] = (view, self._clock() + self.ttl_s)
+        self._keys.setdefault(view.dataset_id, set()).add(key)
+        while len(self._entries) > self._max:
+            self._drop(next(iter(self._entries)))
+
+    def on_broadcast(self, message: DatasetsChanged) -> None:
+        if message.origin != self.instance_id:
+            self.invalidate(message.dataset_ids)
+
+    def invalidate(self, dataset_ids: Iterable[int]) -> None:
+        self._epoch += 1
+        for dataset_id in dataset_ids:
+            for key in self._keys.pop(dataset_id, set()):
+                self._entries.pop(key, None)
+
+    def _drop(self, key: tuple[int, str]) -> None:
+        found = self._entries.pop(key, None)
+        if found is not None:
+            keys = self._keys.get(found[0].dataset_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._keys[found[0].dataset_id]
+
+
+def mark_changed(session: AsyncSession, dataset_id: int) -> None:
+    """Note a change to the dataset's tags or kind; the request's session dependency invalidates after commit."""
+    session.info.setdefault(_CHANGED_KEY, set()).add(dataset_id)
+
+
+def changed_ids(session: AsyncSession) -> list[int]:
+    """Datasets marked changed in this session (taken: a second call returns none)."""
+    ids: set[int] = session.info.pop(_CHANGED_KEY, set())
+    return sorted(ids)

@@ -1,0 +1,248 @@
+"""The gateway's cache of what tagging reads of a dataset: hits skip Postgres, and every change that
+tagging must see (tags, their titles and activity, the kind, a new head) reaches it at once, in this
+replica and in others, or within the TTL when a broadcast is lost."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+
+from gateway.datasetcache import DatasetCache, DatasetView
+from shared.bus import Bus
+from shared.schemas.events import DatasetsChanged
+from shared.schemas.inference import HeadRef, ItemResult, ScoredTag, TagRef, TagReply, TagTextsRequest
+from shared.subjects import DATASETS_CHANGED, TEXT_TAG
+from tests.unit.gateway.harness import Gateway, eventually, responder, sql
+from trainer.main import announce_new_head
+
+
+def _view(dataset_id: int, version: int | None = None, tags: tuple[int, ...] = (1,)) -> DatasetView:
+    return DatasetView(dataset_id, "text", HeadRef(dataset_id=dataset_id, version=version),
+                       tuple(TagRef(id=t, title=f"t{t}") for t in tags))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_entries_expire_after_the_ttl() -> None:
+    clock = Clock()
+    cache = DatasetCache(2.0, clock=clock)
+    cache.put(1, "a", _view(10), cache.epoch)
+    clock.now += 1.9
+    assert cache.get(1, "a") == _view(10)
+    clock.now += 0.2
+    assert cache.get(1, "a") is None
+    assert len(cache) == 0
+
+
+def test_invalidation_drops_every_entry_of_that_dataset_only() -> None:
+    cache = DatasetCache(60.0)
+    cache.put(1, "a", _view(10), cache.epoch)
+    cache.put(2, "b", _view(20), cache.epoch)
+    cache.invalidate([10, 99])
+    assert cache.get(1, "a") is None
+    assert cache.get(2, "b") == _view(20)
+
+
+def test_a_load_that_overlapped_an_invalidation_is_not_stored() -> None:
+    cache = DatasetCache(60.0)
+    epoch = cache.epoch  # a reader starts loading dataset 10 ...
+    cache.invalidate([10])  # ... a tag change commits meanwhile ...
+    cache.put(1, "a", _view(10), epoch)  # ... so what it read may be the old state
+    assert cache.get(1, "a") is None
+    cache.put(1, "a", _view(10), cache.epoch)
+    assert cache.get(1, "a") is not None
+
+
+def test_the_cache_is_bounded_and_can_be_turned_off() -> None:
+    cache = DatasetCache(60.0, max_entries=2)
+    for i in range(3):
+        cache.put(1, f"d{i}", _view(i), cache.epoch)
+    assert len(cache) == 2 and cache.get(1, "d0") is None
+    cache.invalidate([1, 2])  # the index of evicted entries stays consistent
+    assert len(cache) == 0
+    off = DatasetCache(0)
+    off.put(1, "a", _view(10), off.epoch)
+    assert off.get(1, "a") is None
+
+
+# Through the running app: a real text_service stand-in on NATS records what the gateway asks.
+
+
+@asynccontextmanager
+async def recorder(nats_url: str) -> AsyncIterator[list[TagTextsRequest]]:
+    seen: list[TagTextsRequest] = []
+
+    async def text_service(data: bytes) -> bytes:
+        request = TagTextsRequest.model_validate_json(data)
+        seen.append(request)
+        tags = [ScoredTag(id=t.id, title=t.title, probability=0.9) for t in request.tags[:1]]
+        return TagReply(model_id="m", items=[ItemResult(tags=tags) for _ in request.texts]).model_dump_json().encode()
+
+    async with responder(nats_url, TEXT_TAG, text_service):
+        yield seen
+
+
+async def _tag(gw: Gateway, token: str, dataset: str = "reviews") -> Any:
+    response = await gw.post("/api/tag_texts/", {"dataset": dataset, "contents": ["عالی بود"]}, token)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def _two_tags(gw: Gateway, token: str) -> tuple[int, int]:
+    # Kind given up front: a first use that fixes the kind is a change, and drops the entry once more.
+    await gw.post("/api/create_dataset/", {"dataset": "reviews", "kind": "text"}, token)
+    a = (await gw.post("/api/create_tag/", {"dataset": "reviews", "title": "خوب"}, token)).json()["tag_id"]
+    b = (await gw.post("/api/create_tag/", {"dataset": "reviews", "title": "بد"}, token)).json()["tag_id"]
+    return a, b
+
+
+def _count_statements(gw: Gateway) -> Callable[[], list[str]]:
+    statements: list[str] = []
+
+    def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(gw.app.state.kashf.engine.sync_engine, "before_cursor_execute", on_execute)
+    return lambda: statements
+
+
+async def test_repeated_tagging_reads_the_dataset_from_postgres_once(gw: Gateway, nats_url: str) -> None:
+    token = await gw.token("acme")
+    await _two_tags(gw, token)
+    statements = _count_statements(gw)
+    async with recorder(nats_url) as seen:
+        for _ in range(5):
+            await _tag(gw, token)
+    reads = [s for s in statements() if "FROM dataset" in s or "FROM tag" in s]
+    assert len(reads) == 2, reads  # the dataset and its active tags, for the first request only
+    assert len(seen) == 5 and all(len(r.tags) == 2 for r in seen)
+
+
+async def test_tag_changes_reach_the_very_next_request(gw: Gateway, nats_url: str) -> None:
+    token = await gw.token("acme")
+    a, b = await _two_tags(gw, token)
+    async with recorder(nats_url) as seen:
+        await _tag(gw, token)
+        await gw.post("/api/update_tag/", {"tag_id": a, "active": False}, token)
+        await _tag(gw, token)
+        await gw.post("/api/update_tag/", {"tag_id": b, "title": "ناراضی"}, token)
+        await _tag(gw, token)
+        c = (await gw.post("/api/create_tag/", {"dataset": "reviews", "title": "تازه"}, token)).json()["tag_id"]
+        await _tag(gw, token)
+        await gw.post("/api/delete_tag/", {"tag_id": b}, token)
+        last = await _tag(gw, token)
+    assert [[(t.id, t.title) for t in r.tags] for r in seen] == [
+        [(a, "خوب"), (b, "بد")],
+        [(b, "بد")],
+        [(b, "ناراضی")],
+        [(b, "ناراضی"), (c, "تازه")],
+        [(c, "تازه")],
+    ]
+    assert last[0]["tags"][0]["id"] == c
+
+
+async def test_first_use_fixes_the_kind_and_then_caches(gw: Gateway, nats_url: str) -> None:
+    token = await gw.token("acme")
+    await gw.post("/api/create_tag/", {"dataset": "fresh", "title": "خوب"}, token)  # no kind yet
+    async with recorder(nats_url) as seen:
+        await _tag(gw, token, "fresh")  # fixes the kind to text: a change, so nothing cached yet
+        statements = _count_statements(gw)
+        for _ in range(3):
+            await _tag(gw, token, "fresh")
+    assert len([s for s in statements() if "FROM dataset" in s]) == 1
+    assert len(seen) == 4
+    rows = await sql(gw.settings.database_url, "SELECT kind FROM dataset WHERE name = 'fresh'")
+    assert rows[0]["kind"] == "text"
+
+
+async def test_a_cached_dataset_still_refuses_the_other_kind(gw: Gateway, nats_url: str) -> None:
+    token = await gw.token("acme")
+    await _two_tags(gw, token)
+    async with recorder(nats_url):
+        await _tag(gw, token)  # caches the dataset
+    response = await gw.post("/api/tag_images/", {"dataset": "reviews", "image_urls": ["http://x/a.jpg"]}, token)
+    assert response.status_code == 400
+    assert response.json()["error"] == "wrong_dataset_kind"
+
+
+async def test_another_replicas_tag_change_arrives_by_broadcast(
+    gateway_factory: Callable[..., Any], nats_url: str
+) -> None:
+    async with gateway_factory() as one, gateway_factory() as two:
+        token = await one.token("acme")
+        a, b = await _two_tags(one, token)
+        async with recorder(nats_url) as seen:
+            await _tag(one, token)  # replica one caches both tags
+            assert (await two.post("/api/update_tag/", {"tag_id": a, "active": False}, token)).status_code == 200
+
+            async def one_sees_it() -> bool:
+                await _tag(one, token)
+                return [t.id for t in seen[-1].tags] == [b]
+
+            assert await eventually(one_sees_it, timeout_s=3.0)
+
+
+async def test_a_new_head_from_the_trainer_is_used_at_once(gw: Gateway, nats_url: str) -> None:
+    token = await gw.token("acme")
+    await _two_tags(gw, token)
+    bus = await Bus.connect(nats_url, "trainer-test")
+    try:
+        async with recorder(nats_url) as seen:
+            await _tag(gw, token)
+            dataset_id = seen[0].head.dataset_id
+            # What the trainer commits, then announces (trainer/main.py).
+            await sql(gw.settings.database_url, "UPDATE dataset SET head_version = 7 WHERE id = $1", dataset_id)
+            await announce_new_head(bus, dataset_id)
+
+            async def new_version_used() -> bool:
+                await _tag(gw, token)
+                return seen[-1].head.version == 7
+
+            assert await eventually(new_version_used, timeout_s=3.0)
+    finally:
+        await bus.close()
+    assert seen[0].head.version is None
+
+
+async def test_without_a_broadcast_a_change_shows_within_the_ttl(
+    gateway_factory: Callable[..., Any], nats_url: str
+) -> None:
+    async with gateway_factory(dataset_cache_s=0.3) as gw:
+        token = await gw.token("acme")
+        a, b = await _two_tags(gw, token)
+        async with recorder(nats_url) as seen:
+            await _tag(gw, token)
+            # A change no gateway saw (written straight to Postgres): no invalidation, only the TTL.
+            await sql(gw.settings.database_url, "UPDATE tag SET active = false WHERE id = $1", a)
+            await _tag(gw, token)
+            assert [t.id for t in seen[-1].tags] == [a, b]  # still the cached view
+
+            async def expired() -> bool:
+                await _tag(gw, token)
+                return [t.id for t in seen[-1].tags] == [b]
+
+            assert await eventually(expired, timeout_s=2.0)
+
+
+async def test_a_malformed_broadcast_is_ignored(gw: Gateway, nats_url: str) -> None:
+    token = await gw.token("acme")
+    await _two_tags(gw, token)
+    bus = await Bus.connect(nats_url, "noise")
+    try:
+        await bus.nc.publish(DATASETS_CHANGED, b"not json")
+        await bus.broadcast(DATASETS_CHANGED, DatasetsChanged(dataset_ids=[]))
+        await bus.nc.flush()
+        async with recorder(nats_url) as seen:
+            await _tag(gw, token)
+        assert len(seen) == 1
+    finally:
+        await bus.close()
