@@ -8,13 +8,11 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import datasetcache, outbox
+from gateway import transactions
 from gateway.repository import Repository
 from gateway.state import AppState
 from shared.errors import Unauthorized
 from shared.logging import current_correlation_id
-from shared.schemas.events import DatasetsChanged
-from shared.subjects import DATASETS_CHANGED
 
 
 def app_state(request: Request) -> AppState:
@@ -37,16 +35,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         try:
             yield session
         except BaseException:
-            await session.rollback()
-            datasetcache.changed_ids(session)  # nothing changed after all
+            await transactions.rollback(session)
             raise
-        if session.in_transaction():  # a tag request served from the caches never began one
-            await session.commit()
-        state.outbox.publish_soon(outbox.pending_ids(session))
-        if changed := datasetcache.changed_ids(session):
-            state.datasets.invalidate(changed)
-            message = DatasetsChanged(dataset_ids=changed, origin=state.datasets.instance_id)
-            await state.bus.broadcast(DATASETS_CHANGED, message)
+        await transactions.commit(state, session)
 
 
 # scope="function": the commit happens before the response is sent, so a 200 means durable.
@@ -61,6 +52,10 @@ RepoDep = Annotated[Repository, Depends(get_repository, scope="function")]
 
 
 async def get_account(request: Request) -> int:
+    return account_of(request)
+
+
+def account_of(request: Request) -> int:
     """Set by ``ApiRoute`` before the body is read."""
     account_id = getattr(request.state, "account_id", None)
     if not isinstance(account_id, int):

@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gateway.datasetcache import DatasetCache, DatasetView
+from gateway import transactions
+from gateway.datasetcache import DatasetView
 from gateway.predictions import PredictionCounter
 from gateway.repository import Repository
 from gateway.schemas import TagTextsBody, VideoParams
@@ -51,18 +52,26 @@ def _unknown() -> list[ScoredTag]:
     return [ScoredTag(id=UNKNOWN_TAG_ID, title=UNKNOWN_TITLE, probability=1.0)]
 
 
-async def prepare(
-    repo: Repository, cache: DatasetCache, account_id: int, name: str, kind: str
-) -> tuple[HeadRef, list[TagRef]]:
-    """The dataset's head and active tags, from the replica's cache when it holds them."""
+async def prepare(state: AppState, account_id: int, name: str, kind: str) -> tuple[HeadRef, list[TagRef]]:
+    """The dataset's head and active tags, from the replica's cache when it holds them.
+
+    A miss reads them in a short transaction of its own, ended before any model service is asked, so
+    no pooled connection idles while a model works.
+    """
+    cache = state.datasets
     view = cache.get(account_id, name)
     if view is None:
         epoch = cache.epoch
-        dataset: Dataset = await load_dataset(repo, account_id, name)
-        await ensure_kind(repo, dataset, kind)
-        tags = tuple(TagRef(id=t.id, title=t.title) for t in await repo.active_tags(dataset.id))
-        # End the transaction before waiting on a model service, so no pooled connection idles meanwhile.
-        await repo.session.commit()
+        async with state.sessionmaker() as session:
+            repo = Repository(session)
+            try:
+                dataset: Dataset = await load_dataset(repo, account_id, name)
+                await ensure_kind(repo, dataset, kind)
+                tags = tuple(TagRef(id=t.id, title=t.title) for t in await repo.active_tags(dataset.id))
+            except BaseException:
+                await transactions.rollback(session)
+                raise
+            await transactions.commit(state, session)
         assert dataset.kind is not None  # ensure_kind fixed it
         view = DatasetView(dataset.id, dataset.kind, HeadRef(dataset_id=dataset.id, version=dataset.head_version), tags)
         cache.put(account_id, name, view, epoch)
@@ -93,12 +102,12 @@ def _check_items(items: Sequence[ItemResult], expected: int, service: str) -> No
         raise Internal(f"{service} answered {len(items)} items for {expected}")
 
 
-async def tag_texts(repo: Repository, state: AppState, account_id: int, body: TagTextsBody) -> list[dict[str, Any]]:
+async def tag_texts(state: AppState, account_id: int, body: TagTextsBody) -> list[dict[str, Any]]:
     bus, settings = state.bus, state.settings
     check_count(body.contents, "contents", settings)
     for i, text in enumerate(body.contents):
         check_text(text, f"contents[{i}]", settings)
-    head, tags = await prepare(repo, state.datasets, account_id, body.dataset, "text")
+    head, tags = await prepare(state, account_id, body.dataset, "text")
     if not tags:  # nothing can pass a threshold: no need to ask the model
         items = [ItemResult(tags=_unknown()) for _ in body.contents]
     else:
@@ -126,12 +135,12 @@ async def tag_texts(repo: Repository, state: AppState, account_id: int, body: Ta
 
 
 async def tag_images(
-    repo: Repository, state: AppState, account_id: int, dataset: str, images: Sequence[tuple[str, str, MediaInput]]
+    state: AppState, account_id: int, dataset: str, images: Sequence[tuple[str, str, MediaInput]]
 ) -> list[dict[str, Any]]:
     """``images``: (answer key, its value, where), e.g. ("image_url", url, MediaInput(url=url))."""
     bus, settings = state.bus, state.settings
     check_media_count(images, "image", settings)
-    head, tags = await prepare(repo, state.datasets, account_id, dataset, "image")
+    head, tags = await prepare(state, account_id, dataset, "image")
     request = TagImagesRequest(head=head, tags=tags, images=[ref for _, _, ref in images])
     reply = await bus.request(VISION_TAG, request, TagReply, timeout_s=settings.vision_timeout_s)
     _check_items(reply.items, len(images), VISION_TAG.queue)
@@ -160,7 +169,6 @@ def check_video_params(params: VideoParams) -> None:
 
 
 async def tag_videos(
-    repo: Repository,
     state: AppState,
     account_id: int,
     params: VideoParams,
@@ -169,7 +177,7 @@ async def tag_videos(
     """One VIDEO_TAG request per video, concurrently, so the service's replicas share them."""
     check_media_count(videos, "video", state.settings)
     check_video_params(params)
-    head, tags = await prepare(repo, state.datasets, account_id, params.dataset, "image")
+    head, tags = await prepare(state, account_id, params.dataset, "image")
     try:
         replies = await _video_replies(state.bus, head, tags, params, videos, state.settings)
     except Timeout as exc:

@@ -14,7 +14,6 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from gateway.repository import Repository
 from gateway.schemas import VideoParams
 from gateway.service.tagging import check_media_count, check_video_params, frames_out, prepare
 from gateway.state import AppState
@@ -39,7 +38,6 @@ _JOB_ID = re.compile(r"vj[0-9a-f]{32}")
 
 
 async def submit_videos(
-    repo: Repository,
     state: AppState,
     account_id: int,
     params: VideoParams,
@@ -48,7 +46,7 @@ async def submit_videos(
     """tag_video_frames with ``"async": true``: one job for all the videos, answered at once."""
     check_media_count(videos, "video", state.settings)
     check_video_params(params)
-    head, tags = await prepare(repo, state.datasets, account_id, params.dataset, "image")
+    head, tags = await prepare(state, account_id, params.dataset, "image")
     return await submit_video_job(
         state.bus, account_id=account_id, head=head, tags=tags, videos=videos, every_ms=params.every_ms,
         duration_s=params.duration or None, min_frame_diff=params.min_frame_diff,
