@@ -9,14 +9,16 @@ the gateway's CPU per request in ``bench/text.py``. An entry lives ``ttl_s`` at 
 
 A broadcast lost to a reconnect leaves an entry stale for ``ttl_s`` at most. A load that overlaps an
 invalidation is not stored, so a reader that started before a commit cannot put back the old state.
+Concurrent misses of one key share one load, so an expiry under load costs one read, not one per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -45,6 +47,7 @@ class DatasetCache:
         self._entries: OrderedDict[tuple[int, str], tuple[DatasetView, float]] = OrderedDict()
         self._keys: dict[int, set[tuple[int, str]]] = {}  # dataset id -> its keys, for invalidation
         self._epoch = 0
+        self._loading: dict[tuple[int, str], asyncio.Task[DatasetView]] = {}
         self.instance_id = uuid.uuid4().hex  # sent with this replica's broadcasts, which it skips itself
 
     def __len__(self) -> int:
@@ -66,6 +69,30 @@ class DatasetCache:
             return None
         self._entries.move_to_end(key)
         return view
+
+    async def get_or_load(self, account_id: int, name: str, load: Callable[[], Awaitable[DatasetView]]) -> DatasetView:
+        """The cached view, or what ``load()`` returns; callers missing the same key at once share one load."""
+        view = self.get(account_id, name)
+        if view is not None:
+            return view
+        key = (account_id, name)
+        task = self._loading.get(key)
+        if task is None:
+            epoch = self._epoch
+
+            async def run() -> DatasetView:
+                try:
+                    loaded = await load()
+                finally:
+                    self._loading.pop(key, None)
+                self.put(account_id, name, loaded, epoch)
+                return loaded
+
+            # Its own task, so a caller that goes away (client disconnect) does not cancel it for the others.
+            task = asyncio.create_task(run())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even with no waiter
+            self._loading[key] = task
+        return await asyncio.shield(task)
 
     def put(self, account_id: int, name: str, view: DatasetView, epoch: int) -> None:
         if self.ttl_s <= 0 or epoch != self._epoch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ from gateway.datasetcache import DatasetView
 from gateway.predictions import PredictionCounter
 from gateway.repository import Repository
 from gateway.schemas import TagTextsBody, VideoParams
-from gateway.service.datasets import ensure_kind, load_dataset, wrong_kind
+from gateway.service.datasets import load_dataset, wrong_kind
 from gateway.service.limits import check_count, check_text
 from gateway.state import AppState
 from shared.bus import Bus
@@ -58,26 +59,26 @@ async def prepare(state: AppState, account_id: int, name: str, kind: str) -> tup
     A miss reads them in a short transaction of its own, ended before any model service is asked, so
     no pooled connection idles while a model works.
     """
-    cache = state.datasets
-    view = cache.get(account_id, name)
-    if view is None:
-        epoch = cache.epoch
-        async with state.sessionmaker() as session:
-            repo = Repository(session)
-            try:
-                dataset: Dataset = await load_dataset(repo, account_id, name)
-                await ensure_kind(repo, dataset, kind)
-                tags = tuple(TagRef(id=t.id, title=t.title) for t in await repo.active_tags(dataset.id))
-            except BaseException:
-                await transactions.rollback(session)
-                raise
-            await transactions.commit(state, session)
-        assert dataset.kind is not None  # ensure_kind fixed it
-        view = DatasetView(dataset.id, dataset.kind, HeadRef(dataset_id=dataset.id, version=dataset.head_version), tags)
-        cache.put(account_id, name, view, epoch)
-    elif view.kind != kind:
+    load = functools.partial(_load_view, state, account_id, name, kind)
+    view = await state.datasets.get_or_load(account_id, name, load)
+    if view.kind != kind:
         raise wrong_kind(name, view.kind, kind)
     return view.head, list(view.tags)
+
+
+async def _load_view(state: AppState, account_id: int, name: str, kind: str) -> DatasetView:
+    """Read the view; a dataset used for the first time takes ``kind`` (the caller checks it after)."""
+    async with state.sessionmaker() as session:
+        repo = Repository(session)
+        try:
+            dataset: Dataset = await load_dataset(repo, account_id, name)
+            fixed = dataset.kind or await repo.fix_kind(dataset, kind)
+            tags = tuple(TagRef(id=t.id, title=t.title) for t in await repo.active_tags(dataset.id))
+        except BaseException:
+            await transactions.rollback(session)
+            raise
+        await transactions.commit(state, session)
+    return DatasetView(dataset.id, fixed, HeadRef(dataset_id=dataset.id, version=dataset.head_version), tags)
 
 
 def _count_predictions(counter: PredictionCounter, tag_lists: Iterable[Sequence[ScoredTag]]) -> None:

@@ -4,7 +4,8 @@ replica and in others, or within the TTL when a broadcast is lost."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -74,6 +75,46 @@ def test_the_cache_is_bounded_and_can_be_turned_off() -> None:
     assert off.get(1, "a") is None
 
 
+async def test_concurrent_misses_share_one_load() -> None:
+    cache = DatasetCache(60.0)
+    calls = 0
+    gate = asyncio.Event()
+
+    async def load() -> DatasetView:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return _view(10)
+
+    waiters = [asyncio.create_task(cache.get_or_load(1, "a", load)) for _ in range(10)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()  # a client that went away does not cancel the load for the others
+    gate.set()
+    results = await asyncio.gather(*waiters[1:])
+    assert calls == 1 and all(r == _view(10) for r in results)
+    assert cache.get(1, "a") == _view(10)
+
+
+async def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
+    cache = DatasetCache(60.0)
+
+    async def load() -> DatasetView:
+        await asyncio.sleep(0.01)
+        raise LookupError("no such dataset")
+
+    results = await asyncio.gather(*(cache.get_or_load(1, "a", load) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, LookupError) for r in results)
+    assert cache.get(1, "a") is None
+    assert await cache.get_or_load(1, "a", _loader(_view(10))) == _view(10)  # the next miss loads again
+
+
+def _loader(view: DatasetView) -> Callable[[], Awaitable[DatasetView]]:
+    async def load() -> DatasetView:
+        return view
+
+    return load
+
+
 # Through the running app: a real text_service stand-in on NATS records what the gateway asks.
 
 
@@ -125,6 +166,16 @@ async def test_repeated_tagging_reads_the_dataset_from_postgres_once(gw: Gateway
     reads = [s for s in statements() if "FROM dataset" in s or "FROM tag" in s]
     assert len(reads) == 2, reads  # the dataset and its active tags, for the first request only
     assert len(seen) == 5 and all(len(r.tags) == 2 for r in seen)
+
+
+async def test_a_burst_of_first_requests_reads_the_dataset_once(gw: Gateway, nats_url: str) -> None:
+    token = await gw.token("acme")
+    await _two_tags(gw, token)
+    statements = _count_statements(gw)
+    async with recorder(nats_url) as seen:
+        await asyncio.gather(*(_tag(gw, token) for _ in range(20)))
+    assert len([s for s in statements() if "FROM dataset" in s]) == 1
+    assert len(seen) >= 1 and sum(len(r.texts) for r in seen) == 20
 
 
 async def test_tag_changes_reach_the_very_next_request(gw: Gateway, nats_url: str) -> None:
