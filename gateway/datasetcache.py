@@ -14,7 +14,6 @@ Concurrent misses of one key share one load, so an expiry under load costs one r
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.singleflight import SingleFlight
 from shared.schemas.events import DatasetsChanged
 from shared.schemas.inference import HeadRef, TagRef
 
@@ -47,7 +47,7 @@ class DatasetCache:
         self._entries: OrderedDict[tuple[int, str], tuple[DatasetView, float]] = OrderedDict()
         self._keys: dict[int, set[tuple[int, str]]] = {}  # dataset id -> its keys, for invalidation
         self._epoch = 0
-        self._loading: dict[tuple[int, str], asyncio.Task[DatasetView]] = {}
+        self._loads: SingleFlight[tuple[int, str], DatasetView] = SingleFlight()
         self.instance_id = uuid.uuid4().hex  # sent with this replica's broadcasts, which it skips itself
 
     def __len__(self) -> int:
@@ -75,24 +75,14 @@ class DatasetCache:
         view = self.get(account_id, name)
         if view is not None:
             return view
-        key = (account_id, name)
-        task = self._loading.get(key)
-        if task is None:
-            epoch = self._epoch
+        epoch = self._epoch
 
-            async def run() -> DatasetView:
-                try:
-                    loaded = await load()
-                finally:
-                    self._loading.pop(key, None)
-                self.put(account_id, name, loaded, epoch)
-                return loaded
+        async def load_and_keep() -> DatasetView:
+            loaded = await load()
+            self.put(account_id, name, loaded, epoch)
+            return loaded
 
-            # Its own task, so a caller that goes away (client disconnect) does not cancel it for the others.
-            task = asyncio.create_task(run())
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even with no waiter
-            self._loading[key] = task
-        return await asyncio.shield(task)
+        return await self._loads.do((account_id, name), load_and_keep)
 
     def put(self, account_id: int, name: str, view: DatasetView, epoch: int) -> None:
         if self.ttl_s <= 0 or epoch != self._epoch:

@@ -4,6 +4,9 @@ to authenticate. A revoked token stops working on each gateway replica within ``
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+
+from gateway.singleflight import SingleFlight
 
 
 class TokenCache:
@@ -11,6 +14,21 @@ class TokenCache:
         self._ttl_s = ttl_s
         self._max = max_entries
         self._entries: dict[str, tuple[int, float]] = {}
+        self._loads: SingleFlight[str, int | None] = SingleFlight()
+
+    async def get_or_load(self, token_hash: str, load: Callable[[], Awaitable[int | None]]) -> int | None:
+        """The cached account, or ``load()``'s (cached when found); concurrent misses share one load."""
+        cached = self.get(token_hash)
+        if cached is not None:
+            return cached
+
+        async def load_and_keep() -> int | None:
+            account_id = await load()
+            if account_id is not None:
+                self.put(token_hash, account_id)
+            return account_id
+
+        return await self._loads.do(token_hash, load_and_keep)
 
     def get(self, token_hash: str) -> int | None:
         found = self._entries.get(token_hash)

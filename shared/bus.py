@@ -156,6 +156,9 @@ class Bus:
             task.add_done_callback(self._tasks.discard)
 
         self._subs.append(await self.nc.subscribe(subject.name, queue=subject.queue, cb=on_msg))
+        # The server knows the subscription once this returns: a service is not ready before a request
+        # can reach it (without it, a request right after start-up could find "no responders").
+        await self.nc.flush()
 
     async def _handle(
         self,
@@ -223,6 +226,7 @@ class Bus:
             handler(message)
 
         self._subs.append(await self.nc.subscribe(subject, cb=on_msg))
+        await self.nc.flush()
 
     async def close(self, drain_timeout_s: float = 20.0) -> None:
         """Stop taking requests, let running handlers finish, then drain the connection."""

@@ -39,20 +39,29 @@ async def authenticate(
     """
     key = parse_authorization(header)
     token_hash = hash_token(key, pepper)
-    if cache is not None and (cached := cache.get(token_hash)) is not None:
-        return cached
-    async with sessions() as session:
-        account_id = await Repository(session).account_for_token_hash(token_hash)
+
+    async def lookup() -> int | None:
+        async with sessions() as session:
+            return await Repository(session).account_for_token_hash(token_hash)
+
+    account_id = await (lookup() if cache is None else cache.get_or_load(token_hash, lookup))
     if account_id is None:
         raise Unauthorized("invalid or revoked token")
-    if cache is not None:
-        cache.put(token_hash, account_id)
     return account_id
+
+
+def new_token() -> str:
+    """43 URL-safe characters; never starting with '-', so its prefix can be passed to ``kashf-admin
+    revoke-token`` as it is (argparse would take it for an option)."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 async def create_token(repo: Repository, account: str, pepper: str) -> tuple[int, str]:
     """Create the account if needed and a new token for it; returns (token id, token)."""
     account_id = await repo.get_or_create_account(account)
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     token_id = await repo.add_token(account_id, hash_token(token, pepper), token[:PREFIX_CHARS])
     return token_id, token

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.handlers import validation_detail
 from gateway.ratelimit import RateLimiter
-from gateway.service.auth import hash_token, parse_authorization
+from gateway.service.auth import hash_token, new_token, parse_authorization
 from gateway.service.reports import compact_labels
 from gateway.service.tagging import probability
 from shared.errors import RateLimited, Unauthorized
@@ -64,6 +64,13 @@ def test_tokens_are_peppered_and_headers_parsed() -> None:
     for bad in (None, "", "Bearer abc", "Token", "abc"):
         with pytest.raises(Unauthorized):
             parse_authorization(bad)
+
+
+def test_new_tokens_never_start_with_a_dash() -> None:
+    # A prefix like "-x3Fq..." would reach `kashf-admin revoke-token` as an option; 1 token in 64 did.
+    tokens = [new_token() for _ in range(2000)]
+    assert not any(t.startswith("-") for t in tokens)
+    assert all(len(t) == 43 for t in tokens) and len(set(tokens)) == len(tokens)
 
 
 def test_validation_sentences_name_the_field() -> None:
