@@ -7,11 +7,12 @@ import functools
 
 from shared.bus import Bus, ensure_streams
 from shared.heads import HeadCache
-from shared.inference.layout import model_layout
+from shared.inference.layout import load_model, model_layout
+from shared.inference.text import TextEncoder
 from shared.runtime import Readiness, run_service
 from shared.settings import TextServiceSettings
 from text_service import handlers
-from text_service.model import Encoder, load_encoder
+from text_service.model import Encoder
 from text_service.service import TextService
 
 
@@ -19,7 +20,7 @@ async def setup(settings: TextServiceSettings, bus: Bus, encoder: Encoder | None
     """Load and warm the model, then subscribe: no request reaches a cold model."""
     layout = model_layout(settings.device, settings.model_workers, settings.threads)
     if encoder is None:
-        encoder = await asyncio.to_thread(load_encoder, settings, layout)
+        encoder = await asyncio.to_thread(load_model, TextEncoder, settings.text_model_dir, settings.device, layout)
     await ensure_streams(bus.js)  # the heads bucket must exist before the first tag request
     service = TextService(
         encoder, HeadCache(bus.js), max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,

@@ -1,17 +1,10 @@
-"""The text encoder the service runs: the built ONNX model named by the settings."""
+"""What the service needs of its text model (``shared.inference.text.TextEncoder`` is one; tests hand in others)."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
 import numpy as np
-import structlog
-
-from shared.inference.layout import ModelLayout
-from shared.inference.text import TextEncoder
-from shared.settings import TextServiceSettings
-
-log = structlog.get_logger(__name__)
 
 
 class Encoder(Protocol):
@@ -28,12 +21,3 @@ class Encoder(Protocol):
         ...
 
     def warmup(self) -> None: ...
-
-
-def load_encoder(settings: TextServiceSettings, layout: ModelLayout) -> Encoder:
-    """Load and warm the model (blocking: call in a thread). int8 on CPU, fp32 on GPU per the manifest."""
-    encoder = TextEncoder(settings.text_model_dir, device=settings.device, threads=layout.threads)
-    encoder.warmup()
-    log.info("text_model_loaded", model_id=encoder.model_id, dim=encoder.dim, device=encoder.device,
-             workers=layout.workers, threads=layout.threads, model_dir=str(settings.text_model_dir))
-    return encoder

@@ -8,12 +8,13 @@ import functools
 from shared.bus import Bus, ensure_streams
 from shared.fetch import Fetcher, FetchPolicy, parse_allow_hosts
 from shared.heads import HeadCache
-from shared.inference.layout import model_layout
+from shared.inference.image import ImageEncoder
+from shared.inference.layout import load_model, model_layout
 from shared.runtime import Readiness, run_service
 from shared.settings import VideoServiceSettings
 from video_service import handlers
 from video_service.jobs import VideoJobRunner
-from video_service.model import Encoder, load_encoder
+from video_service.model import Encoder
 from video_service.sampling import VideoLimits
 from video_service.service import VideoService
 
@@ -39,7 +40,9 @@ async def setup(settings: VideoServiceSettings, bus: Bus, encoder: Encoder | Non
     # One model call at a time unless configured: decode threads already share the cores (layout.py).
     layout = model_layout(settings.device, settings.model_workers, settings.threads, max_auto_workers=1)
     if encoder is None:
-        encoder = await asyncio.to_thread(load_encoder, settings, layout)
+        encoder = await asyncio.to_thread(
+            load_model, ImageEncoder, settings.image_model_dir, settings.device, layout
+        )
     await ensure_streams(bus.js)  # heads and uploads buckets must exist before the first request
     fetcher = Fetcher(fetch_policy(settings))
     blobs = handlers.ObjectStoreBlobs(bus.js)

@@ -10,12 +10,13 @@ from PIL import Image
 from shared.bus import Bus, ensure_streams
 from shared.fetch import Fetcher, FetchPolicy, parse_allow_hosts
 from shared.heads import HeadCache
-from shared.inference.layout import model_layout
+from shared.inference.image import ImageEncoder
+from shared.inference.layout import load_model, model_layout
 from shared.inference.manifest import ImagePreprocessing, load_manifest
 from shared.runtime import Readiness, run_service
 from shared.settings import VisionServiceSettings
 from vision_service import handlers
-from vision_service.model import Encoder, load_encoder
+from vision_service.model import Encoder
 from vision_service.service import VisionService
 
 
@@ -42,12 +43,13 @@ async def setup(settings: VisionServiceSettings, bus: Bus, encoder: Encoder | No
     manifest = await asyncio.to_thread(load_manifest, settings.image_model_dir)
     # One model call at a time unless configured: decode threads already share the cores (layout.py).
     layout = model_layout(settings.device, settings.model_workers, settings.threads, max_auto_workers=1)
-    model: Encoder = encoder if encoder is not None else await asyncio.to_thread(load_encoder, settings, layout)
+    if encoder is None:
+        encoder = await asyncio.to_thread(load_model, ImageEncoder, settings.image_model_dir, settings.device, layout)
     pre = manifest.preprocessing
     await ensure_streams(bus.js)  # heads and uploads buckets must exist before the first request
     fetcher = Fetcher(fetch_policy(settings))
     service = VisionService(
-        model, HeadCache(bus.js), fetcher, handlers.ObjectStoreBlobs(bus.js),
+        encoder, HeadCache(bus.js), fetcher, handlers.ObjectStoreBlobs(bus.js),
         max_image_bytes=settings.max_image_bytes, max_image_pixels=settings.max_image_pixels,
         min_side=_needed_side(pre), copy_resample=_resample(pre),
         decode_workers=settings.decode_workers, max_batch=settings.max_batch,

@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
+
+import structlog
 
 from shared.inference.session import Device, resolve_device
+
+log = structlog.get_logger(__name__)
 
 # Auto mode stops here for text: more calls at once means smaller batches out of the same queue.
 MAX_AUTO_WORKERS = 4
@@ -61,3 +67,29 @@ def model_layout(device: Device, workers: int | None = None, threads: int | None
     cpus = cpus or available_cpus()
     workers = workers or min(cpus, max_auto_workers)
     return ModelLayout(workers, threads or max(1, cpus // workers))
+
+
+class _Model(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def device(self) -> str: ...
+
+    def warmup(self) -> None: ...
+
+
+M = TypeVar("M", bound=_Model)
+
+
+def load_model(factory: Callable[[Path, Device, int | None], M], model_dir: Path, device: Device,
+               layout: ModelLayout) -> M:
+    """``factory(model_dir, device, threads)`` (an encoder class), warmed up and logged; blocking: call in a thread."""
+    model = factory(model_dir, device, layout.threads)
+    model.warmup()
+    log.info("model_loaded", model_id=model.model_id, dim=model.dim, device=model.device, workers=layout.workers,
+             threads=layout.threads, model_dir=str(model_dir))
+    return model

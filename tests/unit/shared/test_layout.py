@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from shared.errors import Unavailable
-from shared.inference.layout import MAX_AUTO_WORKERS, ModelLayout, available_cpus, model_layout
-from shared.inference.session import cuda_available
+from shared.inference.layout import MAX_AUTO_WORKERS, ModelLayout, available_cpus, load_model, model_layout
+from shared.inference.session import Device, cuda_available
 from shared.settings import TextServiceSettings
 
 AFFINITY = len(os.sched_getaffinity(0))
@@ -86,3 +86,20 @@ def test_settings_refuse_zero_workers_or_threads(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("KASHF_THREADS", "2")
     settings = TextServiceSettings()  # type: ignore[call-arg]
     assert model_layout("cpu", settings.model_workers, settings.threads, cpus=2) == ModelLayout(3, 2)
+
+
+def test_load_model_builds_with_the_layouts_threads_and_warms_up(tmp_path: Path) -> None:
+    built: list[tuple[Path, str, int | None]] = []
+
+    class Model:
+        model_id, dim, device = "m@1", 4, "cpu"
+        warm = False
+
+        def __init__(self, model_dir: Path, device: Device, threads: int | None) -> None:
+            built.append((model_dir, device, threads))
+
+        def warmup(self) -> None:
+            self.warm = True
+
+    model = load_model(Model, tmp_path, "cpu", ModelLayout(2, 1))
+    assert built == [(tmp_path, "cpu", 1)] and model.warm
