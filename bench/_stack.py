@@ -26,6 +26,7 @@ import numpy as np
 
 from shared import devstack
 from shared.db.migrate import upgrade
+from shared.schemas.inference import HeadRef, TagRef
 from shared.stack import Stack, create_token
 from tests.fileserver import file_server
 
@@ -435,8 +436,14 @@ async def make_image_dataset(api: httpx.AsyncClient, dataset: str, per_tag: int 
         return await train(api, dataset)
 
 
-async def dataset_head(bs: BenchStack, dataset: str) -> tuple[int, int | None, list[tuple[int, str]]]:
-    """(dataset id, head version, active tags) as the gateway would send them over NATS."""
+async def trained_head(bs: BenchStack, api: httpx.AsyncClient, dataset: str,
+                       make: Callable[[httpx.AsyncClient, str], Awaitable[dict[str, Any]]],
+                       ) -> tuple[HeadRef, list[TagRef]]:
+    """Make and train ``dataset`` through the API with ``make``; its head and active tags as the gateway sends them."""
+    t0 = time.perf_counter()
+    info = await make(api, dataset)
+    print(f"dataset trained in {time.perf_counter() - t0:.1f} s: {info['report_count']} reports, "
+          f"evaluation {info['evaluation']}")
     conn = await asyncpg.connect(bs.db_plain_url, timeout=5)
     try:
         row = await conn.fetchrow("SELECT id, head_version FROM dataset WHERE name = $1", dataset)
@@ -444,4 +451,5 @@ async def dataset_head(bs: BenchStack, dataset: str) -> tuple[int, int | None, l
         tags = await conn.fetch("SELECT id, title FROM tag WHERE dataset_id = $1 AND active ORDER BY id", row["id"])
     finally:
         await conn.close()
-    return int(row["id"]), row["head_version"], [(int(t["id"]), str(t["title"])) for t in tags]
+    return (HeadRef(dataset_id=int(row["id"]), version=row["head_version"]),
+            [TagRef(id=int(t["id"]), title=str(t["title"])) for t in tags])

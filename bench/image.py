@@ -36,7 +36,6 @@ from bench._stack import (
     Span,
     add_stack_args,
     bench_stack,
-    dataset_head,
     load_note,
     make_image_dataset,
     measure,
@@ -48,6 +47,7 @@ from bench._stack import (
     service_env,
     timed_clients,
     timed_loop,
+    trained_head,
     verdict,
     wait_ready,
 )
@@ -221,13 +221,7 @@ def main() -> None:
 async def run_rounds(bs: BenchStack, base: dict[str, tuple[str, Callable[[], list[Span]]]], images: list[bytes],
                      url_of: Callable[[int], str], args: argparse.Namespace) -> dict[str, Result]:
     async with bs.client() as api, bs.load_client() as load:
-        t0 = time.perf_counter()
-        info = await make_image_dataset(api, DATASET)
-        print(f"dataset trained in {time.perf_counter() - t0:.1f} s: {info['report_count']} reports, "
-              f"evaluation {info['evaluation']}")
-        dataset_id, version, tag_rows = await dataset_head(bs, DATASET)
-        head = HeadRef(dataset_id=dataset_id, version=version)
-        tags = [TagRef(id=i, title=t) for i, t in tag_rows]
+        head, tags = await trained_head(bs, api, DATASET, make_image_dataset)
         bus = await Bus.connect(bs.nats_url, "bench")
         try:
             n = len(images)

@@ -28,7 +28,6 @@ from bench._stack import (
     Span,
     add_stack_args,
     bench_stack,
-    dataset_head,
     load_note,
     make_image_dataset,
     measure,
@@ -36,12 +35,12 @@ from bench._stack import (
     print_ratio,
     rotated,
     service_env,
+    trained_head,
     verdict,
     wait_ready,
 )
 from shared.bus import Bus
 from shared.inference.image import ImageEncoder
-from shared.schemas.inference import HeadRef, TagRef
 from shared.schemas.media import MediaInput, TagVideoReply, TagVideoRequest
 from shared.subjects import BLOBS_BUCKET, VIDEO_TAG
 from tests.media_video import photo_full, write_video
@@ -146,13 +145,7 @@ async def run_rounds(bs: BenchStack, encoder: ImageEncoder, clip: Path,
                      args: argparse.Namespace) -> dict[str, Result]:
     data = await asyncio.to_thread(clip.read_bytes)
     async with bs.client() as api:
-        t0 = time.perf_counter()
-        info = await make_image_dataset(api, DATASET)
-        print(f"dataset trained in {time.perf_counter() - t0:.1f} s: {info['report_count']} reports, "
-              f"evaluation {info['evaluation']}")
-        dataset_id, version, tag_rows = await dataset_head(bs, DATASET)
-        head = HeadRef(dataset_id=dataset_id, version=version)
-        tags = [TagRef(id=i, title=t) for i, t in tag_rows]
+        head, tags = await trained_head(bs, api, DATASET, make_image_dataset)
         bus = await Bus.connect(bs.nats_url, "bench")
         store = await bus.js.object_store(BLOBS_BUCKET)
         await store.put("bench-clip", data)
