@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TypeVar
 
 import nats
@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, StorageType, StreamConfig
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
@@ -242,3 +242,35 @@ class Bus:
                 await asyncio.wait_for(self.nc.drain(), timeout=5.0)
             if not self.nc.is_closed:
                 await self.nc.close()
+
+
+# Durable pull consumers (the trainer's events, video jobs): binding and a bounded stop.
+
+
+async def bind_pull_consumer(
+    js: JetStreamContext, stream: str, config: ConsumerConfig
+) -> JetStreamContext.PullSubscription:
+    """Create or update the durable consumer and bind to it. An existing durable whose settings cannot
+    change in place keeps them (logged for operators)."""
+    try:
+        await js.add_consumer(stream, config)
+    except nats.js.errors.BadRequestError as exc:
+        log.warning("consumer_config_kept", durable=config.durable_name, error=str(exc))
+    return await js.pull_subscribe_bind(durable=config.durable_name, stream=stream)
+
+
+async def unbind(sub: JetStreamContext.PullSubscription | None) -> None:
+    if sub is not None:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+
+
+async def finish_or_cancel(tasks: Collection[asyncio.Task[None]], timeout_s: float) -> None:
+    """Let ``tasks`` finish for up to ``timeout_s``, then cancel the rest and wait until they are gone."""
+    if not tasks:
+        return
+    _, late = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.wait(late)

@@ -29,7 +29,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from shared import subjects
-from shared.bus import Bus
+from shared.bus import Bus, bind_pull_consumer, finish_or_cancel, unbind
 from shared.errors import KashfError, Overloaded, Timeout, Unavailable
 from shared.metrics import Metrics, default_metrics
 from shared.schemas.events import ReportEvent, TrainRequest
@@ -185,12 +185,7 @@ class TrainerConsumer:
             deliver_policy=DeliverPolicy.NEW if self.deliver_new else DeliverPolicy.ALL,
             filter_subjects=[f"{subjects.REPORT_EVENT}.*", f"{subjects.TRAIN_EVENT}.*"],
         )
-        try:
-            await js.add_consumer(subjects.EVENTS_STREAM, config)
-        except nats.js.errors.BadRequestError as exc:
-            # An existing durable whose settings cannot change in place keeps them (logged for operators).
-            log.warning("consumer_config_kept", durable=self.durable, error=str(exc))
-        self._sub = await js.pull_subscribe_bind(durable=self.durable, stream=subjects.EVENTS_STREAM)
+        self._sub = await bind_pull_consumer(js, subjects.EVENTS_STREAM, config)
         self._tasks = [asyncio.create_task(self._pull(), name="trainer-pull"),
                        asyncio.create_task(self._heartbeat(), name="trainer-heartbeat")]
 
@@ -199,22 +194,14 @@ class TrainerConsumer:
         self._stopping.set()
         for pending in self._pending.values():
             pending.wake.set()
-        workers = [p.task for p in self._pending.values() if p.task is not None]
-        if workers:
-            _, late = await asyncio.wait(workers, timeout=timeout_s)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
+        await finish_or_cancel([p.task for p in self._pending.values() if p.task is not None], timeout_s)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()
-            self._sub = None
+        await unbind(self._sub)
+        self._sub = None
 
     async def _pull(self) -> None:
         assert self._sub is not None

@@ -20,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
+from shared.bus import bind_pull_consumer, finish_or_cancel, unbind
 from shared.errors import KashfError, Overloaded, Timeout, Unavailable
 from shared.schemas.media import TagVideoRequest
 from shared.schemas.video_jobs import (
@@ -104,11 +105,7 @@ class VideoJobRunner:
             max_ack_pending=1000,
             filter_subject=VIDEO_JOBS_SUBJECT,
         )
-        try:
-            await self.js.add_consumer(VIDEO_JOBS_STREAM, config)
-        except nats.js.errors.BadRequestError as exc:
-            log.warning("consumer_config_kept", durable=self.durable, error=str(exc))
-        self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=VIDEO_JOBS_STREAM)
+        self._sub = await bind_pull_consumer(self.js, VIDEO_JOBS_STREAM, config)
         self._pull_task = asyncio.create_task(self._pull(), name="video-jobs-pull")
 
     async def stop(self, timeout_s: float = 20.0) -> None:
@@ -118,16 +115,9 @@ class VideoJobRunner:
             self._pull_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pull_task
-        if self._jobs:
-            _, late = await asyncio.wait(self._jobs, timeout=timeout_s)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
-        if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()
-            self._sub = None
+        await finish_or_cancel(self._jobs, timeout_s)
+        await unbind(self._sub)
+        self._sub = None
 
     async def _pull(self) -> None:
         assert self._sub is not None
