@@ -43,6 +43,7 @@ bench: models
 	$(BIN)/python -m bench.text
 	$(BIN)/python -m bench.image
 	$(BIN)/python -m bench.video
+	$(BIN)/python -m bench.int8
 
 clean:
 	rm -rf .kashf .pytest_cache .mypy_cache .ruff_cache

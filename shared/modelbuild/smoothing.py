@@ -12,12 +12,13 @@ https://arxiv.org/abs/2211.10438); and every encoder MatMul input is multiplied 
 
 Measured on e5-small, a = 0.6, against the fp32 model, on the 20 sentences of
 ``tests/unit/models/sentences.py`` and the 280 reviews of ``tests/unit/trainer/reviews.py`` (neither
-used for calibration); before -> after:
+used for calibration), the first build's recipe -> this one (``python -m bench.int8``, except heads):
 - worst cosine, each text alone: 0.9969 -> 0.9966; in length-sorted batches of 32 as the service runs
   them: 0.9961 -> 0.9925; the 20 sentences in one padded batch: 0.9970 -> 0.9953;
 - ``python -m bench.heads`` text top-1 at 2/4/8/16/32 examples per tag: .598/.763/.862/.909/.945 ->
   .598/.760/.859/.908/.940 (one standard error is about .005);
-- texts per CPU-second, one-thread calls, batch 32: 126 -> 204 (1.6x); int8 file 139 -> 118 MB.
+- texts per CPU-second, one-thread calls, batch 32: 1.6x to 1.7x (110 -> 185 in one run); int8 file
+  139 -> 118 MB.
 """
 
 from __future__ import annotations
