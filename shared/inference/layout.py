@@ -5,9 +5,9 @@ one call spread over every core. Measured in ``bench/text.py`` on 2 cores: 2 con
 calls did the same work with about 10% less CPU per text than one 2-thread call (no thread sync inside
 a call), and kept working while the gateway and the bus client took a core, where a 2-thread call
 waited for its slower thread: the whole stack went from 0.73 to 1.01 of the in-process model.
-The image services already keep the cores busy with their decode threads; there ``bench/image.py``
-measured one call at a time level with or better than two (single image p50 32 against 38 ms), so
-they default to one. On GPU one call at a time feeds the device.
+The image services already keep the cores busy with their decode threads; there one call at a time
+measured level with two or better (``python -m bench.image`` against the same with
+``--service-env KASHF_MODEL_WORKERS=2``: single image p50 32 against 38 ms), so they default to one. On GPU one call at a time feeds the device.
 """
 
 from __future__ import annotations
