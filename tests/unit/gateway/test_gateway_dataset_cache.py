@@ -284,16 +284,30 @@ async def test_without_a_broadcast_a_change_shows_within_the_ttl(
             assert await eventually(expired, timeout_s=2.0)
 
 
-async def test_a_malformed_broadcast_is_ignored(gw: Gateway, nats_url: str) -> None:
-    token = await gw.token("acme")
-    await _two_tags(gw, token)
+async def test_a_malformed_broadcast_is_ignored_and_the_next_one_still_works(
+    gateway_factory: Callable[..., Any], nats_url: str
+) -> None:
     bus = await Bus.connect(nats_url, "noise")
     try:
-        await bus.nc.publish(DATASETS_CHANGED, b"not json")
-        await bus.broadcast(DATASETS_CHANGED, DatasetsChanged(dataset_ids=[]))
-        await bus.nc.flush()
-        async with recorder(nats_url) as seen:
-            await _tag(gw, token)
-        assert len(seen) == 1
+        # A long TTL: only a broadcast can drop the entry within this test.
+        async with gateway_factory(dataset_cache_s=60) as gw:
+            token = await gw.token("acme")
+            a, b = await _two_tags(gw, token)
+            async with recorder(nats_url) as seen:
+                await _tag(gw, token)  # cached
+                dataset_id = seen[0].head.dataset_id
+                await bus.nc.publish(DATASETS_CHANGED, b"not json")
+                await bus.broadcast(DATASETS_CHANGED, DatasetsChanged(dataset_ids=[]))
+                await sql(gw.settings.database_url, "UPDATE tag SET active = false WHERE id = $1", a)
+                await bus.nc.flush()
+                await _tag(gw, token)
+                assert [t.id for t in seen[-1].tags] == [a, b]  # neither message dropped the entry
+                await bus.broadcast(DATASETS_CHANGED, DatasetsChanged(dataset_ids=[dataset_id]))
+
+                async def dropped() -> bool:
+                    await _tag(gw, token)
+                    return [t.id for t in seen[-1].tags] == [b]
+
+                assert await eventually(dropped, timeout_s=3.0)  # the listener survived the bad message
     finally:
         await bus.close()
