@@ -7,7 +7,8 @@ a call), and kept working while the gateway and the bus client took a core, wher
 waited for its slower thread: the whole stack went from 0.73 to 1.01 of the in-process model.
 The image services already keep the cores busy with their decode threads; there one call at a time
 measured level with two or better (``python -m bench.image`` against the same with
-``--service-env KASHF_MODEL_WORKERS=2``: single image p50 32 against 38 ms), so they default to one. On GPU one call at a time feeds the device.
+``--service-env KASHF_MODEL_WORKERS=2``: single image p50 32 against 38 ms), so they default to one.
+On GPU one call at a time feeds the device.
 """
 
 from __future__ import annotations
