@@ -21,10 +21,10 @@ install: $(BIN)/.installed
 
 # Builds (or copies from ~/.cache/kashf/models) the ONNX models; a no-op when they are current.
 models: install
-	$(BIN)/python -m shared.modelbuild build --out $(MODELS_DIR)
+	$(BIN)/python -m modelbuild build --out $(MODELS_DIR)
 
 up: models
-	$(BIN)/python -m shared.stack up
+	$(BIN)/python -m devtools.stack up
 
 test: models
 	$(BIN)/python -m pytest
@@ -35,9 +35,13 @@ test-unit: models
 test-integration: models
 	$(BIN)/python -m pytest tests/integration
 
+PACKAGES := shared modelkit gateway text_service vision_service video_service trainer modelbuild devtools
+
+# ruff, mypy --strict, and the package boundaries (pyproject's [tool.importlinter] contracts).
 lint: install
-	$(BIN)/ruff check shared gateway text_service vision_service video_service trainer tests bench
-	$(BIN)/mypy shared gateway text_service vision_service video_service trainer
+	$(BIN)/ruff check $(PACKAGES) tests bench
+	$(BIN)/mypy $(PACKAGES)
+	$(BIN)/lint-imports
 
 bench: models
 	$(BIN)/python -m bench.text

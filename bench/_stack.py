@@ -1,7 +1,7 @@
 """What the product benchmarks share: the whole stack on a private NATS and a fresh database, a token,
 a trained dataset, a loopback file server, per-process CPU accounting and the result table.
 
-The stack itself is ``shared.stack.Stack``; this module only adds the benchmark's setup around it.
+The stack itself is ``devtools.stack.Stack``; this module only adds the benchmark's setup around it.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import asyncpg
 import httpx
 import numpy as np
 
-from shared import devstack
+from devtools import servers
+from devtools.stack import Stack, create_token
 from shared.db.migrate import upgrade
 from shared.schemas.inference import HeadRef, TagRef
-from shared.stack import Stack, create_token
 from tests.fileserver import file_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -324,18 +324,18 @@ def bench_stack(work: Path, services: Sequence[str], env: Mapping[str, str] | No
     The benchmark can load its in-process baseline while the services boot. Everything started here
     is stopped, and the database dropped, on exit.
     """
-    nats_proc, nats_url = devstack.start_nats(work / "nats")
+    nats_proc, nats_url = servers.start_nats(work / "nats")
     server_url = ""
     database = f"kashf_bench_{uuid.uuid4().hex[:10]}"
     stack: Stack | None = None
     handle: Any = None
     try:
-        server_url, handle = devstack.postgres_server(work / "postgres")
-        database_url = asyncio.run(devstack.create_database(server_url, database))
+        server_url, handle = servers.postgres_server(work / "postgres")
+        database_url = asyncio.run(servers.create_database(server_url, database))
         upgrade(database_url)
         token = create_token(database_url, "bench")
         stack = Stack(
-            database_url, nats_url, gateway_port=devstack.free_port(), services=tuple(services),
+            database_url, nats_url, gateway_port=servers.free_port(), services=tuple(services),
             log_dir=work / "logs", echo=False,
             env={
                 "KASHF_MODELS_DIR": str(models_dir()),
@@ -348,7 +348,7 @@ def bench_stack(work: Path, services: Sequence[str], env: Mapping[str, str] | No
             },
         )
         stack.start_all()
-        yield BenchStack(stack, token, nats_url, database_url, devstack.with_database(server_url, database),
+        yield BenchStack(stack, token, nats_url, database_url, servers.with_database(server_url, database),
                          database, nats_proc.pid)
     finally:
         if stack is not None:
@@ -360,7 +360,7 @@ def bench_stack(work: Path, services: Sequence[str], env: Mapping[str, str] | No
             nats_proc.kill()
         if server_url:
             with contextlib.suppress(Exception):
-                asyncio.run(devstack.drop_database(server_url, database))
+                asyncio.run(servers.drop_database(server_url, database))
         if handle is not None:  # an embedded Postgres, started only when the machine has none
             with contextlib.suppress(Exception):
                 handle.cleanup()

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from sklearn.linear_model import LogisticRegression
 
-from shared.heads import UNKNOWN_TAG_ID, tag_vectors
+from modelkit.heads import UNKNOWN_TAG_ID, tag_vectors
 from shared.schemas.inference import TagRef
 from trainer.service import FitConfig, Report, fit_head
 
@@ -146,7 +146,7 @@ def win(got: Sequence[Scores], base: dict[str, list[Scores]], field: str, names:
 
 
 def text_track(models_dir: Path) -> Track:
-    from shared.inference.text import TextEncoder
+    from modelkit.onnx.text import TextEncoder
     from tests.unit.trainer.reviews import TAGS, UNRELATED
 
     encoder = TextEncoder(models_dir / TEXT_MODEL, device="cpu")
@@ -202,7 +202,7 @@ def variant(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def image_track(models_dir: Path, per_class: int = 40) -> Track:
-    from shared.inference.image import ImageEncoder
+    from modelkit.onnx.image import ImageEncoder
 
     encoder = ImageEncoder(models_dir / IMAGE_MODEL, device="cpu")
     rng = np.random.default_rng(42)

@@ -51,9 +51,9 @@ from bench._stack import (
     verdict,
     wait_ready,
 )
+from modelkit.onnx.image import ImageEncoder
 from shared.bus import Bus
 from shared.errors import KashfError
-from shared.inference.image import ImageEncoder
 from shared.schemas.inference import HeadRef, TagRef, TagReply
 from shared.schemas.media import MediaInput, TagImagesRequest
 from shared.subjects import BLOBS_BUCKET, VISION_TAG

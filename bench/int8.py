@@ -2,7 +2,7 @@
 
 Baseline, quantised in this run from the same fp32 file: dynamic int8 with the 12 feed-forward output
 projections kept in fp32 (the first build). Ours: the built ``model.int8.onnx`` (every weight MatMul in
-int8 after ``shared/modelbuild/smoothing.py``). Closeness: cosine to fp32 over the sentences of
+int8 after ``modelbuild/smoothing.py``). Closeness: cosine to fp32 over the sentences of
 ``tests/unit/models/sentences.py`` and the reviews of ``tests/unit/trainer/reviews.py`` (neither used for
 calibration), each text alone, in length-sorted batches of 32 (as the service runs them) and the 20
 sentences in one padded batch. Speed: texts per CPU-second of one-thread calls at batch 32, rounds
@@ -24,9 +24,9 @@ from tokenizers import Tokenizer
 
 from bench._stack import load_note, models_dir
 from bench.text import make_texts
-from shared.inference.manifest import load_manifest
-from shared.modelbuild.export import FP32_FILE, INT8_FILE
-from shared.modelbuild.smoothing import ffn_down_projections
+from modelbuild.export import FP32_FILE, INT8_FILE
+from modelbuild.smoothing import ffn_down_projections
+from modelkit.onnx.manifest import load_manifest
 from tests.unit.models.sentences import ALL
 from tests.unit.trainer import reviews
 

@@ -15,9 +15,9 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from shared.inference.image import ImageEncoder
-from shared.inference.session import make_session
-from shared.inference.text import TextEncoder
+from modelkit.onnx.image import ImageEncoder
+from modelkit.onnx.session import make_session
+from modelkit.onnx.text import TextEncoder
 
 PERSIAN = [
     "این فیلم واقعاً عالی بود و بازیگرها فوق‌العاده بازی کردند و حتماً دوباره می‌بینمش",

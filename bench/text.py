@@ -44,10 +44,10 @@ from bench._stack import (
     verdict,
     wait_ready,
 )
+from modelkit.onnx.layout import model_layout
+from modelkit.onnx.text import TextEncoder
 from shared.bus import Bus
 from shared.errors import KashfError
-from shared.inference.layout import model_layout
-from shared.inference.text import TextEncoder
 from shared.schemas.inference import HeadRef, TagRef, TagReply, TagTextsRequest
 from shared.subjects import TEXT_TAG
 from shared.textnorm import normalize_text

@@ -39,8 +39,8 @@ from bench._stack import (
     verdict,
     wait_ready,
 )
+from modelkit.onnx.image import ImageEncoder
 from shared.bus import Bus
-from shared.inference.image import ImageEncoder
 from shared.schemas.media import MediaInput, TagVideoReply, TagVideoRequest
 from shared.subjects import BLOBS_BUCKET, VIDEO_TAG
 from tests.media_video import photo_full, write_video

@@ -103,7 +103,7 @@ class InferenceSettings(CommonSettings):
     max_wait_ms: float = Field(4.0, validation_alias=_alias("KASHF_MAX_WAIT_MS"))
     max_queue: int = Field(1024, validation_alias=_alias("KASHF_MAX_QUEUE"))
     concurrency: int = Field(64, validation_alias=_alias("KASHF_CONCURRENCY"))
-    # None: chosen per device (shared/inference/layout.py): on CPU up to 4 model calls at once, the
+    # None: chosen per device (modelkit/onnx/layout.py): on CPU up to 4 model calls at once, the
     # cores shared out among them as intra-op threads; on GPU one call at a time.
     model_workers: int | None = Field(None, ge=1, validation_alias=_alias("KASHF_MODEL_WORKERS"))
     threads: int | None = Field(None, ge=1, validation_alias=_alias("KASHF_THREADS"))

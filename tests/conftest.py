@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import devstack
+from devtools import servers
 from shared.db.migrate import upgrade
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url, handle = devstack.postgres_server(tmp_path_factory.mktemp("pg"))
+    url, handle = servers.postgres_server(tmp_path_factory.mktemp("pg"))
     yield url
     del handle
 
@@ -28,10 +28,10 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def database_url(pg_server: str) -> Iterator[str]:
     """A database of its own for this session, migrated to head, dropped at the end."""
     name = f"kashf_t_{uuid.uuid4().hex[:10]}"
-    url = asyncio.run(devstack.create_database(pg_server, name))
+    url = asyncio.run(servers.create_database(pg_server, name))
     upgrade(url)
     yield url
-    asyncio.run(devstack.drop_database(pg_server, name))
+    asyncio.run(servers.drop_database(pg_server, name))
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,7 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("KASHF_TEST_NATS_URL"):
         yield os.environ["KASHF_TEST_NATS_URL"]
         return
-    proc, url = devstack.start_nats(tmp_path_factory.mktemp("nats"))
+    proc, url = servers.start_nats(tmp_path_factory.mktemp("nats"))
     yield url
     proc.terminate()
     try:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 
+from modelkit.metrics import instrumented
 from shared.bus import Bus
 from shared.errors import TooLarge
-from shared.metrics import instrumented
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest, TagReply, TagTextsRequest, pack_vectors
 from shared.subjects import TEXT_EMBED, TEXT_TAG
 from text_service.service import TextService

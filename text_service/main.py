@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 
+from modelkit.heads import HeadCache
+from modelkit.onnx.layout import load_model, model_layout
+from modelkit.onnx.text import TextEncoder
+from modelkit.runtime import Readiness, run_service
 from shared.bus import Bus, ensure_streams
-from shared.heads import HeadCache
-from shared.inference.layout import load_model, model_layout
-from shared.inference.text import TextEncoder
-from shared.runtime import Readiness, run_service
 from shared.settings import TextServiceSettings
 from text_service import handlers
 from text_service.model import Encoder

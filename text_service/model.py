@@ -1,4 +1,4 @@
-"""What the service needs of its text model (``shared.inference.text.TextEncoder`` is one; tests hand in others)."""
+"""What the service needs of its text model (``modelkit.onnx.text.TextEncoder`` is one; tests hand in others)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 
 class Encoder(Protocol):
-    """What the service needs of a text model (shared.inference.TextEncoder is one)."""
+    """What the service needs of a text model (modelkit.onnx.TextEncoder is one)."""
 
     @property
     def model_id(self) -> str: ...

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import structlog
 
-from shared.heads import tag_vectors
-from shared.metrics import Metrics
-from shared.modelservice import BatchedModelService, HeadSource
+from modelkit.heads import tag_vectors
+from modelkit.metrics import Metrics
+from modelkit.service import BatchedModelService, HeadSource
 from shared.schemas.inference import ItemResult, TagReply, TagTextsRequest
 from shared.textnorm import normalize_text
 from text_service.model import Encoder

@@ -28,10 +28,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from PIL import Image
 from pydantic import ValidationError
 
+from modelkit.metrics import Metrics, default_metrics
 from shared import subjects
 from shared.bus import Bus, bind_pull_consumer, finish_or_cancel, unbind
 from shared.errors import KashfError, Overloaded, Timeout, Unavailable
-from shared.metrics import Metrics, default_metrics
 from shared.schemas.events import ReportEvent, TrainRequest
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput

@@ -8,10 +8,10 @@ import functools
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from modelkit.heads import store_head
+from modelkit.runtime import Readiness, run_service
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.heads import store_head
-from shared.runtime import Readiness, run_service
 from shared.schemas.events import DatasetsChanged
 from shared.settings import TrainerSettings
 from shared.subjects import DATASETS_CHANGED

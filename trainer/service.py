@@ -28,8 +28,8 @@ from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from modelkit.heads import Head, exclusive_probabilities
 from shared.errors import Unavailable
-from shared.heads import Head, exclusive_probabilities
 from trainer import repository
 from trainer.repository import ItemToEmbed
 
@@ -52,7 +52,7 @@ class FitConfig:
     # Platt slopes stay bounded on tiny, perfectly separated folds.
     platt_c: float = 1.0
     calibration: Literal["pooled", "per_tag"] = "pooled"
-    # "auto": a head of 2+ tags is exclusive (the tags compete, see shared.heads) when no item is
+    # "auto": a head of 2+ tags is exclusive (the tags compete, see modelkit.heads) when no item is
     # reported positive for two of them.
     exclusive: Literal["auto", "never"] = "auto"
     # The exclusive head's "none" logit: the out-of-fold choice shrunk toward none_prior by prior_weight

@@ -10,9 +10,9 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
 
+from modelkit.metrics import instrumented
 from shared.bus import Bus
 from shared.errors import NotFound, Timeout, TooLarge, Unavailable
-from shared.metrics import instrumented
 from shared.schemas.media import TagVideoReply, TagVideoRequest
 from shared.subjects import BLOBS_BUCKET, VIDEO_TAG
 from video_service.service import VideoService

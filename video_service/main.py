@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 
+from modelkit.fetch import Fetcher, FetchPolicy, parse_allow_hosts
+from modelkit.heads import HeadCache
+from modelkit.onnx.image import ImageEncoder
+from modelkit.onnx.layout import load_model, model_layout
+from modelkit.runtime import Readiness, run_service
 from shared.bus import Bus, ensure_streams
-from shared.fetch import Fetcher, FetchPolicy, parse_allow_hosts
-from shared.heads import HeadCache
-from shared.inference.image import ImageEncoder
-from shared.inference.layout import load_model, model_layout
-from shared.runtime import Readiness, run_service
 from shared.settings import VideoServiceSettings
 from video_service import handlers
 from video_service.jobs import VideoJobRunner

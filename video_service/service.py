@@ -21,11 +21,11 @@ from typing import Protocol, cast
 import numpy as np
 import structlog
 
+from modelkit.fetch import Fetcher
+from modelkit.heads import Head, tag_vectors
+from modelkit.metrics import Metrics
+from modelkit.service import BatchedModelService, HeadSource
 from shared.errors import BadRequest, TooLarge, Unavailable
-from shared.fetch import Fetcher
-from shared.heads import Head, tag_vectors
-from shared.metrics import Metrics
-from shared.modelservice import BatchedModelService, HeadSource
 from shared.schemas.inference import ScoredTag, TagRef
 from shared.schemas.media import MediaInput, TagVideoReply, TagVideoRequest, VideoFrame
 from video_service.model import Encoder

@@ -7,9 +7,9 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
 
+from modelkit.metrics import instrumented
 from shared.bus import Bus
 from shared.errors import NotFound, TooLarge, Unavailable
-from shared.metrics import instrumented
 from shared.schemas.inference import TagReply
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, TagImagesRequest
 from shared.subjects import BLOBS_BUCKET, VISION_EMBED, VISION_TAG

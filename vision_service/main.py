@@ -7,13 +7,13 @@ import functools
 
 from PIL import Image
 
+from modelkit.fetch import Fetcher, FetchPolicy, parse_allow_hosts
+from modelkit.heads import HeadCache
+from modelkit.onnx.image import ImageEncoder
+from modelkit.onnx.layout import load_model, model_layout
+from modelkit.onnx.manifest import ImagePreprocessing, load_manifest
+from modelkit.runtime import Readiness, run_service
 from shared.bus import Bus, ensure_streams
-from shared.fetch import Fetcher, FetchPolicy, parse_allow_hosts
-from shared.heads import HeadCache
-from shared.inference.image import ImageEncoder
-from shared.inference.layout import load_model, model_layout
-from shared.inference.manifest import ImagePreprocessing, load_manifest
-from shared.runtime import Readiness, run_service
 from shared.settings import VisionServiceSettings
 from vision_service import handlers
 from vision_service.model import Encoder

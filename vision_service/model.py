@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from shared.inference.image import ImageModel
+from modelkit.onnx.image import ImageModel
 
 Encoder = ImageModel

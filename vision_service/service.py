@@ -18,11 +18,11 @@ import numpy as np
 import structlog
 from PIL import Image
 
+from modelkit.fetch import Fetcher
+from modelkit.heads import Head, tag_vectors
+from modelkit.metrics import Metrics
+from modelkit.service import BatchedModelService, HeadSource
 from shared.errors import BadRequest, KashfError, TooLarge, Unavailable
-from shared.fetch import Fetcher
-from shared.heads import Head, tag_vectors
-from shared.metrics import Metrics
-from shared.modelservice import BatchedModelService, HeadSource
 from shared.schemas.inference import ItemResult, TagRef, TagReply, pack_vectors
 from shared.schemas.media import (
     EmbedImagesReply,

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared import devstack
+from devtools import servers
+from devtools.stack import Stack, create_token
 from shared.db.migrate import upgrade
-from shared.stack import Stack, create_token
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,13 +22,13 @@ def stack_servers(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
     """A database and a nats-server of the stack's own: unit tests in the same session subscribe to the
     same subjects and consume the same streams, and must never meet the stack's services."""
     name = f"kashf_it_{uuid.uuid4().hex[:10]}"
-    database_url = asyncio.run(devstack.create_database(pg_server, name))
+    database_url = asyncio.run(servers.create_database(pg_server, name))
     upgrade(database_url)
-    proc, nats_url = devstack.start_nats(tmp_path_factory.mktemp("stack-nats"))
+    proc, nats_url = servers.start_nats(tmp_path_factory.mktemp("stack-nats"))
     yield database_url, nats_url
     proc.terminate()
     proc.wait(timeout=10)
-    asyncio.run(devstack.drop_database(pg_server, name))
+    asyncio.run(servers.drop_database(pg_server, name))
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,7 @@ def stack(stack_servers: tuple[str, str], tmp_path_factory: pytest.TempPathFacto
     if not (models / "text").exists():
         pytest.fail("models/ is missing: run `make models` (make test does it)")
     log_dir = tmp_path_factory.mktemp("logs")
-    stack = Stack(database_url, nats_url, gateway_port=devstack.free_port(), log_dir=log_dir,
+    stack = Stack(database_url, nats_url, gateway_port=servers.free_port(), log_dir=log_dir,
                   env={"KASHF_MODELS_DIR": str(models), "KASHF_TRAIN_DEBOUNCE_S": "0.5",
                        "FETCH_ALLOW_HOSTS": "127.0.0.1,localhost", "KASHF_ENVIRONMENT": "test"})
     stack.start_all()

@@ -1,4 +1,4 @@
-"""What `make up` runs (`python -m shared.stack up`): the whole stack, the URL and a working token printed."""
+"""What `make up` runs (`python -m devtools.stack up`): the whole stack, the URL and a working token printed."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from pathlib import Path
 import httpx
 import psutil
 
-from shared import devstack
+from devtools import servers
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_stack_up_prints_url_and_token_then_stops_cleanly(database_url: str, tmp_path: Path) -> None:
-    port = devstack.free_port()
+    port = servers.free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "PORT": str(port), "KASHF_MODELS_DIR": str(REPO / "models")}
     env.pop("NATS_URL", None)  # so it starts its own nats-server from the wheel
-    proc = subprocess.Popen([sys.executable, "-m", "shared.stack", "up", "--state-dir", str(tmp_path / "state")],
+    proc = subprocess.Popen([sys.executable, "-m", "devtools.stack", "up", "--state-dir", str(tmp_path / "state")],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
 

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from alembic.script import ScriptDirectory
 
-from shared import devstack
+from devtools import servers
 from shared.db.migrate import alembic_config
 from tests.unit.deploy.conftest import K8S, kustomize_command
 
@@ -281,7 +281,7 @@ def launched(
                 port_of(w)
             except AssertionError:
                 continue  # its own test reports the mismatch; the others still run
-            port = devstack.free_port()
+            port = servers.free_port()
             workdir = root / name
             workdir.mkdir()
             log = root / f"{name}.log"
@@ -371,7 +371,7 @@ def test_the_migration_job_migrates_an_empty_database_to_head(
     check_addresses(w)
     # A database of its own: the session database is migrated already, where upgrade is a no-op.
     name = f"kashf_job_{uuid.uuid4().hex[:10]}"
-    url = asyncio.run(devstack.create_database(pg_server, name))
+    url = asyncio.run(servers.create_database(pg_server, name))
     try:
         done = subprocess.run(argv(w), env=process_env(w, url, nats_url, None, tmp_path), cwd=tmp_path,
                               capture_output=True, text=True, timeout=120, check=False)
@@ -379,6 +379,6 @@ def test_the_migration_job_migrates_an_empty_database_to_head(
         assert done.returncode == 0, f"{w.command} exited {done.returncode}:\n{output}"
         version, tables = asyncio.run(_head_and_tables(url))
     finally:
-        asyncio.run(devstack.drop_database(pg_server, name))
+        asyncio.run(servers.drop_database(pg_server, name))
     assert version == ScriptDirectory.from_config(alembic_config(url)).get_current_head(), output
     assert {"account", "api_token", "dataset", "tag", "data_item", "report", "outbox"} <= tables

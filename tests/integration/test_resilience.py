@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import nats
 
-from shared.stack import Stack
+from devtools.stack import Stack
 from tests.integration.test_text_flow import make_text_dataset, wait_trained
 from tests.integration.texts import TRAIN
 

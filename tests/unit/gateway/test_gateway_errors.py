@@ -230,7 +230,7 @@ async def test_504_for_a_slow_video_tells_the_client_to_go_async(
 
 
 async def test_503_when_the_database_is_unreachable(nats_url: str) -> None:
-    from shared.devstack import free_port
+    from devtools.servers import free_port
     from tests.unit.gateway.harness import make_settings, running
 
     closed = f"postgresql+asyncpg://kashf@127.0.0.1:{free_port()}/kashf"

@@ -20,7 +20,7 @@ def models_root() -> Path:
 def _model_dir(rel: str) -> Path:
     path = models_root() / rel
     if not (path / "manifest.json").is_file():
-        pytest.skip(f"{path} is not built: run `make models` (python -m shared.modelbuild build)")
+        pytest.skip(f"{path} is not built: run `make models` (python -m modelbuild build)")
     return path
 
 

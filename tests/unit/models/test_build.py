@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.inference.manifest import ModelManifest, SourcePackage, TextPreprocessing
-from shared.modelbuild.build import (
+from modelbuild.build import (
     DEFAULT_CACHE,
     Target,
     Timer,
@@ -21,7 +20,8 @@ from shared.modelbuild.build import (
     default_targets,
     up_to_date,
 )
-from shared.modelbuild.export import write_manifest
+from modelbuild.export import write_manifest
+from modelkit.onnx.manifest import ModelManifest, SourcePackage, TextPreprocessing
 from tests.unit.models.conftest import REPO, models_root
 
 
@@ -85,7 +85,7 @@ def test_real_build_is_a_fast_no_op_when_current() -> None:
     _current_targets()
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.modelbuild", "build", "--out", str(models_root())],
+        [sys.executable, "-m", "modelbuild", "build", "--out", str(models_root())],
         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
     )
     took = time.perf_counter() - start

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.inference.image import ImageEncoder
-from shared.inference.text import TextEncoder
+from modelkit.onnx.image import ImageEncoder
+from modelkit.onnx.text import TextEncoder
 from tests.unit.models.conftest import REPO, require_torch
 
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "red", "blue", "car", "good", "bad", "coffee", "tea"]
@@ -58,7 +58,7 @@ def tiny_st_folder(root: Path) -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.modelbuild", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "modelbuild", *args], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
 
 
@@ -80,7 +80,7 @@ def test_export_st_exports_any_sentence_transformers_folder(tmp_path: Path) -> N
     st = SentenceTransformer(str(src), device="cpu", local_files_only=True)
     expected = st.encode(TEXTS, normalize_embeddings=True)
     fp32 = TextEncoder(tmp_path / "models/text/tiny", device="cpu")
-    from shared.inference.session import make_session
+    from modelkit.onnx.session import make_session
 
     fp32.session = make_session(tmp_path / "models/text/tiny/model.fp32.onnx", "cpu")
     assert (fp32.encode(TEXTS) * expected).sum(axis=1).min() >= 0.999
@@ -101,7 +101,7 @@ def test_export_openclip_image_and_text_towers(tmp_path: Path) -> None:
     import torch
     from PIL import Image
 
-    from shared.modelbuild.build import build_target, openclip_target
+    from modelbuild.build import build_target, openclip_target
 
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32")

@@ -7,8 +7,8 @@ import struct
 import numpy as np
 from tokenizers import normalizers
 
-from shared.modelbuild.charsmap import build_precompiled_charsmap
-from shared.modelbuild.e5s1 import dequantize_q4_0
+from modelbuild.charsmap import build_precompiled_charsmap
+from modelbuild.e5s1 import dequantize_q4_0
 
 
 def test_q4_0_block_unpacks_low_nibbles_first_then_high() -> None:

@@ -10,7 +10,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from shared.inference.image import ImageEncoder
+from modelkit.onnx.image import ImageEncoder
 from tests.unit.models.conftest import require_torch
 
 pytestmark = pytest.mark.models
@@ -45,7 +45,7 @@ def test_onnx_matches_pytorch_on_photos(encoder: ImageEncoder, pixels: np.ndarra
     require_torch()
     import torch
 
-    from shared.modelbuild.export import efficientnet_embedder, load_efficientnet_lite0
+    from modelbuild.export import efficientnet_embedder, load_efficientnet_lite0
 
     net = efficientnet_embedder(load_efficientnet_lite0())
     with torch.no_grad():

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import skimage
 
+from modelkit.onnx.manifest import load_manifest
+from modelkit.onnx.session import cuda_available, make_session, resolve_device
 from shared.errors import Unavailable
-from shared.inference.manifest import load_manifest
-from shared.inference.session import cuda_available, make_session, resolve_device
 from tests.unit.models.conftest import REPO
 
 SCRIPT = r"""
@@ -24,8 +24,8 @@ for name in ("torch", "transformers", "sentence_transformers", "torchvision"):
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from shared.inference.image import ImageEncoder
-from shared.inference.text import TextEncoder
+from modelkit.onnx.image import ImageEncoder
+from modelkit.onnx.text import TextEncoder
 
 text = TextEncoder(Path(sys.argv[1]), device="cpu")
 text.warmup()

@@ -1,4 +1,4 @@
-"""Smoothing before int8 (shared/modelbuild/smoothing.py) changes how the model quantises, not what it computes."""
+"""Smoothing before int8 (modelbuild/smoothing.py) changes how the model quantises, not what it computes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.modelbuild.export import FP32_FILE, INT8_FILE, export_sentence_transformer
-from shared.modelbuild.smoothing import smooth_ffn_inputs
+from modelbuild.export import FP32_FILE, INT8_FILE, export_sentence_transformer
+from modelbuild.smoothing import smooth_ffn_inputs
 from tests.unit.models.conftest import require_torch
 from tests.unit.models.test_export_tools import TEXTS, tiny_st_folder
 

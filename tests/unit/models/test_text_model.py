@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.inference.manifest import load_manifest
-from shared.inference.session import make_session
-from shared.inference.text import TextEncoder
+from modelkit.onnx.manifest import load_manifest
+from modelkit.onnx.session import make_session
+from modelkit.onnx.text import TextEncoder
 from tests.unit.models.conftest import require_torch
 from tests.unit.models.sentences import ALL, ENGLISH, PERSIAN
 

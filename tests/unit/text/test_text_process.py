@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from shared import devstack
+from devtools import servers
 from shared.bus import Bus
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest
 from shared.subjects import TEXT_EMBED
@@ -71,7 +71,7 @@ def spawn(tiny_models_dir: Path, tmp_path: Path) -> Iterator[Spawn]:
         env = {
             **os.environ, "NATS_URL": nats_url, "KASHF_MODELS_DIR": str(tiny_models_dir),
             "KASHF_TEXT_MODEL": "text/tiny", "KASHF_DEVICE": "cpu", "KASHF_HEALTH_HOST": "127.0.0.1",
-            "KASHF_HEALTH_PORT": str(devstack.free_port()), "KASHF_DRAIN_TIMEOUT_S": "10", **extra,
+            "KASHF_HEALTH_PORT": str(servers.free_port()), "KASHF_DRAIN_TIMEOUT_S": "10", **extra,
         }
         proc = ServiceProcess(env, tmp_path / f"service{len(started)}.log")
         started.append(proc)
@@ -125,7 +125,7 @@ async def test_metrics_count_requests_by_subject_and_outcome(
 
 
 async def test_not_ready_without_nats_and_still_stops_cleanly(spawn: Spawn) -> None:
-    dead = f"nats://127.0.0.1:{devstack.free_port()}"
+    dead = f"nats://127.0.0.1:{servers.free_port()}"
     service = spawn(dead)
     await service.wait_for("/healthz", 200)
     response = await service.wait_for("/readyz", 503)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from modelkit.heads import Head, store_head
+from modelkit.runtime import stop_service
 from shared.bus import Bus
-from shared.heads import Head, store_head
-from shared.runtime import stop_service
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest, HeadRef, TagRef, TagReply, TagTextsRequest
 from shared.settings import TextServiceSettings
 from shared.subjects import TEXT_EMBED, TEXT_TAG
@@ -61,7 +61,7 @@ async def test_embeddings_are_384_d_unit_vectors(client: Bus) -> None:
 
 
 async def test_concurrent_model_calls_give_what_one_call_at_a_time_gives(client: Bus) -> None:
-    # The service runs several model calls at once on CPU (shared/inference/layout.py) on one session.
+    # The service runs several model calls at once on CPU (modelkit/onnx/layout.py) on one session.
     texts = [*BUY, *POOR, *OTHER, UNRELATED]
     alone = np.stack([(await embed(client, [t])).array()[0] for t in texts])
     replies = await asyncio.gather(*(embed(client, [t]) for t in texts), *(embed(client, texts) for _ in range(4)))

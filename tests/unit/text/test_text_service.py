@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelkit.heads import Head, store_head
+from modelkit.onnx.text import TextEncoder
+from modelkit.runtime import Readiness, stop_service
 from shared.bus import Bus
 from shared.errors import KashfError
-from shared.heads import Head, store_head
-from shared.inference.text import TextEncoder
-from shared.runtime import Readiness, stop_service
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest, HeadRef, TagRef, TagReply, TagTextsRequest
 from shared.settings import TextServiceSettings
 from shared.subjects import TEXT_EMBED, TEXT_TAG

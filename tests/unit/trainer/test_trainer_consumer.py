@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from modelkit.heads import Head, load_head, store_head, tag_vectors
+from modelkit.metrics import create_metrics
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Account, DataItem, Dataset, Embedding, HeadVersion, Report, Tag
-from shared.heads import Head, load_head, store_head, tag_vectors
-from shared.metrics import create_metrics
 from shared.schemas.events import ReportEvent, TrainRequest
 from shared.schemas.inference import EmbedTextsRequest, TagRef
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, ImageEmbedding

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from shared.heads import UNKNOWN_TAG_ID, Head, tag_vectors
+from modelkit.heads import UNKNOWN_TAG_ID, Head, tag_vectors
 from shared.schemas.inference import TagRef
 from trainer.service import Counts, FitConfig, NothingToFit, Report, best_threshold, fit_head
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared import devstack
+from devtools import servers
+from modelkit.heads import load_head
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.heads import load_head
 from shared.schemas.events import DatasetsChanged, TrainRequest
 from shared.schemas.inference import EmbedTextsRequest
 from shared.subjects import DATASETS_CHANGED, TEXT_EMBED, train_subject
@@ -43,7 +43,7 @@ def tail(log: Path) -> str:
 
 @pytest.fixture
 def trainer_process(clean_db: str, nats_url: str, tmp_path: Path) -> Iterator[Running]:
-    port = devstack.free_port()
+    port = servers.free_port()
     env = {**os.environ, "DATABASE_URL": clean_db, "NATS_URL": nats_url, "KASHF_HEALTH_HOST": "127.0.0.1",
            "KASHF_HEALTH_PORT": str(port), "KASHF_TRAIN_DEBOUNCE_S": "0.2", "KASHF_DRAIN_TIMEOUT_S": "5",
            "KASHF_CV_FOLDS": "3"}

@@ -30,11 +30,11 @@ from sklearn.linear_model import LogisticRegression
 
 from gateway.routes.video_jobs import router as video_jobs_router
 from gateway.service.video_jobs import read_video_job, submit_video_job
+from modelkit.heads import Head, store_head
+from modelkit.onnx.image import ImageEncoder
+from modelkit.runtime import Readiness, stop_service
 from shared.bus import Bus
 from shared.errors import BadRequest, NotFound, UnsupportedMedia
-from shared.heads import Head, store_head
-from shared.inference.image import ImageEncoder
-from shared.runtime import Readiness, stop_service
 from shared.schemas.inference import HeadRef, TagRef
 from shared.schemas.media import MediaInput, TagVideoReply, TagVideoRequest
 from shared.schemas.media import TagVideoReply as ServiceReply

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from shared import devstack
+from devtools import servers
 from shared.bus import Bus
 from shared.schemas.inference import HeadRef, ScoredTag, TagRef, TagReply
 from shared.schemas.media import MediaInput, TagImagesRequest
@@ -51,7 +51,7 @@ async def wait_for(proc: subprocess.Popen[bytes], log: Path, url: str, status: i
 
 async def test_ready_then_drains_an_in_flight_request_on_sigterm(
         nats_url: str, tiny_models_dir: Path, tmp_path: Path) -> None:
-    port = devstack.free_port()
+    port = servers.free_port()
     env = {**os.environ, "NATS_URL": nats_url, "KASHF_MODELS_DIR": str(tiny_models_dir),
            "KASHF_IMAGE_MODEL": "image/tiny-clip", "KASHF_DEVICE": "cpu", "KASHF_HEALTH_HOST": "127.0.0.1",
            "KASHF_HEALTH_PORT": str(port), "KASHF_DRAIN_TIMEOUT_S": "10",

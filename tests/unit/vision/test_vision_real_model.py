@@ -19,9 +19,9 @@ from skimage import data as skdata
 from sklearn.datasets import load_sample_images
 from sklearn.linear_model import LogisticRegression
 
+from modelkit.heads import Head, store_head
+from modelkit.runtime import Readiness, stop_service
 from shared.bus import Bus
-from shared.heads import Head, store_head
-from shared.runtime import Readiness, stop_service
 from shared.schemas.inference import HeadRef, TagRef, TagReply, unpack_vectors
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput, TagImagesRequest
 from shared.settings import VisionServiceSettings

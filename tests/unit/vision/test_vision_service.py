@@ -19,11 +19,11 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
+from modelkit.heads import Head, store_head
+from modelkit.onnx.image import ImageEncoder
+from modelkit.runtime import Readiness, stop_service
 from shared.bus import Bus
 from shared.errors import KashfError
-from shared.heads import Head, store_head
-from shared.inference.image import ImageEncoder
-from shared.runtime import Readiness, stop_service
 from shared.schemas.inference import HeadRef, ScoredTag, TagRef, TagReply, unpack_vectors
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput, TagImagesRequest
 from shared.settings import VisionServiceSettings

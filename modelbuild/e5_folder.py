@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from shared.modelbuild.charsmap import build_precompiled_charsmap
-from shared.modelbuild.e5s1 import E5S1Model
+from modelbuild.charsmap import build_precompiled_charsmap
+from modelbuild.e5s1 import E5S1Model
 
 _METASPACE = "\u2581"
 

@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image, ImageOps
 from tokenizers import Tokenizer
 
+from modelkit.onnx.manifest import ImagePreprocessing, load_manifest
+from modelkit.onnx.session import Device, make_session, resolve_device
+from modelkit.onnx.text import l2_normalise, short_sha
 from shared.errors import InvalidInput
-from shared.inference.manifest import ImagePreprocessing, load_manifest
-from shared.inference.session import Device, make_session, resolve_device
-from shared.inference.text import l2_normalise, short_sha
 
 _CHUNK = 32
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}

@@ -22,7 +22,7 @@ from typing import IO
 
 import httpx
 
-from shared import devstack
+from devtools import servers
 from shared.db.migrate import upgrade
 
 SERVICES = ("text_service", "vision_service", "video_service", "trainer", "gateway")
@@ -64,7 +64,7 @@ class Stack:
 
     def start(self, name: str) -> Process:
         """Start one service (again, after a kill) and return at once."""
-        port = self.gateway_port if name == "gateway" else devstack.free_port()
+        port = self.gateway_port if name == "gateway" else servers.free_port()
         health = f"http://127.0.0.1:{port}/readyz"
         out: IO[bytes] | int
         if self.log_dir is not None:
@@ -140,13 +140,13 @@ def _up(args: argparse.Namespace) -> int:
     nats_proc = None
     nats_url = os.environ.get("NATS_URL")
     if not nats_url:
-        nats_proc, nats_url = devstack.start_nats(state / "nats")
+        nats_proc, nats_url = servers.start_nats(state / "nats")
         print(f"started nats-server (JetStream) at {nats_url}", flush=True)
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
-        server, handle = devstack.postgres_server(state / "postgres")
+        server, handle = servers.postgres_server(state / "postgres")
         handles.append(handle)
-        database_url = asyncio.run(devstack.create_database(server, "kashf"))
+        database_url = asyncio.run(servers.create_database(server, "kashf"))
         print(f"using Postgres database {database_url.rsplit('@', 1)[-1]}", flush=True)
     upgrade(database_url)
     token = create_token(database_url, "dev")
@@ -178,7 +178,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m shared.stack")
+    parser = argparse.ArgumentParser(prog="python -m devtools.stack")
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the whole stack (embedded NATS/Postgres when not given)")
     up.add_argument("--state-dir", default=".kashf")

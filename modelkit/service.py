@@ -12,10 +12,10 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 import structlog
 
-from shared.batcher import DynamicBatcher
+from modelkit.batcher import DynamicBatcher
+from modelkit.heads import Head
+from modelkit.metrics import Metrics
 from shared.errors import Unavailable
-from shared.heads import Head
-from shared.metrics import Metrics
 from shared.schemas.inference import HeadRef
 
 log = structlog.get_logger(__name__)
@@ -32,7 +32,7 @@ class ModelInfo(Protocol):
 
 
 class HeadSource(Protocol):
-    """Where heads come from (shared.heads.HeadCache over the object store)."""
+    """Where heads come from (modelkit.heads.HeadCache over the object store)."""
 
     async def get(self, ref: HeadRef) -> Head | None: ...
 
@@ -42,7 +42,7 @@ class HeadModelMismatch(Unavailable):
 
 
 class BatchedModelService(Generic[In]):
-    """Owns the batcher: ``workers`` model calls at once (``shared.inference.layout``)."""
+    """Owns the batcher: ``workers`` model calls at once (``modelkit.onnx.layout``)."""
 
     def __init__(
         self,

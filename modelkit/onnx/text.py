@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from modelkit.onnx.manifest import ModelManifest, TextPreprocessing, load_manifest
+from modelkit.onnx.session import Device, make_session, resolve_device
 from shared.errors import InvalidInput
-from shared.inference.manifest import ModelManifest, TextPreprocessing, load_manifest
-from shared.inference.session import Device, make_session, resolve_device
 
 _CHUNK = 32  # rows per session.run: beyond this the padded batch only costs memory
 

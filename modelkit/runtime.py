@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from modelkit.metrics import default_metrics
 from shared.bus import Bus
 from shared.logging import configure_logging
-from shared.metrics import default_metrics
 from shared.settings import CommonSettings
 
 log = structlog.get_logger(__name__)

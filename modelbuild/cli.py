@@ -1,4 +1,4 @@
-"""`python -m shared.modelbuild` / `kashf-models`: build, export-st, export-openclip."""
+"""`python -m modelbuild` / `kashf-models`: build, export-st, export-openclip."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from shared.modelbuild.build import DEFAULT_CACHE, build_target, default_targets, openclip_target, st_target
+from modelbuild.build import DEFAULT_CACHE, build_target, default_targets, openclip_target, st_target
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shared.modelbuild", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m modelbuild", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:

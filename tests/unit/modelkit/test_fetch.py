@@ -1,4 +1,4 @@
-"""shared.fetch against real loopback servers: SSRF refusals, limits, sniffing and the success paths.
+"""modelkit.fetch against real loopback servers: SSRF refusals, limits, sniffing and the success paths.
 
 One recording server listens on 127.0.0.1, 127.0.0.2, 127.0.0.3 and ::1 (same port). Tests allowlist
 only 127.0.0.3 (standing in for a public host), so any connection seen on another address is a leak.
@@ -29,8 +29,7 @@ import pytest_asyncio
 from PIL import Image
 from skimage import data as skdata
 
-from shared.errors import BadRequest, FetchFailed, KashfError, TooLarge, UnsupportedMedia
-from shared.fetch import (
+from modelkit.fetch import (
     AllowList,
     Fetched,
     Fetcher,
@@ -40,6 +39,7 @@ from shared.fetch import (
     parse_numeric_ipv4,
     sniff_media_type,
 )
+from shared.errors import BadRequest, FetchFailed, KashfError, TooLarge, UnsupportedMedia
 
 PUBLIC = "127.0.0.3"  # the allowlisted stand-in for a public host
 LISTEN = ("127.0.0.1", "127.0.0.2", PUBLIC, "::1")

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.inference.manifest import (
+from modelbuild.smoothing import smooth_ffn_inputs
+from modelkit.onnx.manifest import (
     MANIFEST_NAME,
     ImagePreprocessing,
     ModelManifest,
@@ -20,7 +21,6 @@ from shared.inference.manifest import (
     TextPreprocessing,
     TextTower,
 )
-from shared.modelbuild.smoothing import smooth_ffn_inputs
 
 if TYPE_CHECKING:
     import torch

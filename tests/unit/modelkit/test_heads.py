@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
+from modelkit.heads import UNKNOWN_TAG_ID, UNKNOWN_TITLE, Head, HeadCache, load_head, store_head, tag_vectors
 from shared.bus import Bus, ensure_streams
 from shared.errors import Internal, Unavailable
-from shared.heads import UNKNOWN_TAG_ID, UNKNOWN_TITLE, Head, HeadCache, load_head, store_head, tag_vectors
 from shared.schemas.inference import HeadRef, TagRef
 
 SPORT = TagRef(id=11, title="ورزش")

@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from shared.inference.session import Device, resolve_device
+from modelkit.onnx.session import Device, resolve_device
 
 log = structlog.get_logger(__name__)
 

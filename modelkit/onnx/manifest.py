@@ -83,6 +83,6 @@ def load_manifest(model_dir: Path) -> ModelManifest:
     path = model_dir / MANIFEST_NAME
     if not path.is_file():
         raise Unavailable(
-            f"no model manifest at {path}: run `make models` (python -m shared.modelbuild build)"
+            f"no model manifest at {path}: run `make models` (python -m modelbuild build)"
         )
     return ModelManifest.model_validate_json(path.read_bytes())

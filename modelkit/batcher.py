@@ -17,8 +17,8 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
+from modelkit.metrics import Metrics, default_metrics
 from shared.errors import Overloaded, TooLarge, Unavailable
-from shared.metrics import Metrics, default_metrics
 
 In = TypeVar("In")
 Out = TypeVar("Out")

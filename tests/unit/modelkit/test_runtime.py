@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from modelkit.runtime import Readiness, stop_service
 from shared.bus import Bus
-from shared.runtime import Readiness, stop_service
 
 
 async def test_drain_hooks_run_on_a_live_bus_and_shutdown_hooks_after_it_closed(nats_url: str) -> None:

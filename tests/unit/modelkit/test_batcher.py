@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import pytest
 from prometheus_client import CollectorRegistry
 
-from shared.batcher import DynamicBatcher
+from modelkit.batcher import DynamicBatcher
+from modelkit.metrics import Metrics, create_metrics
 from shared.errors import Overloaded, Unavailable
-from shared.metrics import Metrics, create_metrics
 
 Factory = Callable[..., DynamicBatcher[int, int]]
 

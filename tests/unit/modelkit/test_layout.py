@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from modelkit.onnx.layout import MAX_AUTO_WORKERS, ModelLayout, available_cpus, load_model, model_layout
+from modelkit.onnx.session import Device, cuda_available
 from shared.errors import Unavailable
-from shared.inference.layout import MAX_AUTO_WORKERS, ModelLayout, available_cpus, load_model, model_layout
-from shared.inference.session import Device, cuda_available
 from shared.settings import TextServiceSettings
 
 AFFINITY = len(os.sched_getaffinity(0))

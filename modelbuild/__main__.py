@@ -1,0 +1,5 @@
+import sys
+
+from modelbuild.cli import main
+
+sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from shared.modelbuild.cli import main
-
-sys.exit(main())
