@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.fileserver import file_server
 from tests.integration.media import jpeg, photos, variant
 from tests.integration.test_text_flow import wait_trained
+
+pytestmark = pytest.mark.integration
 
 TRAIN_VARIANTS = range(4)
 UNSEEN_VARIANTS = range(10, 13)

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from devtools import servers
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 

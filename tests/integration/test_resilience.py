@@ -10,10 +10,13 @@ import time
 import asyncpg
 import httpx
 import nats
+import pytest
 
 from devtools.stack import Stack
 from tests.integration.test_text_flow import make_text_dataset, wait_trained
 from tests.integration.texts import TRAIN
+
+pytestmark = pytest.mark.integration
 
 
 async def stream_report_ids(nats_url: str, dataset_id: int) -> set[int]:

@@ -6,8 +6,11 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
 from tests.integration.texts import TRAIN, UNSEEN
+
+pytestmark = pytest.mark.integration
 
 
 async def wait_trained(api: httpx.AsyncClient, dataset: str, timeout_s: float = 180.0) -> dict:

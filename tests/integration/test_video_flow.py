@@ -6,11 +6,14 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.fileserver import file_server
 from tests.integration.media import jpeg, variant
 from tests.integration.test_text_flow import wait_trained
 from tests.media_video import PHOTO_NAMES, photo_full, slideshow, zip_as_mp4
+
+pytestmark = pytest.mark.integration
 
 
 async def train_places(api: httpx.AsyncClient, dataset: str) -> dict[str, int]:

@@ -16,7 +16,7 @@ from pydantic import AliasChoices, AliasPath
 from pydantic_settings import BaseSettings
 
 REPO = Path(__file__).resolve().parents[3]
-PACKAGES = ("shared", "gateway", "text_service", "vision_service", "video_service", "trainer")
+PACKAGES = ("shared", "modelkit", "gateway", "text_service", "vision_service", "video_service", "trainer")
 # Every module a manifest or the compose file starts; the lists must agree.
 EXPECTED_MODULES = ("gateway", "text_service", "vision_service", "video_service", "trainer", "shared.db")
 MANIFEST_TARGETS = ("base", "cpu", "gpu", "dev")

@@ -255,7 +255,7 @@ def test_optional_components_are_consistent(render: Render) -> None:
         assert obj["spec"]["scaleTargetRef"]["name"] in deployments
         assert 1 <= obj["spec"]["minReplicaCount"] <= obj["spec"]["maxReplicaCount"]
         assert obj["spec"]["triggers"] and all("type" in t for t in obj["spec"]["triggers"]), name
-    exported = set(re.findall(r'"(kashf_\w+)"', (REPO / "shared" / "metrics.py").read_text(encoding="utf-8")))
+    exported = set(re.findall(r'"(kashf_\w+)"', (REPO / "modelkit" / "metrics.py").read_text(encoding="utf-8")))
     for name in INFERENCE:
         triggers = scaled[name]["spec"]["triggers"]
         (query,) = [t["metadata"]["query"] for t in triggers if t["type"] == "prometheus"]
