@@ -108,6 +108,16 @@ class InferenceSettings(CommonSettings):
     model_workers: int | None = Field(None, ge=1, validation_alias=_alias("KASHF_MODEL_WORKERS"))
     threads: int | None = Field(None, ge=1, validation_alias=_alias("KASHF_THREADS"))
     fetch_allow_hosts: str = Field("", validation_alias=_alias("FETCH_ALLOW_HOSTS"))
+    # Ports an image or video URL may name on a public host (allowlisted hosts: any port).
+    fetch_allow_ports: str = Field("80,443", validation_alias=_alias("FETCH_ALLOW_PORTS"))
+
+    @field_validator("fetch_allow_ports")
+    @classmethod
+    def _ports(cls, value: str) -> str:
+        ports = [p.strip() for p in value.split(",") if p.strip()]
+        if not ports or not all(p.isdigit() and 1 <= int(p) <= 65535 for p in ports):
+            raise ValueError("FETCH_ALLOW_PORTS: a comma-separated list of port numbers (1-65535)")
+        return ",".join(ports)
 
 
 class TextServiceSettings(InferenceSettings):

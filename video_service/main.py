@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from modelkit.fetch import Fetcher, FetchPolicy, parse_allow_hosts
+from modelkit.fetch import Fetcher, FetchPolicy, policy_from_settings
 from modelkit.heads import HeadCache
 from modelkit.onnx.image import ImageEncoder
 from modelkit.onnx.layout import load_model, model_layout
@@ -23,8 +23,9 @@ VIDEO_FETCH_TIMEOUT_S = 120.0
 
 
 def fetch_policy(settings: VideoServiceSettings) -> FetchPolicy:
-    return FetchPolicy(
-        allow_hosts=parse_allow_hosts(settings.fetch_allow_hosts),
+    return policy_from_settings(
+        settings.fetch_allow_hosts,
+        settings.fetch_allow_ports,
         max_bytes=settings.max_video_bytes,
         read_timeout=15.0,
         total_timeout=VIDEO_FETCH_TIMEOUT_S,

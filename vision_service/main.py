@@ -7,7 +7,7 @@ import functools
 
 from PIL import Image
 
-from modelkit.fetch import Fetcher, FetchPolicy, parse_allow_hosts
+from modelkit.fetch import Fetcher, FetchPolicy, policy_from_settings
 from modelkit.heads import HeadCache
 from modelkit.onnx.image import ImageEncoder
 from modelkit.onnx.layout import load_model, model_layout
@@ -21,8 +21,8 @@ from vision_service.service import VisionService
 
 
 def fetch_policy(settings: VisionServiceSettings) -> FetchPolicy:
-    return FetchPolicy(allow_hosts=parse_allow_hosts(settings.fetch_allow_hosts),
-                       max_bytes=settings.max_image_bytes)
+    return policy_from_settings(settings.fetch_allow_hosts, settings.fetch_allow_ports,
+                                max_bytes=settings.max_image_bytes)
 
 
 def _needed_side(pre: object) -> int | None:

@@ -16,147 +16,26 @@ from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 from urllib.parse import urlsplit
 
 import httpx
 
+from modelkit.fetch.addresses import (
+    HOST_RE,
+    AllowList,
+    IPAddress,
+    is_forbidden_address,
+    parse_allow_hosts,
+    parse_numeric_ipv4,
+)
+from modelkit.fetch.sniff import sniff_media_type
 from shared.errors import BadRequest, FetchFailed, TooLarge, UnsupportedMedia
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_CHARS = 8192
 SNIFF_BYTES = 512
+DEFAULT_PORTS = frozenset({80, 443})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_HOST_RE = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
-
-# Checked in addition to ipaddress' flags, whose tables differ between Python patch releases.
-_FORBIDDEN_V4 = tuple(
-    ipaddress.IPv4Network(n)
-    for n in (
-        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-        "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
-        "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-    )
-)
-_FORBIDDEN_V6 = tuple(
-    ipaddress.IPv6Network(n)
-    for n in (
-        "::/96", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20",
-        "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
-    )
-)
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
-
-
-def _v4_forbidden(ip: ipaddress.IPv4Address) -> bool:
-    return (
-        any(ip in net for net in _FORBIDDEN_V4)
-        or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-        or ip.is_reserved or ip.is_unspecified or not ip.is_global
-    )
-
-
-def is_forbidden_address(ip: IPAddress) -> bool:
-    """True for any address a public fetch must never reach (v4 and v6, embedded v4 included)."""
-    if isinstance(ip, ipaddress.IPv4Address):
-        return _v4_forbidden(ip)
-    if ip.ipv4_mapped is not None:
-        return _v4_forbidden(ip.ipv4_mapped)
-    if ip in _NAT64:
-        # The NAT64 gateway forwards to the embedded v4 address.
-        return _v4_forbidden(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    if ip.sixtofour is not None and _v4_forbidden(ip.sixtofour):
-        return True
-    if ip.teredo is not None and any(_v4_forbidden(v4) for v4 in ip.teredo):
-        return True
-    return (
-        any(ip in net for net in _FORBIDDEN_V6)
-        or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_site_local
-        or ip.is_multicast or ip.is_reserved or ip.is_unspecified or not ip.is_global
-    )
-
-
-def parse_numeric_ipv4(host: str) -> ipaddress.IPv4Address | None:
-    """Read a host the way inet_aton does ("2130706433", "0177.0.0.1", "0x7f.1", "127.1").
-
-    Returns None when the host is not numeric; raises ValueError for a numeric host out of range.
-    """
-    parts = host.split(".")
-    if parts and parts[-1] == "":
-        parts.pop()
-    if not parts or len(parts) > 4:
-        return None
-    numbers: list[int] = []
-    for part in parts:
-        try:
-            if part[:2].lower() == "0x":
-                numbers.append(int(part[2:] or "0", 16))
-            elif len(part) > 1 and part.startswith("0"):
-                numbers.append(int(part[1:], 8))
-            else:
-                if not part.isdigit():
-                    return None
-                numbers.append(int(part))
-        except ValueError:
-            return None
-    *head, last = numbers
-    if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):
-        raise ValueError(f"numeric host out of range: {host}")
-    value = last
-    for i, n in enumerate(head):
-        value |= n << (8 * (3 - i))
-    return ipaddress.IPv4Address(value)
-
-
-def _normalise_host(host: str) -> str:
-    """Lower-case, IDNA-encoded, without trailing dot: how both URLs and the allowlist name hosts."""
-    raw = httpx.URL(f"http://{host}/").raw_host.decode("ascii")
-    return raw.rstrip(".").lower()
-
-
-@dataclass(frozen=True)
-class AllowList:
-    """Private hosts and networks an operator has opened to fetching (FETCH_ALLOW_HOSTS)."""
-
-    hosts: frozenset[str] = frozenset()
-    networks: tuple[IPNetwork, ...] = ()
-
-    def permits(self, host: str, ip: IPAddress) -> bool:
-        if host in self.hosts:
-            return True
-        candidates: list[IPAddress] = [ip]
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            candidates.append(ip.ipv4_mapped)
-        return any(c in net for c in candidates for net in self.networks if c.version == net.version)
-
-
-def parse_allow_hosts(value: str) -> AllowList:
-    """Parse "localhost,10.1.2.3,192.168.0.0/16"; raises ValueError on an entry that is neither."""
-    hosts: set[str] = set()
-    networks: list[IPNetwork] = []
-    for item in (p.strip() for p in value.split(",")):
-        if not item:
-            continue
-        bare = item[1:-1] if item.startswith("[") and item.endswith("]") else item
-        try:
-            networks.append(ipaddress.ip_network(bare, strict=False))
-            continue
-        except ValueError:
-            pass
-        invalid = ValueError(f"FETCH_ALLOW_HOSTS: not a host, address or network: {item!r}")
-        if any(c in item for c in "/:@?#[]\\% \t"):
-            raise invalid
-        try:
-            name = _normalise_host(item)
-        except (httpx.InvalidURL, UnicodeError) as exc:
-            raise invalid from exc
-        if not _HOST_RE.match(name):
-            raise invalid
-        hosts.add(name)
-    return AllowList(frozenset(hosts), tuple(networks))
 
 
 @dataclass(frozen=True)
@@ -170,6 +49,8 @@ class FetchPolicy:
     total_timeout: float = 30.0
     max_redirects: int = 3
     user_agent: str = "Kashf/0.1"
+    # Ports a public URL may name; allowlisted hosts may use any (FETCH_ALLOW_PORTS).
+    allowed_ports: frozenset[int] = DEFAULT_PORTS
 
 
 @dataclass(frozen=True)
@@ -182,66 +63,6 @@ class Fetched:
     media_type: str
     size: int
     path: Path | None = None
-
-
-def sniff_media_type(head: bytes) -> str | None:
-    """Media type from the first bytes (about 512 are enough); None when unrecognised."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if head.startswith(b"RIFF") and len(head) >= 12:
-        return {b"WEBP": "image/webp", b"AVI ": "video/x-msvideo", b"WAVE": "audio/wav"}.get(head[8:12])
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "image/tiff"
-    # "BM" alone is too weak: also require a known DIB header size.
-    if head.startswith(b"BM") and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124):
-        return "image/bmp"
-    if head[4:8] == b"ftyp":
-        return _sniff_ftyp(head)
-    if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"):
-        return "video/quicktime"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "video/webm" if b"webm" in head[:64] else "video/x-matroska"
-    if len(head) > 376 and head[0] == head[188] == head[376] == 0x47:
-        return "video/mp2t"
-    if head.startswith(b"\x00\x00\x01\xba"):
-        return "video/mpeg"
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
-        return "application/zip"
-    if head.startswith(b"%PDF-"):
-        return "application/pdf"
-    if head.startswith(b"\x1f\x8b"):
-        return "application/gzip"
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
-        return "text/html"
-    if text.startswith(b"<?xml") or text.startswith(b"<svg"):
-        # SVG is script-capable XML, never treated as an image here.
-        return "text/xml"
-    return None
-
-
-def _sniff_ftyp(head: bytes) -> str:
-    size = int.from_bytes(head[:4], "big")
-    box = head[8 : max(16, min(size, len(head)))]
-    brands = {box[i : i + 4] for i in range(0, len(box) - 3, 4)}
-    major = head[8:12]
-    if major in (b"avif", b"avis") or (major in (b"mif1", b"msf1") and b"avif" in brands):
-        return "image/avif"
-    if major in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"):
-        return "image/heic"
-    if major in (b"mif1", b"msf1"):
-        return "image/heif"
-    if major == b"qt  ":
-        return "video/quicktime"
-    if major in (b"M4A ", b"M4B ", b"F4A "):
-        return "audio/mp4"
-    if major.startswith(b"3g"):
-        return "video/3gpp"
-    return "video/mp4"
 
 
 def _accepted(media_type: str, accept: Collection[str]) -> bool:
@@ -405,6 +226,7 @@ class Fetcher:
     async def _resolve(self, url: str) -> _Target:
         parsed, host = _parse_url(url)
         name = host.rstrip(".")
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
         literal: IPAddress | None
         try:
             literal = ipaddress.ip_address(host)
@@ -416,14 +238,18 @@ class Fetcher:
         if literal is not None:
             addresses: tuple[IPAddress, ...] = (literal,)
         else:
-            if not _HOST_RE.match(host):
+            if not HOST_RE.match(host):
                 raise BadRequest(f"host {host!r} is not a valid host name", code="invalid_url")
-            addresses = await self._lookup(name, parsed.port or (443 if parsed.scheme == "https" else 80))
+            addresses = await self._lookup(name, port)
         allow = self.policy.allow_hosts
         # Every address must pass: one private answer among public ones still refuses the host.
         if any(is_forbidden_address(ip) and not allow.permits(name, ip) for ip in addresses):
             what = "is" if literal is not None else "resolves to"
             raise BadRequest(f"host {host!r} {what} a forbidden address", code="forbidden_address")
+        # Other ports of a public host reach admin consoles and mail servers, not media.
+        if port not in self.policy.allowed_ports and not all(allow.permits(name, ip) for ip in addresses):
+            allowed = ", ".join(str(p) for p in sorted(self.policy.allowed_ports))
+            raise BadRequest(f"port {port} not allowed: use {allowed}", code="forbidden_port")
         return _Target(parsed, name, addresses, literal is not None)
 
     @staticmethod
@@ -507,3 +333,9 @@ class Fetcher:
         if isinstance(exc, httpx.TimeoutException):
             return FetchFailed(f"request to {target.host!r} timed out")
         return FetchFailed(f"connection to {target.host!r} failed ({type(exc).__name__})")
+
+
+def policy_from_settings(allow_hosts: str, allow_ports: str, **limits: Any) -> FetchPolicy:
+    """A FetchPolicy from FETCH_ALLOW_HOSTS and FETCH_ALLOW_PORTS (validated by the settings) and limits."""
+    ports = frozenset(int(p) for p in allow_ports.split(",") if p.strip())
+    return FetchPolicy(allow_hosts=parse_allow_hosts(allow_hosts), allowed_ports=ports, **limits)
