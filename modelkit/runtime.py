@@ -172,7 +172,7 @@ async def serve_process(name: str, settings: CommonSettings, setup: Setup) -> in
     state = _State()
     server = _QuietServer(uvicorn.Config(
         health_app(state), host=settings.health_host, port=settings.health_port,
-        log_level="warning", lifespan="off", access_log=False,
+        log_level="warning", lifespan="off", access_log=False, log_config=None,
     ))
     http = asyncio.create_task(server.serve(), name="health-http")
     code = 0
