@@ -26,10 +26,6 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KASHF_", extra="ignore", populate_by_name=True)
 
     environment: Environment = Field("development", validation_alias=_alias("KASHF_ENVIRONMENT"))
-    database_url: str = Field(
-        "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
-        validation_alias=_alias("DATABASE_URL", "KASHF_DATABASE_URL"),
-    )
     nats_url: str = Field("nats://127.0.0.1:4222", validation_alias=_alias("NATS_URL", "KASHF_NATS_URL"))
     models_dir: Path = Field(Path("models"), validation_alias=_alias("KASHF_MODELS_DIR"))
     text_model: str = Field("text/multilingual-e5-small", validation_alias=_alias("KASHF_TEXT_MODEL"))
@@ -43,15 +39,6 @@ class CommonSettings(BaseSettings):
     max_video_bytes: int = Field(200 * 2**20, validation_alias=_alias("KASHF_MAX_VIDEO_BYTES"))
     max_image_bytes: int = Field(20 * 2**20, validation_alias=_alias("KASHF_MAX_IMAGE_BYTES"))
 
-    @field_validator("database_url")
-    @classmethod
-    def _async_driver(cls, value: str) -> str:
-        # Operators paste plain libpq URLs; SQLAlchemy's async engine needs the asyncpg driver named.
-        for plain in ("postgresql://", "postgres://"):
-            if value.startswith(plain):
-                return "postgresql+asyncpg://" + value[len(plain):]
-        return value
-
     @property
     def text_model_dir(self) -> Path:
         return self.models_dir / self.text_model
@@ -61,7 +48,25 @@ class CommonSettings(BaseSettings):
         return self.models_dir / self.image_model
 
 
-class GatewaySettings(CommonSettings):
+class DatabaseSettings(CommonSettings):
+    """Processes that use Postgres (gateway, trainer, migrations); the model services never see its URL."""
+
+    database_url: str = Field(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+        validation_alias=_alias("DATABASE_URL", "KASHF_DATABASE_URL"),
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        # Operators paste plain libpq URLs; SQLAlchemy's async engine needs the asyncpg driver named.
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):
+                return "postgresql+asyncpg://" + value[len(plain):]
+        return value
+
+
+class GatewaySettings(DatabaseSettings):
     """The HTTP gateway: limits every request is held to."""
 
     model_config = SettingsConfigDict(env_prefix="KASHF_GATEWAY_", extra="ignore", populate_by_name=True)
@@ -151,7 +156,7 @@ class VideoServiceSettings(InferenceSettings):
     tmp_dir: Path | None = Field(None, validation_alias=_alias("KASHF_VIDEO_TMP_DIR"))
 
 
-class TrainerSettings(CommonSettings):
+class TrainerSettings(DatabaseSettings):
     model_config = SettingsConfigDict(env_prefix="KASHF_TRAINER_", extra="ignore", populate_by_name=True)
 
     debounce_s: float = Field(3.0, validation_alias=_alias("KASHF_TRAIN_DEBOUNCE_S"))

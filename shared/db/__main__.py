@@ -7,7 +7,7 @@ import argparse
 from alembic import command
 
 from shared.db.migrate import alembic_config
-from shared.settings import CommonSettings
+from shared.settings import DatabaseSettings
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     rev = sub.add_parser("revision")
     rev.add_argument("-m", "--message", required=True)
     args = parser.parse_args()
-    config = alembic_config(CommonSettings().database_url)
+    config = alembic_config(DatabaseSettings().database_url)
     if args.cmd == "upgrade":
         command.upgrade(config, args.revision)
     elif args.cmd == "downgrade":
