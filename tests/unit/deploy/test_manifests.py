@@ -316,9 +316,16 @@ def test_shipped_images_run_as_non_root_with_a_healthcheck_and_without_torch(tar
         if op == "RUN":
             assert not re.search(r"\b(torch|transformers|gcc|g\+\+|build-essential)\b", rest), rest
             assert "--extra build" not in rest, rest
-        if op == "COPY" and "--from=" not in rest:
-            # Build and dev tools (torch code, make up) and tests never reach a shipped image.
-            assert rest.split()[0].split("/")[0] not in {"modelbuild", "devtools", "tests", "bench"}, rest
+        if op == "COPY" and "--from=" in rest:
+            # Build and dev tools (torch code, make up) and tests never reach a shipped image, directly or
+            # through a stage it copies from.
+            source = re.search(r"--from=(\S+)", rest).group(1)  # type: ignore[union-attr]
+            copied = _chain(stages, source) if source in stages and source != "models" else []
+        else:
+            copied = [(op, rest)]
+        for copy_op, copy_rest in copied:
+            if copy_op == "COPY" and "--from=" not in copy_rest:
+                assert copy_rest.split()[0].split("/")[0] not in {"modelbuild", "devtools", "tests", "bench"}, rest
         if op == "COPY" and "--from=" in rest:
             source = re.search(r"--from=(\S+)", rest).group(1)  # type: ignore[union-attr]
             if source == "models":
