@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.bus import finish_or_cancel
+from shared.bus.pull import finish_or_cancel
 
 
 async def test_finish_or_cancel_waits_then_cancels_what_is_late() -> None:

@@ -1,5 +1,7 @@
 """The NATS bus: request/reply with explicit timeouts, one error mapping, queue-group services.
 
+Durable pull consumers live in ``shared.bus.pull``, the upload store in ``shared.bus.blobs``.
+
 Errors cross the wire as headers (``Kashf-Error-Status``, ``Kashf-Error-Code``) with the detail as
 body, so a service's ``KashfError`` reaches the gateway's client unchanged.
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import nats
@@ -19,10 +21,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, StorageType, StreamConfig
+from nats.js.api import StorageType, StreamConfig
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
+
+# The trainer imports these from here until it adopts PullWorker (shared.bus.pull); then they go.
+from shared.bus.pull import bind_pull_consumer as bind_pull_consumer
+from shared.bus.pull import finish_or_cancel as finish_or_cancel
+from shared.bus.pull import unbind as unbind
 from shared.errors import (
     Internal,
     InvalidInput,
@@ -242,35 +249,3 @@ class Bus:
                 await asyncio.wait_for(self.nc.drain(), timeout=5.0)
             if not self.nc.is_closed:
                 await self.nc.close()
-
-
-# Durable pull consumers (the trainer's events, video jobs): binding and a bounded stop.
-
-
-async def bind_pull_consumer(
-    js: JetStreamContext, stream: str, config: ConsumerConfig
-) -> JetStreamContext.PullSubscription:
-    """Create or update the durable consumer and bind to it. An existing durable whose settings cannot
-    change in place keeps them (logged for operators)."""
-    try:
-        await js.add_consumer(stream, config)
-    except nats.js.errors.BadRequestError as exc:
-        log.warning("consumer_config_kept", durable=config.durable_name, error=str(exc))
-    return await js.pull_subscribe_bind(durable=config.durable_name, stream=stream)
-
-
-async def unbind(sub: JetStreamContext.PullSubscription | None) -> None:
-    if sub is not None:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
-
-
-async def finish_or_cancel(tasks: Collection[asyncio.Task[None]], timeout_s: float) -> None:
-    """Let ``tasks`` finish for up to ``timeout_s``, then cancel the rest and wait until they are gone."""
-    if not tasks:
-        return
-    _, late = await asyncio.wait(tasks, timeout=timeout_s)
-    for task in late:
-        task.cancel()
-    if late:
-        await asyncio.wait(late)
