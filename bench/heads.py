@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 
 from modelkit.heads import UNKNOWN_TAG_ID, tag_vectors
 from shared.schemas.inference import TagRef
-from trainer.service import FitConfig, Report, fit_head
+from trainer.fitting import FitConfig, Report, fit_head
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT_MODEL = "text/multilingual-e5-small"

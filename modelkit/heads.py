@@ -20,12 +20,11 @@ import numpy as np
 from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
 
+from modelkit.metrics import Metrics, default_metrics
 from shared import subjects
 from shared.errors import Internal, Unavailable
-from shared.schemas.inference import HeadRef, ScoredTag, TagRef
+from shared.schemas.inference import UNKNOWN_TAG_ID, UNKNOWN_TITLE, HeadRef, ScoredTag, TagRef
 
-UNKNOWN_TAG_ID = 0
-UNKNOWN_TITLE = "ناآشنا"
 ZERO_SHOT_THRESHOLD = 0.5
 FORMAT_VERSION = 2  # 2 added "exclusive" and "none_logit" to the meta record; format 1 blobs still load
 _READABLE = (1, 2)
@@ -36,7 +35,7 @@ def unknown_tag() -> ScoredTag:
     return ScoredTag(id=UNKNOWN_TAG_ID, title=UNKNOWN_TITLE, probability=1.0)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     # Clipping keeps exp() finite; probabilities saturate long before |z| = 40.
     out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
     return out
@@ -53,7 +52,7 @@ def exclusive_probabilities(z: np.ndarray, none_logit: float) -> np.ndarray:
         # Every tag's strongest rival is the top tag, except the top tag's own, which is the second.
         others = np.where(np.arange(k)[None, :] == order[:, :1], second, top)
         rival = np.maximum(rival, others)
-    return _sigmoid(z - rival)
+    return sigmoid(z - rival)
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ class Head:
         """Calibrated probabilities, shape (n, k)."""
         raw = self.decision(vectors).astype(np.float64)
         z = self.calibration[:, 0] * raw + self.calibration[:, 1]
-        return exclusive_probabilities(z, self.none_logit) if self.exclusive else _sigmoid(z)
+        return exclusive_probabilities(z, self.none_logit) if self.exclusive else sigmoid(z)
 
     def to_bytes(self) -> bytes:
         """An ``.npz`` archive: the arrays plus a JSON meta record (no pickle)."""
@@ -211,12 +210,12 @@ async def load_head(js: JetStreamContext, dataset_id: int, version: int) -> Head
 class HeadCache:
     """LRU of loaded heads keyed by (dataset_id, version); concurrent gets of one key load once."""
 
-    def __init__(self, js: JetStreamContext, max_entries: int = 256) -> None:
+    def __init__(self, js: JetStreamContext, max_entries: int = 256, metrics: Metrics | None = None) -> None:
         self._js = js
         self._max = max_entries
         self._heads: OrderedDict[tuple[int, int], Head] = OrderedDict()
         self._loading: dict[tuple[int, int], asyncio.Task[Head]] = {}
-        self.loads = 0  # object-store reads, for metrics and tests
+        self._loads = (metrics or default_metrics()).head_loads
 
     def __len__(self) -> int:
         return len(self._heads)
@@ -240,7 +239,7 @@ class HeadCache:
 
     async def _load(self, key: tuple[int, int]) -> Head:
         try:
-            self.loads += 1
+            self._loads.inc()
             head = await load_head(self._js, *key)
         finally:
             self._loading.pop(key, None)

@@ -31,6 +31,7 @@ class Metrics:
     model_seconds: Histogram  # labels: batcher
     training_runs: Counter  # labels: outcome
     training_seconds: Histogram
+    head_loads: Counter  # heads read from the object store: HeadCache misses
     ready: Gauge  # 1 when /readyz answers 200
 
 
@@ -57,6 +58,8 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
             "kashf_training_seconds", "Time to fit and evaluate one head", buckets=_TRAIN_BUCKETS,
             registry=registry,
         ),
+        head_loads=Counter("kashf_head_loads", "Heads read from the object store (cache misses)",
+                           registry=registry),
         ready=Gauge("kashf_ready", "1 when the process is ready to serve", registry=registry),
     )
 

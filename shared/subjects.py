@@ -19,6 +19,9 @@ TEXT_TAG = Subject("kashf.text.tag.v1", 30.0, "text_service")
 VISION_EMBED = Subject("kashf.vision.embed.v1", 60.0, "vision_service")
 VISION_TAG = Subject("kashf.vision.tag.v1", 60.0, "vision_service")
 VIDEO_TAG = Subject("kashf.video.tag.v1", 180.0, "video_service")
+# Which embedding model a service runs ({model_id, dim}); the trainer asks before each refit.
+TEXT_MODEL_INFO = Subject("kashf.models.text.info.v1", 5.0, "text_service")
+IMAGE_MODEL_INFO = Subject("kashf.models.image.info.v1", 5.0, "vision_service")
 
 # JetStream: durable events. Subjects carry the dataset id so a consumer could filter.
 EVENTS_STREAM = "KASHF_EVENTS"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 
+from modelkit.info import serve_model_info
 from modelkit.metrics import instrumented
 from shared.bus import Bus
 from shared.errors import TooLarge
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest, TagReply, TagTextsRequest, pack_vectors
-from shared.subjects import TEXT_EMBED, TEXT_TAG
+from shared.subjects import TEXT_EMBED, TEXT_MODEL_INFO, TEXT_TAG
 from text_service.service import TextService
 
 _REPLY_OVERHEAD = 256  # JSON keys, model id and dim around the base64 vectors
@@ -20,7 +21,7 @@ def max_texts_per_embed(max_payload: int, dim: int) -> int:
 
 
 async def serve(bus: Bus, service: TextService, *, concurrency: int) -> None:
-    """Subscribe both subjects; call only once the model is warmed."""
+    """Subscribe embed, tag and model info; call only once the model is warmed."""
     limit = max_texts_per_embed(bus.nc.max_payload, service.dim)
 
     async def embed(request: EmbedTextsRequest) -> EmbedReply:
@@ -38,3 +39,4 @@ async def serve(bus: Bus, service: TextService, *, concurrency: int) -> None:
         TEXT_EMBED, EmbedTextsRequest, instrumented(TEXT_EMBED.name, embed), concurrency=concurrency
     )
     await bus.serve(TEXT_TAG, TagTextsRequest, instrumented(TEXT_TAG.name, tag), concurrency=concurrency)
+    await serve_model_info(bus, TEXT_MODEL_INFO, service)

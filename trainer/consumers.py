@@ -2,113 +2,39 @@
 
 Per dataset, report events are held (unacked) and debounced into one refit; a train request
 refits at once. Messages are acked only after the refit committed, nak'ed with a delay on
-transient failures, and terminated when unparseable.
+transient failures, and terminated when unparseable. A new head is announced once committed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import io
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 import nats.errors
-import nats.js.errors
-import numpy as np
 import sqlalchemy.exc
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from PIL import Image
 from pydantic import ValidationError
 
 from modelkit.metrics import Metrics, default_metrics
 from shared import subjects
 from shared.bus import Bus, bind_pull_consumer, finish_or_cancel, unbind
 from shared.errors import KashfError, Overloaded, Timeout, Unavailable
-from shared.schemas.events import ReportEvent, TrainRequest
-from shared.schemas.inference import EmbedReply, EmbedTextsRequest
-from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput
-from trainer.repository import ItemToEmbed
+from shared.schemas.events import DatasetsChanged, ReportEvent, TrainRequest
 from trainer.service import Trainer
 
 log = structlog.get_logger(__name__)
 
-_PROBE_TEXT = "model probe"
 
-
-class BusEmbedder:
-    """Embeds items by asking the model services over NATS."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-
-    async def model_id(self, kind: str) -> str:
-        if kind == "text":
-            reply = await self.bus.request(subjects.TEXT_EMBED, EmbedTextsRequest(texts=[_PROBE_TEXT]), EmbedReply)
-            return reply.model_id
-        # The vision service has no model-info subject: one tiny inline image tells its model id.
-        probe = MediaInput(data=base64.b64encode(_blank_png()))
-        image_reply = await self.bus.request(subjects.VISION_EMBED, EmbedImagesRequest(images=[probe]),
-                                             EmbedImagesReply)
-        return image_reply.model_id
-
-    async def embed(self, kind: str, items: Sequence[ItemToEmbed]) -> tuple[str, list[np.ndarray | None]]:
-        if kind == "text":
-            texts = [item.content or "" for item in items]
-            reply = await self.bus.request(subjects.TEXT_EMBED, EmbedTextsRequest(texts=texts), EmbedReply)
-            return reply.model_id, list(reply.array())
-        # Kept image bytes travel by object-store key: a message carries at most 1 MiB.
-        keys: list[str] = []
-        inputs: list[MediaInput] = []
-        try:
-            for item in items:
-                if item.media is not None:
-                    keys.append(await self._put_blob(item.media))
-                    inputs.append(MediaInput(blob_key=keys[-1]))
-                else:
-                    inputs.append(MediaInput(url=item.source_url))
-            image_reply = await self.bus.request(subjects.VISION_EMBED, EmbedImagesRequest(images=inputs),
-                                                 EmbedImagesReply)
-        finally:
-            await self._delete_blobs(keys)
-        vectors: list[np.ndarray | None] = []
-        for item, result in zip(items, image_reply.items, strict=True):
-            if result.vector is None:
-                # One unreadable image must not block the dataset: it is left out of this fit.
-                log.warning("item_not_embedded", item_id=item.id, error_code=result.error_code, error=result.error)
-                vectors.append(None)
-            else:
-                vectors.append(np.frombuffer(result.vector, dtype=np.float32).reshape(image_reply.dim))
-        return image_reply.model_id, vectors
-
-    async def _put_blob(self, data: bytes) -> str:
-        key = f"trainer-{secrets.token_hex(16)}"
-        try:
-            store = await self.bus.js.object_store(subjects.BLOBS_BUCKET)
-            await store.put(key, data)
-        except (nats.errors.Error, TimeoutError, OSError) as exc:
-            raise Unavailable("blob store unavailable") from exc
-        return key
-
-    async def _delete_blobs(self, keys: Sequence[str]) -> None:
-        # Best effort: the bucket's TTL removes what is left behind.
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError):
-            store = await self.bus.js.object_store(subjects.BLOBS_BUCKET)
-            for key in keys:
-                await store.delete(key)
-
-
-def _blank_png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 32), (128, 128, 128)).save(buf, format="PNG")
-    return buf.getvalue()
+async def announce_new_head(bus: Bus, dataset_id: int) -> None:
+    """Gateways drop what they cached of the dataset (its head version) at once, not after their TTL."""
+    await bus.broadcast(subjects.DATASETS_CHANGED, DatasetsChanged(dataset_ids=[dataset_id]))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -145,7 +71,6 @@ class TrainerConsumer:
         max_deliver: int,
         ack_wait_s: float,
         durable: str = subjects.TRAINER_DURABLE,
-        deliver_new: bool = False,
         concurrency: int = 1,
         retry_delay_s: float = 5.0,
         max_debounce_s: float | None = None,
@@ -159,7 +84,6 @@ class TrainerConsumer:
         self.max_deliver = max_deliver
         self.ack_wait_s = ack_wait_s
         self.durable = durable
-        self.deliver_new = deliver_new
         self.retry_delay_s = retry_delay_s
         self._slots = asyncio.Semaphore(concurrency)
         self._pending: dict[int, _Pending] = {}
@@ -167,7 +91,6 @@ class TrainerConsumer:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sub: JetStreamContext.PullSubscription | None = None
-        self.refits = 0  # completed refits, for tests and metrics
 
     @property
     def running(self) -> bool:
@@ -182,7 +105,7 @@ class TrainerConsumer:
             ack_wait=self.ack_wait_s,
             max_deliver=self.max_deliver,
             max_ack_pending=10_000,
-            deliver_policy=DeliverPolicy.NEW if self.deliver_new else DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL,
             filter_subjects=[f"{subjects.REPORT_EVENT}.*", f"{subjects.TRAIN_EVENT}.*"],
         )
         self._sub = await bind_pull_consumer(js, subjects.EVENTS_STREAM, config)
@@ -285,10 +208,11 @@ class TrainerConsumer:
             return
         self.metrics.training_runs.labels(outcome=outcome.state).inc()
         self.metrics.training_seconds.observe(time.perf_counter() - started)
-        self.refits += 1
         if outcome.state == "missing":
             log.info("dataset_missing_acked", dataset_id=dataset_id, events=len(batch))
         await _settle(batch, "ack")
+        if outcome.state == "trained":
+            await announce_new_head(self.bus, dataset_id)
 
     async def _failed(self, dataset_id: int, batch: list[Msg], exc: Exception) -> None:
         deliveries = max(_deliveries(m) for m in batch)

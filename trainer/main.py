@@ -12,11 +12,11 @@ from modelkit.heads import store_head
 from modelkit.runtime import Readiness, run_service
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.schemas.events import DatasetsChanged
 from shared.settings import TrainerSettings
-from shared.subjects import DATASETS_CHANGED
-from trainer.consumers import BusEmbedder, TrainerConsumer
-from trainer.service import FitConfig, Trainer
+from trainer.consumers import TrainerConsumer
+from trainer.embedder import BusEmbedder
+from trainer.fitting import FitConfig
+from trainer.service import Trainer
 
 
 async def database_reachable(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:
@@ -31,17 +31,13 @@ async def database_reachable(engine: AsyncEngine, timeout_s: float = 2.0) -> boo
     return True
 
 
-async def announce_new_head(bus: Bus, dataset_id: int) -> None:
-    await bus.broadcast(DATASETS_CHANGED, DatasetsChanged(dataset_ids=[dataset_id]))
-
-
 async def setup(settings: TrainerSettings, bus: Bus) -> Readiness:
     """Declare the stream, then start pulling: a refit runs only once both the bus and Postgres answer."""
     await ensure_streams(bus.js)
     engine = make_engine(settings.database_url, pool_size=4)
     trainer = Trainer(
         make_sessionmaker(engine), BusEmbedder(bus), functools.partial(store_head, bus.js),
-        config=FitConfig(cv_folds=settings.cv_folds), on_new_head=functools.partial(announce_new_head, bus),
+        config=FitConfig(cv_folds=settings.cv_folds),
     )
     consumer = TrainerConsumer(
         bus, trainer, debounce_s=settings.debounce_s, max_deliver=settings.max_deliver,

@@ -7,12 +7,13 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
 
+from modelkit.info import serve_model_info
 from modelkit.metrics import instrumented
 from shared.bus import Bus
 from shared.errors import NotFound, TooLarge, Unavailable
 from shared.schemas.inference import TagReply
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, TagImagesRequest
-from shared.subjects import BLOBS_BUCKET, VISION_EMBED, VISION_TAG
+from shared.subjects import BLOBS_BUCKET, IMAGE_MODEL_INFO, VISION_EMBED, VISION_TAG
 from vision_service.service import VisionService
 
 _ITEM_OVERHEAD = 160  # JSON keys and the sha256 around one base64 vector
@@ -48,7 +49,7 @@ class ObjectStoreBlobs:
 
 
 async def serve(bus: Bus, service: VisionService, *, concurrency: int) -> None:
-    """Subscribe both subjects; call only once the model is warmed."""
+    """Subscribe embed, tag and model info; call only once the model is warmed."""
     max_payload = bus.nc.max_payload
     limit = max_images_per_embed(max_payload, service.dim)
 
@@ -71,3 +72,4 @@ async def serve(bus: Bus, service: VisionService, *, concurrency: int) -> None:
         VISION_EMBED, EmbedImagesRequest, instrumented(VISION_EMBED.name, embed), concurrency=concurrency
     )
     await bus.serve(VISION_TAG, TagImagesRequest, instrumented(VISION_TAG.name, tag), concurrency=concurrency)
+    await serve_model_info(bus, IMAGE_MODEL_INFO, service)

@@ -10,6 +10,11 @@ from pydantic import Base64Bytes, Field
 from shared.schemas.base import Message
 
 
+# The tag answered when no tag passes (gateway and model services alike).
+UNKNOWN_TAG_ID = 0
+UNKNOWN_TITLE = "ناآشنا"
+
+
 def pack_vectors(vectors: np.ndarray) -> bytes:
     """Row-major float32 bytes of an (n, dim) matrix."""
     return np.ascontiguousarray(vectors, dtype=np.float32).tobytes()
@@ -75,3 +80,12 @@ class ItemResult(Message):
 class TagReply(Message):
     model_id: str
     items: list[ItemResult]
+
+
+class ModelInfoRequest(Message):
+    """Asks a model service which embedding model it runs (no fields)."""
+
+
+class ModelInfoReply(Message):
+    model_id: str
+    dim: int

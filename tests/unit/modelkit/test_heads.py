@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
-from modelkit.heads import UNKNOWN_TAG_ID, UNKNOWN_TITLE, Head, HeadCache, load_head, store_head, tag_vectors
+from modelkit.heads import Head, HeadCache, load_head, store_head, tag_vectors
+from modelkit.metrics import create_metrics
 from shared.bus import Bus, ensure_streams
 from shared.errors import Internal, Unavailable
-from shared.schemas.inference import HeadRef, TagRef
+from shared.schemas.inference import UNKNOWN_TAG_ID, UNKNOWN_TITLE, HeadRef, TagRef
 
 SPORT = TagRef(id=11, title="ورزش")
 FOOD = TagRef(id=12, title="غذا")
@@ -118,18 +120,23 @@ async def test_cache_loads_once_and_evicts_least_recent(js_bus: Bus) -> None:
     dataset_id = int(uuid.uuid4().int % 10**9)
     for version in (1, 2):
         await store_head(js_bus.js, dataset_id, _head(version=version))
-    cache = HeadCache(js_bus.js, max_entries=1)
+    registry = CollectorRegistry()
+    cache = HeadCache(js_bus.js, max_entries=1, metrics=create_metrics(registry))
+
+    def loads() -> float | None:  # object-store reads, as /metrics shows them
+        return registry.get_sample_value("kashf_head_loads_total")
+
     assert await cache.get(HeadRef(dataset_id=dataset_id, version=None)) is None
     first = await asyncio.gather(*(cache.get(HeadRef(dataset_id=dataset_id, version=1)) for _ in range(5)))
     assert all(h is not None and h.version == 1 for h in first)
-    assert cache.loads == 1  # five concurrent gets, one object-store read
+    assert loads() == 1  # five concurrent gets, one object-store read
     await cache.get(HeadRef(dataset_id=dataset_id, version=1))
-    assert cache.loads == 1
+    assert loads() == 1
     second = await cache.get(HeadRef(dataset_id=dataset_id, version=2))
     assert second is not None and second.version == 2
-    assert len(cache) == 1 and cache.loads == 2
+    assert len(cache) == 1 and loads() == 2
     await cache.get(HeadRef(dataset_id=dataset_id, version=1))  # evicted: read again
-    assert cache.loads == 3
+    assert loads() == 3
 
 
 async def test_missing_head_is_unavailable_and_not_cached(js_bus: Bus) -> None:

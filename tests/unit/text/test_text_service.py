@@ -15,9 +15,18 @@ from modelkit.onnx.text import TextEncoder
 from modelkit.runtime import Readiness, stop_service
 from shared.bus import Bus
 from shared.errors import KashfError
-from shared.schemas.inference import EmbedReply, EmbedTextsRequest, HeadRef, TagRef, TagReply, TagTextsRequest
+from shared.schemas.inference import (
+    EmbedReply,
+    EmbedTextsRequest,
+    HeadRef,
+    ModelInfoReply,
+    ModelInfoRequest,
+    TagRef,
+    TagReply,
+    TagTextsRequest,
+)
 from shared.settings import TextServiceSettings
-from shared.subjects import TEXT_EMBED, TEXT_TAG
+from shared.subjects import TEXT_EMBED, TEXT_MODEL_INFO, TEXT_TAG
 from shared.textnorm import normalize_text
 from tests.unit.text.texts import BUY, CORPUS, OTHER, POOR, VARIANTS
 from text_service.main import setup
@@ -103,6 +112,14 @@ async def test_embed_returns_unit_vectors_in_request_order(
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # row i is text i's own vector, whatever batches the service merged it into
     np.testing.assert_allclose(vectors, expected(encoder, CORPUS), atol=1e-5)
+
+
+async def test_model_info_names_the_model_its_vectors_come_from(
+        start_service: Start, encoder: TextEncoder) -> None:
+    client = await start_service()
+    info = await client.request(TEXT_MODEL_INFO, ModelInfoRequest(), ModelInfoReply)
+    reply = await embed(client, CORPUS[:1])
+    assert (info.model_id, info.dim) == (encoder.model_id, encoder.dim) == (reply.model_id, reply.dim)
 
 
 async def test_concurrent_clients_each_get_their_own_vectors(

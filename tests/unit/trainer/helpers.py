@@ -1,4 +1,4 @@
-"""Shared pieces of the trainer tests: a deterministic embedder, a seeded dataset, polling its state."""
+"""Shared pieces of the trainer tests: a deterministic text model on the bus, a seeded dataset, polling."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import zlib
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.bus import Bus
 from shared.db.models import Account, DataItem, Dataset, Report, Tag
-from shared.schemas.inference import EmbedReply, EmbedTextsRequest
+from shared.schemas.inference import EmbedReply, EmbedTextsRequest, ModelInfoReply, ModelInfoRequest
+from shared.subjects import TEXT_EMBED, TEXT_MODEL_INFO
 
 MODEL_ID = "test-embedder@1"
 DIM = 24
@@ -28,9 +30,25 @@ def embed_one(text: str) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
-async def embed_handler(request: EmbedTextsRequest) -> EmbedReply:
-    vectors = np.stack([embed_one(t) for t in request.texts])
-    return EmbedReply(model_id=MODEL_ID, dim=DIM, vectors=base64.b64encode(vectors.tobytes()))
+class TextModel:
+    """What the trainer asks of a text service, on the real subjects: embed and model info.
+
+    ``info_model`` and ``embed_model`` differ to play a rolling upgrade (replicas on two models).
+    """
+
+    def __init__(self, model_id: str = MODEL_ID) -> None:
+        self.info_model = self.embed_model = model_id
+
+    async def embed(self, request: EmbedTextsRequest) -> EmbedReply:
+        vectors = np.stack([embed_one(t) for t in request.texts])
+        return EmbedReply(model_id=self.embed_model, dim=DIM, vectors=base64.b64encode(vectors.tobytes()))
+
+    async def info(self, _: ModelInfoRequest) -> ModelInfoReply:
+        return ModelInfoReply(model_id=self.info_model, dim=DIM)
+
+    async def serve(self, bus: Bus) -> None:
+        await bus.serve(TEXT_EMBED, EmbedTextsRequest, self.embed, concurrency=4)
+        await bus.serve(TEXT_MODEL_INFO, ModelInfoRequest, self.info, concurrency=4)
 
 
 async def seed(sessions: async_sessionmaker[AsyncSession], per_group: int = 5) -> tuple[int, dict[str, int]]:

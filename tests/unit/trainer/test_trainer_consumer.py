@@ -1,4 +1,4 @@
-"""The trainer end to end: real Postgres, real JetStream, and a test responder on TEXT_EMBED."""
+"""The trainer's consumer end to end: real Postgres, real JetStream, test responders on the model subjects."""
 
 from __future__ import annotations
 
@@ -7,51 +7,40 @@ import base64
 import functools
 import hashlib
 import io
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
 import pytest
+from nats.aio.msg import Msg
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelkit.heads import Head, load_head, store_head, tag_vectors
 from modelkit.metrics import create_metrics
-from shared.bus import Bus, ensure_streams
-from shared.db.engine import make_engine, make_sessionmaker
+from shared.bus import Bus
 from shared.db.models import Account, DataItem, Dataset, Embedding, HeadVersion, Report, Tag
 from shared.schemas.events import ReportEvent, TrainRequest
-from shared.schemas.inference import EmbedTextsRequest, TagRef
+from shared.schemas.inference import ModelInfoReply, ModelInfoRequest, TagRef
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, ImageEmbedding
-from shared.subjects import BLOBS_BUCKET, EVENTS_STREAM, TEXT_EMBED, VISION_EMBED, report_subject, train_subject
-from tests.unit.trainer.helpers import MODEL_ID, embed_handler, embed_one, seed, wait_state
-from trainer.consumers import BusEmbedder, TrainerConsumer
-from trainer.service import FitConfig, Trainer, fit_head
-from trainer.service import Report as FitReport
-
-
-@pytest.fixture
-async def engine(clean_db: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(clean_db, pool_size=4)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return make_sessionmaker(engine)
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_url, "test-trainer")
-    await ensure_streams(bus.js)
-    yield bus
-    await bus.close(5)
-
+from shared.subjects import (
+    BLOBS_BUCKET,
+    EVENTS_STREAM,
+    IMAGE_MODEL_INFO,
+    VISION_EMBED,
+    report_subject,
+    train_subject,
+)
+from tests.unit.trainer.helpers import MODEL_ID, TextModel, embed_one, seed, wait_state
+from trainer.consumers import TrainerConsumer
+from trainer.embedder import BusEmbedder
+from trainer.fitting import FitConfig, fit_head
+from trainer.fitting import Report as FitReport
+from trainer.service import Trainer
 
 Responder = Callable[[], Awaitable[Bus]]
 
@@ -62,8 +51,7 @@ async def start_responder(nats_url: str) -> AsyncIterator[Responder]:
 
     async def start() -> Bus:
         responder = await Bus.connect(nats_url, "test-embed-responder")
-        await responder.serve(TEXT_EMBED, EmbedTextsRequest, embed_handler, concurrency=4)
-        await responder.nc.flush()
+        await TextModel().serve(responder)
         started.append(responder)
         return responder
 
@@ -81,8 +69,7 @@ async def make_consumer(bus: Bus, sessions: async_sessionmaker[AsyncSession]) ->
                           overrides.pop("store", functools.partial(store_head, bus.js)),
                           config=FitConfig(cv_folds=3))
         options: dict[str, Any] = {"debounce_s": 0.3, "max_deliver": 5, "ack_wait_s": 5.0,
-                                   "durable": f"trainer-test-{uuid.uuid4().hex[:8]}", "deliver_new": True,
-                                   "retry_delay_s": 0.3}
+                                   "durable": f"trainer-test-{uuid.uuid4().hex[:8]}", "retry_delay_s": 0.3}
         options |= overrides
         consumer = TrainerConsumer(options.pop("consumer_bus", bus), trainer, **options)
         await consumer.start()
@@ -109,6 +96,17 @@ async def recompute(sessions: async_sessionmaker[AsyncSession], dataset_id: int)
     reports = [FitReport(items.index(r.item_id), r.tag_id, r.positive) for r in rows]
     result = fit_head(matrix, reports, tag_ids, FitConfig(cv_folds=3))
     return result, sorted(active)
+
+
+async def wait_settled(bus: Bus, durable: str, timeout_s: float = 20.0) -> None:
+    """Until the consumer holds no event: every one acked or terminated, so no further refit can come."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        info = await bus.js.consumer_info(EVENTS_STREAM, durable)
+        if info.num_ack_pending == 0 and info.num_pending == 0:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"events still held: {info}"
+        await asyncio.sleep(0.1)
 
 
 async def test_train_request_fits_evaluates_and_stores_head(
@@ -166,13 +164,14 @@ async def test_report_burst_is_debounced_into_one_refit(
         await bus.publish_event(report_subject(dataset_id), event, msg_id=uuid.uuid4().hex)
     dataset = await wait_state(sessions, dataset_id, {"trained", "failed"})
     assert dataset.state == "trained"
-    await asyncio.sleep(1.0)
-    assert consumer.refits == 1
-    # What /metrics shows.
+    await wait_settled(bus, consumer.durable)
+    # What /metrics shows: one fit for the four events.
     assert registry.get_sample_value("kashf_training_runs_total", {"outcome": "trained"}) == 1
     assert (registry.get_sample_value("kashf_training_seconds_sum") or 0) > 0
-    info = await bus.js.consumer_info(EVENTS_STREAM, consumer.durable)
-    assert info.num_ack_pending == 0 and info.num_pending == 0
+    async with sessions() as s:
+        versions = await s.scalar(select(func.count()).select_from(HeadVersion)
+                                  .where(HeadVersion.dataset_id == dataset_id))
+    assert versions == 1 and dataset.head_version == 1
 
 
 async def test_poison_message_is_terminated_not_retried(
@@ -180,16 +179,27 @@ async def test_poison_message_is_terminated_not_retried(
 ) -> None:
     await start_responder()
     dataset_id, _ = await seed(sessions)
-    consumer = await make_consumer(ack_wait_s=1.0)
-    await bus.js.publish(train_subject(dataset_id), b"{not json", headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    durable = f"trainer-poison-{uuid.uuid4().hex[:8]}"
+    terminated: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def on_terminated(msg: Msg) -> None:
+        await terminated.put(json.loads(msg.data))
+
+    # The server's own record of a term(): an advisory naming the stream sequence of the message.
+    await bus.nc.subscribe(f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{EVENTS_STREAM}.{durable}",
+                           cb=on_terminated)
+    registry = CollectorRegistry()
+    await make_consumer(ack_wait_s=1.0, durable=durable, metrics=create_metrics(registry))
+    poison = await bus.js.publish(train_subject(dataset_id), b"{not json", headers={"Nats-Msg-Id": uuid.uuid4().hex})
     await bus.publish_event(train_subject(dataset_id), TrainRequest(dataset_id=dataset_id), msg_id=uuid.uuid4().hex)
+    advisory = await asyncio.wait_for(terminated.get(), 10)
+    assert advisory["stream_seq"] == poison.seq and advisory["deliveries"] == 1
     dataset = await wait_state(sessions, dataset_id, {"trained", "failed"})
     assert dataset.state == "trained"
-    await asyncio.sleep(2.5)  # past ack_wait: a merely unacked poison message would be redelivered
-    info = await bus.js.consumer_info(EVENTS_STREAM, consumer.durable)
-    assert info.num_ack_pending == 0
+    await wait_settled(bus, durable)
+    info = await bus.js.consumer_info(EVENTS_STREAM, durable)
     assert info.num_redelivered == 0
-    assert consumer.refits == 1
+    assert registry.get_sample_value("kashf_training_runs_total", {"outcome": "trained"}) == 1
 
 
 async def test_missing_embedder_is_retried_then_succeeds(
@@ -223,15 +233,14 @@ async def test_crash_mid_training_is_redelivered_and_completes(
 
     first = TrainerConsumer(
         doomed, Trainer(sessions, BusEmbedder(doomed), hang, config=FitConfig(cv_folds=3)),
-        debounce_s=0.1, max_deliver=5, ack_wait_s=2.0, durable=durable, deliver_new=True,
+        debounce_s=0.1, max_deliver=5, ack_wait_s=2.0, durable=durable,
     )
     await first.start()
     await bus.publish_event(train_subject(dataset_id), TrainRequest(dataset_id=dataset_id), msg_id=uuid.uuid4().hex)
     await asyncio.wait_for(reached.wait(), 20)
-    # The crash: the connection dies with the message unacked and nothing handed back.
+    # The crash: the connection dies with the message unacked, so nothing can be handed back.
     await doomed.nc.close()
-    for task in [*first._tasks, *(p.task for p in first._pending.values() if p.task)]:
-        task.cancel()
+    await first.stop(0.1)
     async with sessions() as s:
         crashed = await s.get(Dataset, dataset_id)
         assert crashed is not None and crashed.state == "training"
@@ -284,19 +293,21 @@ async def test_image_dataset_embeds_through_vision_blobs(
         store = await responder.js.object_store(BLOBS_BUCKET)
         items = []
         for ref in request.images:
-            if ref.data is not None:  # the model probe: small enough to ride inline
-                data = ref.data
-            else:
-                assert ref.blob_key is not None  # kept bytes travel by object-store key, never inline
-                seen.append(ref.blob_key)
-                data = (await store.get(ref.blob_key)).data or b""
+            # Kept bytes travel by object-store key, never inline (and no probe image asks the model id).
+            assert ref.blob_key is not None and ref.data is None
+            seen.append(ref.blob_key)
+            data = (await store.get(ref.blob_key)).data or b""
             if data.startswith(b"corrupt"):
                 items.append(ImageEmbedding(error="cannot decode", error_code="unsupported_media", error_status=415))
             else:
                 items.append(ImageEmbedding(vector=base64.b64encode(_colour_vector(data).tobytes())))
         return EmbedImagesReply(model_id="test-vision@1", dim=4, items=items)
 
+    async def vision_info(_: ModelInfoRequest) -> ModelInfoReply:
+        return ModelInfoReply(model_id="test-vision@1", dim=4)
+
     await responder.serve(VISION_EMBED, EmbedImagesRequest, vision_embed, concurrency=2)
+    await responder.serve(IMAGE_MODEL_INFO, ModelInfoRequest, vision_info, concurrency=2)
     try:
         async with sessions.begin() as s:
             account = Account(name="pictures")

@@ -1,4 +1,4 @@
-"""Fitting and evaluation on small labelled sets: what the dataset_info figures and the tags mean."""
+"""Fitting on small labelled sets: what the fitted head answers and which figures each tag gets."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from modelkit.heads import UNKNOWN_TAG_ID, Head, tag_vectors
-from shared.schemas.inference import TagRef
-from trainer.service import Counts, FitConfig, NothingToFit, Report, best_threshold, fit_head
+from modelkit.heads import Head, tag_vectors
+from shared.schemas.inference import UNKNOWN_TAG_ID, TagRef
+from trainer.evaluation import Counts
+from trainer.fitting import FitConfig, NothingToFit, Report, fit_head
 
 DIM = 32
 
@@ -109,17 +110,6 @@ def test_micro_average_counts_only_active_tags() -> None:
         assert c is not None
         total = total + c
     assert result.dataset_evaluation({10, 11}) == total.figures()
-
-
-def test_figures_are_percent_with_one_decimal() -> None:
-    assert Counts(tp=2, fp=1, fn=0).figures() == {"recall": 100.0, "precision": 66.7, "f1": 80.0}
-    assert Counts(tp=0, fp=0, fn=3).figures() == {"recall": 0.0, "precision": 0.0, "f1": 0.0}
-
-
-def test_threshold_sits_between_separated_classes() -> None:
-    probs = np.array([0.1, 0.2, 0.3, 0.7, 0.8])
-    y = np.array([0, 0, 0, 1, 1])
-    assert 0.3 < best_threshold(probs, y) < 0.7
 
 
 def test_reduced_space_fit_equals_full_space_fit() -> None:

@@ -20,9 +20,8 @@ from modelkit.heads import load_head
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.schemas.events import DatasetsChanged, TrainRequest
-from shared.schemas.inference import EmbedTextsRequest
-from shared.subjects import DATASETS_CHANGED, TEXT_EMBED, train_subject
-from tests.unit.trainer.helpers import MODEL_ID, embed_handler, seed, wait_state
+from shared.subjects import DATASETS_CHANGED, EVENTS_STREAM, train_subject
+from tests.unit.trainer.helpers import MODEL_ID, TextModel, seed, wait_state
 
 REPO = Path(__file__).resolve().parents[3]
 Running = tuple[subprocess.Popen[bytes], int, Path]  # the process, its health port, its log
@@ -32,7 +31,8 @@ Running = tuple[subprocess.Popen[bytes], int, Path]  # the process, its health p
 async def client(nats_url: str) -> AsyncIterator[Bus]:
     bus = await Bus.connect(nats_url, "test-trainer-process")
     await ensure_streams(bus.js)
-    await bus.serve(TEXT_EMBED, EmbedTextsRequest, embed_handler, concurrency=4)
+    await bus.js.purge_stream(EVENTS_STREAM)  # the durable then sees only this test's events
+    await TextModel().serve(bus)
     yield bus
     await bus.close(5)
 

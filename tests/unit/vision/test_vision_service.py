@@ -24,10 +24,18 @@ from modelkit.onnx.image import ImageEncoder
 from modelkit.runtime import Readiness, stop_service
 from shared.bus import Bus
 from shared.errors import KashfError
-from shared.schemas.inference import HeadRef, ScoredTag, TagRef, TagReply, unpack_vectors
+from shared.schemas.inference import (
+    HeadRef,
+    ModelInfoReply,
+    ModelInfoRequest,
+    ScoredTag,
+    TagRef,
+    TagReply,
+    unpack_vectors,
+)
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput, TagImagesRequest
 from shared.settings import VisionServiceSettings
-from shared.subjects import BLOBS_BUCKET, VISION_EMBED, VISION_TAG
+from shared.subjects import BLOBS_BUCKET, IMAGE_MODEL_INFO, VISION_EMBED, VISION_TAG
 from tests.fileserver import FileServer
 from vision_service.main import setup
 
@@ -183,6 +191,15 @@ async def test_head_of_another_model_is_refused(start_service: Start, tiny_model
     with pytest.raises(KashfError) as caught:
         await tag(client, [inline(solid(RED))], head=HeadRef(dataset_id=78, version=1))
     assert caught.value.status == 503 and caught.value.error_code == "head_model_mismatch"
+
+
+async def test_model_info_names_the_model_its_vectors_come_from(
+        start_service: Start, tiny_models_dir: Path) -> None:
+    client = await start_service()
+    info = await client.request(IMAGE_MODEL_INFO, ModelInfoRequest(), ModelInfoReply)
+    encoder = ImageEncoder(tiny_models_dir / "image" / "tiny-clip", device="cpu")
+    reply = await client.request(VISION_EMBED, EmbedImagesRequest(images=[inline(solid(RED))]), EmbedImagesReply)
+    assert (info.model_id, info.dim) == (encoder.model_id, encoder.dim) == (reply.model_id, reply.dim)
 
 
 async def test_without_a_text_tower_untrained_tags_stay_unknown(start_service: Start) -> None:
