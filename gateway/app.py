@@ -8,16 +8,16 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
-from gateway import handlers
-from gateway.datasetcache import DatasetCache
-from gateway.metrics import Metrics
+from gateway import http_errors
+from gateway.http_metrics import HttpMetrics
+from gateway.infra.datasetcache import DatasetCache
+from gateway.infra.outbox import OutboxPublisher
+from gateway.infra.predictions import PredictionCounter
+from gateway.infra.ratelimit import RateLimiter
+from gateway.infra.tokens import TokenCache
 from gateway.middleware import RequestContextMiddleware
-from gateway.outbox import OutboxPublisher
-from gateway.predictions import PredictionCounter
-from gateway.ratelimit import RateLimiter
 from gateway.routes import datasets, health, reports, tagging, tags, video_jobs
 from gateway.state import AppState
-from gateway.tokens import TokenCache
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.schemas.events import DatasetsChanged
@@ -34,6 +34,7 @@ DESCRIPTION = (
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     """Build the app; connections are opened by its lifespan, not here."""
+    metrics = HttpMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
@@ -53,6 +54,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 predictions=PredictionCounter(sessionmaker),
                 tokens=TokenCache(settings.token_cache_s),
                 datasets=DatasetCache(settings.dataset_cache_s),
+                metrics=metrics,
             )
             await bus.listen(DATASETS_CHANGED, DatasetsChanged, state.datasets.on_broadcast)
             app.state.kashf = state
@@ -78,10 +80,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-    metrics = Metrics()
-    handlers.install(app)
+    http_errors.install(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
-    for area in (tagging, reports, tags, datasets, video_jobs):
+    for area in (tagging, reports, tags, datasets, video_jobs, health):
         app.include_router(area.router())
-    app.include_router(health.router(metrics))
     return app

@@ -1,4 +1,5 @@
-"""Request dependencies: typed state, one session per request (committed before the response), the account."""
+"""Request dependencies: the shared state, one unit of work per request (committed before the response),
+the account and the request id."""
 
 from __future__ import annotations
 
@@ -6,11 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import transactions
-from gateway.repository import Repository
 from gateway.state import AppState
+from gateway.uow import UnitOfWork
 from shared.errors import Unauthorized
 from shared.logging import current_correlation_id
 
@@ -27,36 +26,19 @@ async def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """Commit when the route returns, roll back when it raises; then publish the outbox rows it wrote
-    and drop (here and, by broadcast, in other replicas) the cached views of datasets it changed."""
-    state = app_state(request)
-    async with state.sessionmaker() as session:
-        try:
-            yield session
-        except BaseException:
-            await transactions.rollback(session)
-            raise
-        await transactions.commit(state, session)
+async def get_unit_of_work(state: StateDep) -> AsyncIterator[UnitOfWork]:
+    """Commit when the route returns (then publish and invalidate); roll back when it raises."""
+    async with state.unit_of_work() as uow:
+        yield uow
+        await uow.commit()
 
 
 # scope="function": the commit happens before the response is sent, so a 200 means durable.
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
-
-
-async def get_repository(session: SessionDep) -> Repository:
-    return Repository(session)
-
-
-RepoDep = Annotated[Repository, Depends(get_repository, scope="function")]
+UowDep = Annotated[UnitOfWork, Depends(get_unit_of_work, scope="function")]
 
 
 async def get_account(request: Request) -> int:
-    return account_of(request)
-
-
-def account_of(request: Request) -> int:
-    """Set by ``ApiRoute`` before the body is read."""
+    """The account ``ApiRoute`` authenticated (through the token cache) before the body was read."""
     account_id = getattr(request.state, "account_id", None)
     if not isinstance(account_id, int):
         raise Unauthorized("missing Authorization header; send 'Authorization: Token <key>'")

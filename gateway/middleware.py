@@ -9,8 +9,8 @@ import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.handlers import error_response
-from gateway.metrics import Metrics
+from gateway.http_errors import error_response
+from gateway.http_metrics import HttpMetrics
 from shared.logging import bind_correlation_id
 
 log = structlog.get_logger(__name__)
@@ -30,7 +30,7 @@ def route_label(scope: Scope) -> str:
 class RequestContextMiddleware:
     """Binds X-Request-Id (or a new id) for logs and the bus, returns it, and records the request."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
         self.app = app
         self.metrics = metrics
 

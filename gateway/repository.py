@@ -1,8 +1,5 @@
-"""Every SQL statement of the gateway. Repositories never commit: the request's session does.
-
-A statement that changes what tagging reads of a dataset (its tags, its kind) marks the dataset on the
-session, so the cached view of it is dropped once the transaction commits (``gateway.datasetcache``).
-"""
+"""Every SQL statement of the gateway. The repository only runs SQL: the unit of work commits, and
+the services tell it what changed (``gateway.uow``)."""
 
 from __future__ import annotations
 
@@ -16,7 +13,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from gateway.datasetcache import mark_changed
 from shared.db.models import Account, ApiToken, DataItem, Dataset, Embedding, Outbox, Report, Tag
 
 
@@ -131,7 +127,6 @@ class Repository:
             .returning(Dataset.kind)
         )
         assert fixed is not None
-        mark_changed(self.session, dataset.id)
         # Already written: record it on the object without marking it dirty.
         set_committed_value(dataset, "kind", fixed)
         return str(fixed)
@@ -180,7 +175,6 @@ class Repository:
         )
         tag = await self.session.get(Tag, tag_id)
         assert tag is not None
-        mark_changed(self.session, dataset_id)
         return tag
 
     async def tags_of_account(
@@ -213,8 +207,6 @@ class Repository:
             await self.session.execute(update(Tag).where(Tag.id == tag_id).values(**values))
         tag = await self.session.get(Tag, tag_id, populate_existing=True)
         assert tag is not None
-        if values:
-            mark_changed(self.session, tag.dataset_id)
         return tag
 
     async def delete_tag(self, tag_id: int) -> int:
@@ -223,9 +215,7 @@ class Repository:
             select(func.count()).select_from(Report).where(Report.tag_id == tag_id)
         )
         await self.session.execute(delete(Report).where(Report.tag_id == tag_id))
-        dataset_id = await self.session.scalar(delete(Tag).where(Tag.id == tag_id).returning(Tag.dataset_id))
-        if dataset_id is not None:
-            mark_changed(self.session, dataset_id)
+        await self.session.execute(delete(Tag).where(Tag.id == tag_id))
         return int(deleted or 0)
 
     async def add_predictions(self, counts: dict[int, int]) -> None:

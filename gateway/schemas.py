@@ -1,14 +1,18 @@
 """The public API's request and response bodies, with the reference's examples for /docs.
 
 List lengths and text lengths are not constrained here: those limits are settings, answered with
-413 naming the setting by the service layer, not 422.
+413 naming the setting by the service layer, not 422. Services answer with the response models;
+a field marked ``Absent`` is left out of the JSON when None, as the reference does.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.schemas.media import MediaInput
 
 DatasetName = Field(min_length=1, max_length=200, description="the dataset's name, unique per account")
 Title = Field(min_length=1, max_length=500)
@@ -206,7 +210,35 @@ class ImageReport(_Body):
     positive: bool
 
 
+# Requests, as the services take them
+
+
+@dataclass(frozen=True)
+class MediaItem:
+    """One image or video of a tagging request: a URL, or an uploaded file (``name`` is its file name)."""
+
+    name: str
+    ref: MediaInput
+    uploaded: bool = False
+
+
+class VideoJobBody(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore", json_schema_extra={"examples": [{"job_id": "vj0f6c1a9e5b7d4c2e8a3b1f0d9c7e5a42"}]}
+    )
+
+    job_id: str = Field(min_length=1, max_length=100)
+
+
 # Responses
+
+
+def _none(value: object) -> bool:
+    return value is None
+
+
+Absent = Field(None, exclude_if=_none)
+Percent = int | float | None  # as the trainer stored it: 87 stays 87, 86.0 stays 86.0
 
 
 class TagOut(BaseModel):
@@ -218,14 +250,16 @@ class TagOut(BaseModel):
 class TextTagsOut(BaseModel):
     content: str
     tags: list[TagOut]
-    error: str | None = None
+    error: str | None = Absent
 
 
 class ImageTagsOut(BaseModel):
-    image_url: str | None = None
-    image_file: str | None = None
+    """Named by ``image_url`` or, for an upload, ``image_file``."""
+
+    image_url: str | None = Absent
+    image_file: str | None = Absent
+    error: str | None = Absent
     tags: list[TagOut]
-    error: str | None = None
 
 
 class FrameOut(BaseModel):
@@ -235,10 +269,31 @@ class FrameOut(BaseModel):
 
 
 class VideoTagsOut(BaseModel):
-    video_url: str | None = None
-    video_file: str | None = None
+    """Named by ``video_url`` or, for an upload, ``video_file``."""
+
+    video_url: str | None = Absent
+    video_file: str | None = Absent
+    error: str | None = Absent
     frames: list[FrameOut]
-    error: str | None = None
+
+
+class VideoJobQueued(BaseModel):
+    job_id: str
+    state: str
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: str
+
+
+class VideoJobOut(BaseModel):
+    """``result`` has the synchronous tag_video_frames answer's shape once ``state`` is done."""
+
+    job_id: str
+    state: str
+    result: list[VideoTagsOut] | None
+    error: ErrorOut | None
 
 
 class TrainOut(BaseModel):
@@ -247,12 +302,12 @@ class TrainOut(BaseModel):
 
 
 class DatasetEvaluation(BaseModel):
-    recall: float | None
-    precision: float | None
+    recall: Percent
+    precision: Percent
 
 
 class TagEvaluation(DatasetEvaluation):
-    f1: float | None
+    f1: Percent
 
 
 class TagInfo(BaseModel):
@@ -269,7 +324,7 @@ class DatasetInfoOut(BaseModel):
     report_count: int
     data_count: int
     evaluation: DatasetEvaluation | None
-    tags: list[TagInfo] | None = None
+    tags: list[TagInfo] | None = Absent
 
 
 class DatasetOut(BaseModel):

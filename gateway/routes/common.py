@@ -1,17 +1,17 @@
-"""Route registration shared by the API areas: POST, with and without the trailing slash."""
+"""What the API areas share: POST registration with and without the trailing slash, bodies a route
+reads itself, and the rendering of a service's answer."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from gateway.routing import ApiRoute
+from gateway.routes.guard import ApiRoute
 
-F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound=BaseModel)
 
 _ERRORS_DOC: dict[int | str, dict[str, Any]] = {
@@ -37,18 +37,23 @@ def api_router() -> APIRouter:
     return APIRouter(route_class=ApiRoute)
 
 
-def post(router: APIRouter, path: str, doc: Any, summary: str, **extra: Any) -> Callable[[F], F]:
-    """Register ``endpoint`` at ``path/`` (documented) and ``path`` (same route, hidden from the docs)."""
+def post(router: APIRouter, path: str, endpoint: Callable[..., Any], doc: Any, summary: str, **extra: Any) -> None:
+    """Register ``endpoint`` at ``path/`` (documented, answering ``doc``) and ``path`` (hidden from the docs)."""
+    common: dict[str, Any] = {"methods": ["POST"], "response_model": None, **extra}
+    router.add_api_route(
+        path + "/", endpoint, summary=summary, responses={200: {"model": doc}, **_ERRORS_DOC}, **common
+    )
+    router.add_api_route(path, endpoint, include_in_schema=False, **common)
 
-    def register(endpoint: F) -> F:
-        common: dict[str, Any] = {"methods": ["POST"], "response_model": None, **extra}
-        router.add_api_route(
-            path + "/", endpoint, summary=summary, responses={200: {"model": doc}, **_ERRORS_DOC}, **common
-        )
-        router.add_api_route(path, endpoint, include_in_schema=False, **common)
-        return endpoint
 
-    return register
+def render(answer: BaseModel | Sequence[BaseModel]) -> Response:
+    """The service's answer as JSON, serialised by pydantic itself (FastAPI's generic encoder first walks
+    every value in Python: a cost the tag routes do not pay)."""
+    if isinstance(answer, BaseModel):
+        body = answer.__pydantic_serializer__.to_json(answer)
+    else:
+        body = b"[" + b",".join(a.__pydantic_serializer__.to_json(a) for a in answer) + b"]"
+    return Response(body, media_type="application/json")
 
 
 def parse_body(model: type[M], raw: bytes | dict[str, Any]) -> M:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from fastapi import APIRouter, Response
 
-from fastapi import APIRouter
-
-from gateway.deps import AccountDep, RepoDep, RequestIdDep, StateDep
-from gateway.routes.common import api_router, post
+from gateway.deps import AccountDep, RequestIdDep, StateDep, UowDep
+from gateway.routes.common import api_router, post, render
 from gateway.schemas import (
     CreateDatasetBody,
     DatasetBody,
@@ -20,31 +18,27 @@ from gateway.schemas import (
 from gateway.service import datasets
 
 
+async def create_dataset(body: CreateDatasetBody, uow: UowDep, account: AccountDep) -> Response:
+    return render(await datasets.create_dataset(uow, account, body))
+
+
+async def list_datasets(body: ListDatasetsBody, uow: UowDep, account: AccountDep) -> Response:
+    return render(await datasets.list_datasets(uow, account))
+
+
+async def train_dataset(body: DatasetBody, uow: UowDep, account: AccountDep, request_id: RequestIdDep) -> Response:
+    return render(await datasets.train_dataset(uow, account, body.dataset, request_id))
+
+
+async def dataset_info(body: DatasetInfoBody, uow: UowDep, account: AccountDep, state: StateDep) -> Response:
+    return render(await datasets.dataset_info(uow, account, body, state.predictions))
+
+
 def router() -> APIRouter:
     r = api_router()
-
-    @post(
-        r, "/api/create_dataset", DatasetOut, "Create a dataset (kind text or image, or fixed by first use)"
-    )
-    async def create_dataset(body: CreateDatasetBody, repo: RepoDep, account: AccountDep) -> dict[str, Any]:
-        return await datasets.create_dataset(repo, account, body)
-
-    @post(r, "/api/list_datasets", list[DatasetOut], "List this account's datasets")
-    async def list_datasets(
-        body: ListDatasetsBody, repo: RepoDep, account: AccountDep
-    ) -> list[dict[str, Any]]:
-        return await datasets.list_datasets(repo, account)
-
-    @post(r, "/api/train_dataset", TrainOut, "Queue a full refit and evaluation of the dataset's head")
-    async def train_dataset(
-        body: DatasetBody, repo: RepoDep, account: AccountDep, request_id: RequestIdDep
-    ) -> dict[str, Any]:
-        return await datasets.train_dataset(repo, account, body.dataset, request_id)
-
-    @post(r, "/api/dataset_info", DatasetInfoOut, "State, counts and evaluation of a dataset and its tags")
-    async def dataset_info(
-        body: DatasetInfoBody, repo: RepoDep, account: AccountDep, state: StateDep
-    ) -> dict[str, Any]:
-        return await datasets.dataset_info(repo, account, body, state.predictions)
-
+    post(r, "/api/create_dataset", create_dataset, DatasetOut,
+         "Create a dataset (kind text or image, or fixed by first use)")
+    post(r, "/api/list_datasets", list_datasets, list[DatasetOut], "List this account's datasets")
+    post(r, "/api/train_dataset", train_dataset, TrainOut, "Queue a full refit and evaluation of the dataset's head")
+    post(r, "/api/dataset_info", dataset_info, DatasetInfoOut, "State, counts and evaluation of a dataset and its tags")
     return r

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Response
 
-from gateway.deps import AccountDep, RepoDep, StateDep
-from gateway.routes.common import api_router, post
+from gateway.deps import AccountDep, StateDep, UowDep
+from gateway.routes.common import api_router, post, render
 from gateway.schemas import ImageReport, ReportOut, TextReport
 from gateway.service import reports
 
@@ -22,30 +22,24 @@ _IMAGE_EXAMPLE = [
 ]
 
 
+async def report_text_tags(
+    body: Annotated[list[TextReport], Body(examples=[_TEXT_EXAMPLE])], uow: UowDep, account: AccountDep,
+    state: StateDep,
+) -> Response:
+    return render(await reports.report_texts(uow, account, body, state.settings))
+
+
+async def report_image_tags(
+    body: Annotated[list[ImageReport], Body(examples=[_IMAGE_EXAMPLE])], account: AccountDep, state: StateDep
+) -> Response:
+    # No request-wide unit of work: the service commits two short ones around the images' fetching.
+    return render(await reports.report_images(state, account, body))
+
+
 def router() -> APIRouter:
     r = api_router()
-
-    @post(
-        r,
-        "/api/report_text_tags",
-        list[ReportOut],
-        "Label texts; a later label of the same text and tag wins",
-    )
-    async def report_text_tags(
-        body: Annotated[list[TextReport], Body(examples=[_TEXT_EXAMPLE])],
-        repo: RepoDep,
-        account: AccountDep,
-        state: StateDep,
-    ) -> list[dict[str, Any]]:
-        return await reports.report_texts(repo, account, body, state.settings)
-
-    @post(r, "/api/report_image_tags", list[ReportOut], "Label images (embedded and kept as a bounded copy)")
-    async def report_image_tags(
-        body: Annotated[list[ImageReport], Body(examples=[_IMAGE_EXAMPLE])],
-        repo: RepoDep,
-        account: AccountDep,
-        state: StateDep,
-    ) -> list[dict[str, Any]]:
-        return await reports.report_images(repo, account, body, state.settings, state.bus)
-
+    post(r, "/api/report_text_tags", report_text_tags, list[ReportOut],
+         "Label texts; a later label of the same text and tag wins")
+    post(r, "/api/report_image_tags", report_image_tags, list[ReportOut],
+         "Label images (embedded and kept as a bounded copy)")
     return r

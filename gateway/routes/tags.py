@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from fastapi import APIRouter, Response
 
-from fastapi import APIRouter
-
-from gateway.deps import AccountDep, RepoDep
-from gateway.routes.common import api_router, post
+from gateway.deps import AccountDep, UowDep
+from gateway.routes.common import api_router, post, render
 from gateway.schemas import CreateTagBody, DeleteTagBody, DeleteTagOut, TagOutFull, UpdateTagBody
 from gateway.service import tags
 
 
+async def create_tag(body: CreateTagBody, uow: UowDep, account: AccountDep) -> Response:
+    return render(await tags.create_tag(uow, account, body))
+
+
+async def update_tag(body: UpdateTagBody, uow: UowDep, account: AccountDep) -> Response:
+    return render(await tags.update_tag(uow, account, body))
+
+
+async def delete_tag(body: DeleteTagBody, uow: UowDep, account: AccountDep) -> Response:
+    return render(await tags.delete_tag(uow, account, body.tag_id))
+
+
 def router() -> APIRouter:
     r = api_router()
-
-    @post(r, "/api/create_tag", TagOutFull, "Create a tag (and its dataset when missing)")
-    async def create_tag(body: CreateTagBody, repo: RepoDep, account: AccountDep) -> dict[str, Any]:
-        return await tags.create_tag(repo, account, body)
-
-    @post(r, "/api/update_tag", TagOutFull, "Rename a tag or (de)activate it")
-    async def update_tag(body: UpdateTagBody, repo: RepoDep, account: AccountDep) -> dict[str, Any]:
-        return await tags.update_tag(repo, account, body)
-
-    @post(r, "/api/delete_tag", DeleteTagOut, "Delete a tag with its reports")
-    async def delete_tag(body: DeleteTagBody, repo: RepoDep, account: AccountDep) -> dict[str, Any]:
-        return await tags.delete_tag(repo, account, body.tag_id)
-
+    post(r, "/api/create_tag", create_tag, TagOutFull, "Create a tag (and its dataset when missing)")
+    post(r, "/api/update_tag", update_tag, TagOutFull, "Rename a tag or (de)activate it")
+    post(r, "/api/delete_tag", delete_tag, DeleteTagOut, "Delete a tag with its reports")
     return r

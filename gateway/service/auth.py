@@ -6,10 +6,8 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from gateway.repository import Repository
-from gateway.tokens import TokenCache
+from gateway.state import AppState
 from shared.errors import Unauthorized
 
 PREFIX_CHARS = 8
@@ -30,21 +28,18 @@ def parse_authorization(header: str | None) -> str:
     return key
 
 
-async def authenticate(
-    sessions: async_sessionmaker[AsyncSession], header: str | None, pepper: str, cache: TokenCache | None = None
-) -> int:
+async def authenticate(state: AppState, header: str | None) -> int:
     """The account id the header's token belongs to; Unauthorized for unknown or revoked tokens.
 
-    A token in the cache costs no database session at all.
+    A token in the replica's cache costs no database session at all.
     """
-    key = parse_authorization(header)
-    token_hash = hash_token(key, pepper)
+    token_hash = hash_token(parse_authorization(header), state.settings.token_pepper.get_secret_value())
 
     async def lookup() -> int | None:
-        async with sessions() as session:
-            return await Repository(session).account_for_token_hash(token_hash)
+        async with state.unit_of_work() as uow:
+            return await uow.repo.account_for_token_hash(token_hash)
 
-    account_id = await (lookup() if cache is None else cache.get_or_load(token_hash, lookup))
+    account_id = await state.tokens.get_or_load(token_hash, lookup)
     if account_id is None:
         raise Unauthorized("invalid or revoked token")
     return account_id

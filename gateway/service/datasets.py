@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import outbox
-from gateway.predictions import PredictionCounter
+from gateway.infra.outbox import OutboxEvent
+from gateway.infra.predictions import PredictionCounter
 from gateway.repository import Repository
-from gateway.schemas import CreateDatasetBody, DatasetInfoBody
+from gateway.schemas import (
+    CreateDatasetBody,
+    DatasetEvaluation,
+    DatasetInfoBody,
+    DatasetInfoOut,
+    DatasetOut,
+    TagEvaluation,
+    TagInfo,
+    TrainOut,
+)
+from gateway.uow import UnitOfWork
 from shared.db.models import Dataset
 from shared.errors import BadRequest, NotFound
 from shared.schemas.events import TrainRequest
@@ -24,11 +34,17 @@ async def load_dataset(repo: Repository, account_id: int, name: str) -> Dataset:
     return dataset
 
 
-async def ensure_kind(repo: Repository, dataset: Dataset, kind: str) -> None:
+async def fix_kind(uow: UnitOfWork, dataset: Dataset, kind: str) -> str:
+    """The dataset's kind, set to ``kind`` on first use (a change tagging's cached view must see)."""
+    if dataset.kind is not None:
+        return dataset.kind
+    uow.dataset_changed(dataset.id)
+    return await uow.repo.fix_kind(dataset, kind)
+
+
+async def ensure_kind(uow: UnitOfWork, dataset: Dataset, kind: str) -> None:
     """Fix the dataset's kind on first use; BadRequest when it holds the other kind."""
-    if dataset.kind is None:
-        await repo.fix_kind(dataset, kind)
-    if dataset.kind != kind:
+    if await fix_kind(uow, dataset, kind) != kind:
         raise wrong_kind(dataset.name, dataset.kind, kind)
 
 
@@ -39,57 +55,55 @@ def wrong_kind(name: str, has: str | None, wanted: str) -> BadRequest:
     )
 
 
-def dataset_out(dataset: Dataset) -> dict[str, Any]:
-    return {"dataset": dataset.name, "title": dataset.title, "kind": dataset.kind, "state": dataset.state}
+def dataset_out(dataset: Dataset) -> DatasetOut:
+    return DatasetOut(dataset=dataset.name, title=dataset.title, kind=dataset.kind, state=dataset.state)
 
 
-async def create_dataset(repo: Repository, account_id: int, body: CreateDatasetBody) -> dict[str, Any]:
-    created = await repo.insert_dataset(account_id, body.dataset, body.title or body.dataset, body.kind)
+async def create_dataset(uow: UnitOfWork, account_id: int, body: CreateDatasetBody) -> DatasetOut:
+    created = await uow.repo.insert_dataset(account_id, body.dataset, body.title or body.dataset, body.kind)
     if created is None:
         raise BadRequest(f"dataset '{body.dataset}' already exists", code="dataset_exists")
     return dataset_out(created)
 
 
-async def list_datasets(repo: Repository, account_id: int) -> list[dict[str, Any]]:
-    return [dataset_out(d) for d in await repo.list_datasets(account_id)]
+async def list_datasets(uow: UnitOfWork, account_id: int) -> list[DatasetOut]:
+    return [dataset_out(d) for d in await uow.repo.list_datasets(account_id)]
 
 
-async def train_dataset(repo: Repository, account_id: int, name: str, request_id: str) -> dict[str, Any]:
+async def train_dataset(uow: UnitOfWork, account_id: int, name: str, request_id: str) -> TrainOut:
     """Mark the dataset waiting and queue a TrainRequest through the outbox (one transaction)."""
-    dataset = await load_dataset(repo, account_id, name)
-    await repo.mark_waiting(dataset.id)
+    dataset = await load_dataset(uow.repo, account_id, name)
+    await uow.repo.mark_waiting(dataset.id)
     message = TrainRequest(dataset_id=dataset.id, reason="api", request_id=request_id)
-    await outbox.stage(repo, [(train_subject(dataset.id), f"train-{dataset.id}", message)])
-    return {"dataset": dataset.name, "state": "waiting"}
+    uow.stage(OutboxEvent(train_subject(dataset.id), f"train-{dataset.id}", message))
+    return TrainOut(dataset=dataset.name, state="waiting")
 
 
-def _figures(evaluation: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
-    if evaluation is None:
-        return None
-    return {key: evaluation.get(key) for key in keys}
+def _figures(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if evaluation is None else {key: evaluation.get(key) for key in ("recall", "precision", "f1")}
+
+
+async def _tags_info(uow: UnitOfWork, dataset_id: int, counter: PredictionCounter) -> list[TagInfo]:
+    out = []
+    for tag, reports in await uow.repo.tags_with_report_counts(dataset_id):
+        figures = _figures(tag.evaluation)
+        evaluation = None if figures is None else TagEvaluation.model_validate(figures)
+        predictions = tag.predictions + counter.pending(tag.id)  # what is counted but not yet written, too
+        out.append(TagInfo(title=tag.title, id=tag.id, reports=reports, predictions=predictions, evaluation=evaluation))
+    return out
 
 
 async def dataset_info(
-    repo: Repository, account_id: int, body: DatasetInfoBody, counter: PredictionCounter
-) -> dict[str, Any]:
-    dataset = await load_dataset(repo, account_id, body.dataset)
-    reports, items = await repo.dataset_counts(dataset.id)
-    info: dict[str, Any] = {
-        "title": dataset.title,
-        "state": dataset.state,
-        "report_count": reports,
-        "data_count": items,
-        "evaluation": _figures(dataset.evaluation, ("recall", "precision")),
-    }
-    if body.tags:
-        info["tags"] = [
-            {
-                "title": tag.title,
-                "id": tag.id,
-                "reports": n,
-                "predictions": tag.predictions + counter.pending(tag.id),
-                "evaluation": _figures(tag.evaluation, ("recall", "precision", "f1")),
-            }
-            for tag, n in await repo.tags_with_report_counts(dataset.id)
-        ]
-    return info
+    uow: UnitOfWork, account_id: int, body: DatasetInfoBody, counter: PredictionCounter
+) -> DatasetInfoOut:
+    dataset = await load_dataset(uow.repo, account_id, body.dataset)
+    reports, items = await uow.repo.dataset_counts(dataset.id)
+    figures = _figures(dataset.evaluation)
+    return DatasetInfoOut(
+        title=dataset.title,
+        state=dataset.state,
+        report_count=reports,
+        data_count=items,
+        evaluation=None if figures is None else DatasetEvaluation.model_validate(figures),
+        tags=await _tags_info(uow, dataset.id, counter) if body.tags else None,
+    )

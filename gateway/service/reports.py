@@ -1,4 +1,4 @@
-"""Reports: labels on data items, written with their outbox events in one transaction."""
+"""Reports: labels on data items, written with their outbox events in one unit of work."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import outbox
-from gateway.repository import Repository
-from gateway.schemas import ImageReport, TextReport
+from gateway.infra.outbox import OutboxEvent
+from gateway.schemas import ImageReport, ReportOut, TextReport
+from gateway.service.checks import check_count, check_text
 from gateway.service.datasets import ensure_kind
-from gateway.service.limits import check_count, check_text
 from gateway.service.tags import tag_not_found
+from gateway.state import AppState
+from gateway.uow import UnitOfWork
 from shared.bus import Bus
 from shared.db.models import Dataset
 from shared.errors import BadRequest, from_wire
@@ -43,23 +44,24 @@ def compact_labels(labels: Sequence[tuple[int, bool]]) -> str:
 
 
 async def _datasets_of_tags(
-    repo: Repository, account_id: int, tag_ids: Sequence[int], kind: str
+    uow: UnitOfWork, account_id: int, tag_ids: Sequence[int], kind: str
 ) -> dict[int, Dataset]:
     """Dataset of each tag (NotFound for a tag this account lacks); fixes or checks each dataset's kind."""
-    found = await repo.tags_of_account(account_id, tag_ids)
+    found = await uow.repo.tags_of_account(account_id, tag_ids)
     for tag_id in tag_ids:
         if tag_id not in found:
             raise tag_not_found(tag_id)
     datasets = {dataset.id: dataset for _, dataset in found.values()}
     for dataset in sorted(datasets.values(), key=lambda d: d.id):
-        await ensure_kind(repo, dataset, kind)
+        await ensure_kind(uow, dataset, kind)
     return {tag_id: dataset for tag_id, (_, dataset) in found.items()}
 
 
 async def _store(
-    repo: Repository, labels: list[_Label], items: dict[tuple[int, str], dict[str, Any]]
-) -> tuple[list[dict[str, Any]], dict[tuple[int, str], int]]:
+    uow: UnitOfWork, labels: list[_Label], items: dict[tuple[int, str], dict[str, Any]]
+) -> tuple[list[ReportOut], dict[tuple[int, str], int]]:
     """Upsert items and reports, stage one ReportEvent per written report; answers in request order."""
+    repo = uow.repo
     # Sorted writes: concurrent requests touching the same rows lock them in one order.
     item_ids = await repo.upsert_items([items[key] for key in sorted(items)])
     rows: dict[tuple[int, int], dict[str, Any]] = {}
@@ -72,34 +74,28 @@ async def _store(
             "positive": label.positive,
         }
     report_ids = await repo.upsert_reports([rows[key] for key in sorted(rows)])
-    await outbox.stage(
-        repo,
-        [
-            (
-                report_subject(row["dataset_id"]),
-                f"report-{report_ids[key]}",
-                ReportEvent(report_id=report_ids[key], **row),
-            )
-            for key, row in sorted(rows.items())
-        ],
-    )
+    uow.stage(*(
+        OutboxEvent(report_subject(row["dataset_id"]), f"report-{report_ids[key]}",
+                    ReportEvent(report_id=report_ids[key], **row))
+        for key, row in sorted(rows.items())
+    ))
     per_item = await repo.labels(sorted({item_ids[(lb.dataset_id, lb.content_hash)] for lb in labels}))
     out = []
     for label in labels:
         item_id = item_ids[(label.dataset_id, label.content_hash)]
-        out.append({"report": compact_labels(per_item[item_id]), "id": item_id})
+        out.append(ReportOut(report=compact_labels(per_item[item_id]), id=item_id))
     return out, item_ids
 
 
 async def report_texts(
-    repo: Repository, account_id: int, reports: Sequence[TextReport], settings: GatewaySettings
-) -> list[dict[str, Any]]:
+    uow: UnitOfWork, account_id: int, reports: Sequence[TextReport], settings: GatewaySettings
+) -> list[ReportOut]:
     check_count(reports, "reports", settings)
     for i, report in enumerate(reports):
         check_text(report.content, f"reports[{i}].content", settings)
         if not normalize_text(report.content):
             raise BadRequest(f"reports[{i}].content is empty", code="empty_text")
-    datasets = await _datasets_of_tags(repo, account_id, [r.tag_id for r in reports], "text")
+    datasets = await _datasets_of_tags(uow, account_id, [r.tag_id for r in reports], "text")
     labels: list[_Label] = []
     items: dict[tuple[int, str], dict[str, Any]] = {}
     for report in reports:
@@ -115,7 +111,7 @@ async def report_texts(
             },
         )
         labels.append(_Label(dataset_id, digest, report.tag_id, report.positive))
-    out, _ = await _store(repo, labels, items)
+    out, _ = await _store(uow, labels, items)
     return out
 
 
@@ -144,21 +140,17 @@ async def _embed_all(
     return replies[0], items
 
 
-async def report_images(
-    repo: Repository,
-    account_id: int,
-    reports: Sequence[ImageReport],
-    settings: GatewaySettings,
-    bus: Bus,
-) -> list[dict[str, Any]]:
+async def report_images(state: AppState, account_id: int, reports: Sequence[ImageReport]) -> list[ReportOut]:
     """Embed and keep each image (a bounded copy, deduplicated by the original bytes' hash), then
     store the reports and embeddings, so a report stays valid after its URL goes away.
     """
-    check_count(reports, "reports", settings)
-    datasets = await _datasets_of_tags(repo, account_id, [r.tag_id for r in reports], "image")
-    # End the transaction (kind fixed, nothing else written) so no connection is held while fetching.
-    await repo.session.commit()
-    first, embedded = await _embed_all(bus, [r.image_url for r in reports], settings)
+    check_count(reports, "reports", state.settings)
+    # Two units of work, so that no pooled connection is held while vision_service fetches and embeds:
+    # the first resolves the tags (and fixes a new dataset's kind), the second stores what came back.
+    async with state.unit_of_work() as uow:
+        datasets = await _datasets_of_tags(uow, account_id, [r.tag_id for r in reports], "image")
+        await uow.commit()
+    first, embedded = await _embed_all(state.bus, [r.image_url for r in reports], state.settings)
     labels: list[_Label] = []
     items: dict[tuple[int, str], dict[str, Any]] = {}
     vectors: dict[tuple[int, str], bytes] = {}
@@ -177,9 +169,11 @@ async def report_images(
         })
         vectors.setdefault(key, item.vector)
         labels.append(_Label(dataset_id, item.sha256, report.tag_id, report.positive))
-    out, item_ids = await _store(repo, labels, items)
-    await repo.add_embeddings([
-        {"item_id": item_ids[key], "model_id": first.model_id, "dim": first.dim, "vector": vector}
-        for key, vector in sorted(vectors.items())
-    ])
+    async with state.unit_of_work() as uow:
+        out, item_ids = await _store(uow, labels, items)
+        await uow.repo.add_embeddings([
+            {"item_id": item_ids[key], "model_id": first.model_id, "dim": first.dim, "vector": vector}
+            for key, vector in sorted(vectors.items())
+        ])
+        await uow.commit()
     return out

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gateway.repository import Repository
-from gateway.schemas import CreateTagBody, UpdateTagBody
+from gateway.schemas import CreateTagBody, DeleteTagOut, TagOutFull, UpdateTagBody
+from gateway.uow import UnitOfWork
 from shared.db.models import Dataset, Tag
 from shared.errors import NotFound
 
@@ -21,23 +20,28 @@ async def load_tag(repo: Repository, account_id: int, tag_id: int) -> tuple[Tag,
     return found
 
 
-def _tag_out(tag: Tag) -> dict[str, Any]:
-    return {"title": tag.title, "tag_id": tag.id, "active": tag.active}
+def _tag_out(tag: Tag) -> TagOutFull:
+    return TagOutFull(title=tag.title, tag_id=tag.id, active=tag.active)
 
 
-async def create_tag(repo: Repository, account_id: int, body: CreateTagBody) -> dict[str, Any]:
-    dataset = await repo.get_or_create_dataset(account_id, body.dataset)
-    return _tag_out(await repo.insert_tag(dataset.id, body.title))
+async def create_tag(uow: UnitOfWork, account_id: int, body: CreateTagBody) -> TagOutFull:
+    dataset = await uow.repo.get_or_create_dataset(account_id, body.dataset)
+    tag = await uow.repo.insert_tag(dataset.id, body.title)
+    uow.dataset_changed(dataset.id)
+    return _tag_out(tag)
 
 
-async def update_tag(repo: Repository, account_id: int, body: UpdateTagBody) -> dict[str, Any]:
-    tag, dataset = await load_tag(repo, account_id, body.tag_id)
+async def update_tag(uow: UnitOfWork, account_id: int, body: UpdateTagBody) -> TagOutFull:
+    tag, dataset = await load_tag(uow.repo, account_id, body.tag_id)
     if body.dataset is not None and body.dataset != dataset.name:
         raise NotFound(f"tag {body.tag_id} not found in dataset '{body.dataset}'", code="tag_not_found")
-    return _tag_out(await repo.update_tag(tag.id, body.title, body.active))
+    if body.title is not None or body.active is not None:
+        uow.dataset_changed(dataset.id)
+    return _tag_out(await uow.repo.update_tag(tag.id, body.title, body.active))
 
 
-async def delete_tag(repo: Repository, account_id: int, tag_id: int) -> dict[str, Any]:
-    tag, dataset = await load_tag(repo, account_id, tag_id)
-    deleted = await repo.delete_tag(tag.id)
-    return {"dataset": dataset.name, "deleted_reports": deleted}
+async def delete_tag(uow: UnitOfWork, account_id: int, tag_id: int) -> DeleteTagOut:
+    tag, dataset = await load_tag(uow.repo, account_id, tag_id)
+    deleted = await uow.repo.delete_tag(tag.id)
+    uow.dataset_changed(dataset.id)
+    return DeleteTagOut(dataset=dataset.name, deleted_reports=deleted)

@@ -7,20 +7,20 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from gateway.schemas import VideoParams
-from gateway.service.tagging import check_media_count, check_video_params, frames_out, prepare
+from gateway.schemas import ErrorOut, MediaItem, VideoJobOut, VideoJobQueued, VideoParams
+from gateway.service.checks import check_media_count
+from gateway.service.tagging import prepare
+from gateway.service.videos import video_out
 from gateway.state import AppState
 from shared.bus import Bus
 from shared.errors import NotFound, Overloaded, TooLarge, Unavailable
 from shared.schemas.inference import HeadRef, TagRef
-from shared.schemas.media import MediaInput
 from shared.schemas.video_jobs import (
     VIDEO_JOBS_BUCKET,
     VIDEO_JOBS_SUBJECT,
@@ -41,11 +41,10 @@ async def submit_videos(
     state: AppState,
     account_id: int,
     params: VideoParams,
-    videos: Sequence[tuple[str, str, MediaInput]],
-) -> dict[str, Any]:
+    videos: Sequence[MediaItem],
+) -> VideoJobQueued:
     """tag_video_frames with ``"async": true``: one job for all the videos, answered at once."""
     check_media_count(videos, "video", state.settings)
-    check_video_params(params)
     head, tags = await prepare(state, account_id, params.dataset, "image")
     return await submit_video_job(
         state.bus, account_id=account_id, head=head, tags=tags, videos=videos, every_ms=params.every_ms,
@@ -71,15 +70,14 @@ async def submit_video_job(
     account_id: int,
     head: HeadRef,
     tags: list[TagRef],
-    videos: Sequence[tuple[str, str, MediaInput]],
+    videos: Sequence[MediaItem],
     every_ms: int,
     duration_s: float | None,
     min_frame_diff: float,
-) -> dict[str, Any]:
-    """Record the job as queued, then queue it; answers ``{"job_id", "state": "queued"}``.
+) -> VideoJobQueued:
+    """Record the job as queued, then queue it.
 
-    ``videos`` as for tag_videos: (answer key, its value, where the video is). Uploaded blobs must
-    stay in the blob store: video_service deletes them when the job ends.
+    Uploaded blobs must stay in the blob store: video_service deletes them when the job ends.
     """
     job_id = new_job_id()
     now = now_s()
@@ -88,7 +86,7 @@ async def submit_video_job(
         job_id=job_id, account_id=account_id, state="queued", created_at=now, updated_at=now,
         videos=len(videos),
     )
-    items = [VideoJobItem(key=_key(key), value=value, video=ref) for key, value, ref in videos]
+    items = [VideoJobItem(key=_key(video), value=video.name, video=video.ref) for video in videos]
     job = VideoJobRequest(
         job_id=job_id, account_id=account_id, head=head, tags=tags, videos=items, every_ms=every_ms,
         duration_s=duration_s or None, min_frame_diff=min_frame_diff,
@@ -104,7 +102,7 @@ async def submit_video_job(
         with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
             await kv.delete(job_id)
         raise
-    return {"job_id": job_id, "state": "queued"}
+    return VideoJobQueued(job_id=job_id, state="queued")
 
 
 async def _publish(js: JetStreamContext, job: VideoJobRequest) -> None:
@@ -129,13 +127,11 @@ async def _publish(js: JetStreamContext, job: VideoJobRequest) -> None:
             raise Unavailable("video job queue unavailable") from exc
 
 
-def _key(key: str) -> VideoKey:
-    if key == "video_file":
-        return "video_file"
-    return "video_url"
+def _key(video: MediaItem) -> VideoKey:
+    return "video_file" if video.uploaded else "video_url"
 
 
-async def read_video_job(bus: Bus, account_id: int, job_id: str) -> dict[str, Any]:
+async def read_video_job(bus: Bus, account_id: int, job_id: str) -> VideoJobOut:
     """The job as the API shows it; a job of another account (or expired, or unknown) is 404."""
     if not _JOB_ID.fullmatch(job_id):
         raise NotFound("video job not found (jobs are kept for 24 hours)")
@@ -149,16 +145,13 @@ async def read_video_job(bus: Bus, account_id: int, job_id: str) -> dict[str, An
     record = VideoJobRecord.model_validate_json(entry.value or b"{}")
     if record.account_id != account_id:
         raise NotFound("video job not found (jobs are kept for 24 hours)")
-    result: list[dict[str, Any]] | None = None
+    result = None
     if record.state in ("done", "failed") and record.result is not None:
-        result = []
-        for outcome in record.result:
-            element: dict[str, Any] = {outcome.key: outcome.value}
-            if outcome.error is not None:
-                element["error"] = outcome.error.detail
-            element["frames"] = frames_out(outcome.frames)
-            result.append(element)
+        result = [
+            video_out(o.value, o.key == "video_file", o.error.detail if o.error else None, o.frames)
+            for o in record.result
+        ]
     error = None
     if record.state == "failed" and record.error is not None:
-        error = {"error": record.error.error, "detail": record.error.detail}
-    return {"job_id": record.job_id, "state": record.state, "result": result, "error": error}
+        error = ErrorOut(error=record.error.error, detail=record.error.detail)
+    return VideoJobOut(job_id=record.job_id, state=record.state, result=result, error=error)

@@ -14,8 +14,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from gateway.app import create_app
-from gateway.repository import Repository
 from gateway.service.auth import create_token
+from gateway.state import AppState
 from shared.settings import GatewaySettings
 from shared.subjects import Subject
 
@@ -29,12 +29,12 @@ class Gateway:
     client: httpx.AsyncClient
     settings: GatewaySettings
     app: Any
+    state: AppState
 
     async def token(self, account: str) -> str:
-        state = self.app.state.kashf
-        async with state.sessionmaker() as session:
-            _, token = await create_token(Repository(session), account, PEPPER)
-            await session.commit()
+        async with self.state.unit_of_work() as uow:
+            _, token = await create_token(uow.repo, account, PEPPER)
+            await uow.commit()
         return token
 
     async def post(self, path: str, body: Any, token: str | None, **kwargs: Any) -> httpx.Response:
@@ -59,10 +59,10 @@ def make_settings(database_url: str, nats_url: str, **overrides: Any) -> Gateway
 @asynccontextmanager
 async def running(settings: GatewaySettings) -> AsyncIterator[Gateway]:
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with app.router.lifespan_context(app) as lifespan_state:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://kashf.test") as client:
-            yield Gateway(client, settings, app)
+            yield Gateway(client, settings, app, lifespan_state["kashf"])
 
 
 @asynccontextmanager

@@ -11,13 +11,13 @@ from typing import Any
 
 from sqlalchemy import event
 
-from gateway.datasetcache import DatasetCache, DatasetView
+from gateway.infra.datasetcache import DatasetCache, DatasetView
 from shared.bus import Bus
 from shared.schemas.events import DatasetsChanged
 from shared.schemas.inference import HeadRef, ItemResult, ScoredTag, TagRef, TagReply, TagTextsRequest
 from shared.subjects import DATASETS_CHANGED, TEXT_TAG
 from tests.unit.gateway.harness import Gateway, eventually, responder, sql
-from trainer.main import announce_new_head
+from trainer.consumers import announce_new_head
 
 
 def _view(dataset_id: int, version: int | None = None, tags: tuple[int, ...] = (1,)) -> DatasetView:
@@ -41,7 +41,6 @@ def test_entries_expire_after_the_ttl() -> None:
     assert cache.get(1, "a") == _view(10)
     clock.now += 0.2
     assert cache.get(1, "a") is None
-    assert len(cache) == 0
 
 
 def test_invalidation_drops_every_entry_of_that_dataset_only() -> None:
@@ -67,9 +66,9 @@ def test_the_cache_is_bounded_and_can_be_turned_off() -> None:
     cache = DatasetCache(60.0, max_entries=2)
     for i in range(3):
         cache.put(1, f"d{i}", _view(i), cache.epoch)
-    assert len(cache) == 2 and cache.get(1, "d0") is None
-    cache.invalidate([1, 2])  # the index of evicted entries stays consistent
-    assert len(cache) == 0
+    assert [cache.get(1, f"d{i}") for i in range(3)] == [None, _view(1), _view(2)]  # the oldest went
+    cache.invalidate([1, 2])
+    assert cache.get(1, "d1") is None and cache.get(1, "d2") is None
     off = DatasetCache(0)
     off.put(1, "a", _view(10), off.epoch)
     assert off.get(1, "a") is None
@@ -152,7 +151,7 @@ def _count_statements(gw: Gateway) -> Callable[[], list[str]]:
     def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
-    event.listen(gw.app.state.kashf.engine.sync_engine, "before_cursor_execute", on_execute)
+    event.listen(gw.state.engine.sync_engine, "before_cursor_execute", on_execute)
     return lambda: statements
 
 
@@ -250,7 +249,7 @@ async def test_a_new_head_from_the_trainer_is_used_at_once(gw: Gateway, nats_url
         async with recorder(nats_url) as seen:
             await _tag(gw, token)
             dataset_id = seen[0].head.dataset_id
-            # What the trainer commits, then announces (trainer/main.py).
+            # What the trainer commits, then announces (trainer/consumers.py).
             await sql(gw.settings.database_url, "UPDATE dataset SET head_version = 7 WHERE id = $1", dataset_id)
             await announce_new_head(bus, dataset_id)
 

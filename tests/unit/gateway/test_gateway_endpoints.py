@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+from collections.abc import Awaitable
 
 import nats
 import numpy as np
@@ -23,7 +24,7 @@ from shared.schemas.media import (
     VideoFrame,
 )
 from shared.subjects import BLOBS_BUCKET, TEXT_TAG, VIDEO_TAG, VISION_EMBED, VISION_TAG
-from tests.unit.gateway.harness import Gateway, png_bytes, responder, sql
+from tests.unit.gateway.harness import Gateway, eventually, png_bytes, responder, sql
 
 REVIEW_BUY = "ارزش خریدنش رو بی شک داره"
 REVIEW_BAD = "اصلا اصلا کیفیت نداره رنگش بااین عکس زمین تاآسمون فرق داره"
@@ -246,9 +247,19 @@ async def test_concurrent_tagging_counts_every_prediction(gw: Gateway, nats_url:
     assert [r.status_code for r in responses] == [200] * 40
     info = (await gw.post("/api/dataset_info/", {"dataset": "digikala"}, token)).json()
     assert {t["id"]: t["predictions"] for t in info["tags"]} == {buy: 80, bad: 80}
-    await gw.app.state.kashf.predictions.flush()
-    stored = await sql(gw.settings.database_url, "SELECT id, predictions FROM tag ORDER BY id")
-    assert {r["id"]: r["predictions"] for r in stored} == {buy: 80, bad: 80}
+
+    async def stored() -> dict[int, int]:
+        rows = await sql(gw.settings.database_url, "SELECT id, predictions FROM tag ORDER BY id")
+        return {r["id"]: r["predictions"] for r in rows}
+
+    # The counter writes every second: wait for it rather than reach into it.
+    assert await eventually(lambda: _equal(stored(), {buy: 80, bad: 80}), timeout_s=5.0)
+    info = (await gw.post("/api/dataset_info/", {"dataset": "digikala"}, token)).json()
+    assert {t["id"]: t["predictions"] for t in info["tags"]} == {buy: 80, bad: 80}  # nothing counted twice
+
+
+async def _equal(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
 
 
 async def test_tag_images_by_url_and_by_upload(gw: Gateway, nats_url: str) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.handlers import validation_detail
-from gateway.ratelimit import RateLimiter
+from gateway.http_errors import validation_detail
+from gateway.infra.ratelimit import RateLimiter
 from gateway.service.auth import hash_token, new_token, parse_authorization
 from gateway.service.reports import compact_labels
 from gateway.service.tagging import probability

@@ -17,7 +17,7 @@ async def test_a_burst_with_a_new_token_looks_it_up_once(gw: Gateway) -> None:
     def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
-    event.listen(gw.app.state.kashf.engine.sync_engine, "before_cursor_execute", on_execute)
+    event.listen(gw.state.engine.sync_engine, "before_cursor_execute", on_execute)
     responses = await asyncio.gather(*(gw.post("/api/list_datasets/", {}, token) for _ in range(20)))
     assert [r.status_code for r in responses] == [200] * 20
     assert len([s for s in statements if "token_hash" in s]) == 1

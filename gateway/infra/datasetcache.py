@@ -20,13 +20,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from gateway.singleflight import SingleFlight
+from gateway.infra.singleflight import SingleFlight
 from shared.schemas.events import DatasetsChanged
 from shared.schemas.inference import HeadRef, TagRef
-
-_CHANGED_KEY = "kashf_changed_datasets"
 
 
 @dataclass(frozen=True)
@@ -49,9 +45,6 @@ class DatasetCache:
         self._epoch = 0
         self._loads: SingleFlight[tuple[int, str], DatasetView] = SingleFlight()
         self.instance_id = uuid.uuid4().hex  # sent with this replica's broadcasts, which it skips itself
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     @property
     def epoch(self) -> int:
@@ -113,13 +106,3 @@ class DatasetCache:
                 if not keys:
                     del self._keys[found[0].dataset_id]
 
-
-def mark_changed(session: AsyncSession, dataset_id: int) -> None:
-    """Note a change to the dataset's tags or kind; the request's session dependency invalidates after commit."""
-    session.info.setdefault(_CHANGED_KEY, set()).add(dataset_id)
-
-
-def changed_ids(session: AsyncSession) -> list[int]:
-    """Datasets marked changed in this session (taken: a second call returns none)."""
-    ids: set[int] = session.info.pop(_CHANGED_KEY, set())
-    return sorted(ids)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from gateway.singleflight import SingleFlight
+from gateway.infra.singleflight import SingleFlight
 
 
 class TokenCache:

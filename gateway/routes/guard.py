@@ -1,4 +1,4 @@
-"""``ApiRoute``: what every /api call passes before its body is parsed.
+"""``ApiRoute``: what every /api call passes before its body is parsed (routes get the account as ``AccountDep``).
 
 Order: token (401), account rate (429), content type (415), body size while reading (413); then
 FastAPI parses and validates the body (422) and the route runs.
@@ -55,12 +55,7 @@ class ApiRoute(APIRoute):
         async def guarded(request: Request) -> Response:
             state = app_state(request)
             settings = state.settings
-            account_id = await authenticate(
-                state.sessionmaker,
-                request.headers.get("authorization"),
-                settings.token_pepper.get_secret_value(),
-                state.tokens,
-            )
+            account_id = await authenticate(state, request.headers.get("authorization"))
             state.limiter.check(account_id)
             request.state.account_id = account_id
             kind = media_kind(request.headers.get("content-type"))

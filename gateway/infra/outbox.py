@@ -1,4 +1,5 @@
-"""Transactional outbox: events are written with their cause and published to JetStream after commit.
+"""Transactional outbox: events are written with their cause (``UnitOfWork.stage``) and published to
+JetStream after commit.
 
 A row's ``msg_id`` is fixed when it is written, so republishing it (after a crash, or by two
 replicas) is dropped by JetStream's duplicate window; the sweeper publishes what was left behind.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -21,41 +23,26 @@ from shared.errors import KashfError
 
 log = structlog.get_logger(__name__)
 
-_PENDING_KEY = "kashf_outbox_ids"
-
 
 class _Payload(RootModel[dict[str, Any]]):
     """A stored payload, published as it was written."""
 
 
-async def stage(repo: Repository, events: Sequence[tuple[str, str, BaseModel]]) -> list[int]:
-    """Write (subject, msg_id prefix, message) rows in the current transaction; returns their ids.
+@dataclass(frozen=True)
+class OutboxEvent:
+    """A message to publish once the transaction that caused it commits; its id is f"{key}-{outbox row id}"."""
 
-    The message id is f"{prefix}-{row id}". The ids are remembered on the session, so the
-    request's session dependency can publish them right after commit.
-    """
-    if not events:
-        return []
-    ids = await repo.next_outbox_ids(len(events))
-    await repo.add_outbox(
-        [
-            {
-                "id": oid,
-                "subject": subject,
-                "msg_id": f"{prefix}-{oid}",
-                "payload": message.model_dump(mode="json"),
-            }
-            for oid, (subject, prefix, message) in zip(ids, events, strict=True)
-        ]
-    )
-    repo.session.info.setdefault(_PENDING_KEY, []).extend(ids)
-    return ids
+    subject: str
+    key: str
+    message: BaseModel
 
-
-def pending_ids(session: AsyncSession) -> list[int]:
-    """Outbox ids staged in this session (taken: a second call returns none)."""
-    ids: list[int] = session.info.pop(_PENDING_KEY, [])
-    return ids
+    def row(self, outbox_id: int) -> dict[str, Any]:
+        return {
+            "id": outbox_id,
+            "subject": self.subject,
+            "msg_id": f"{self.key}-{outbox_id}",
+            "payload": self.message.model_dump(mode="json"),
+        }
 
 
 class OutboxPublisher:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gateway.schemas import MediaItem
 from shared.errors import BadRequest, TooLarge
 from shared.settings import GatewaySettings
 
@@ -15,6 +16,12 @@ def check_count(items: Sequence[object], what: str, settings: GatewaySettings) -
         raise TooLarge(
             f"{what} has {len(items)} items, over the limit of {settings.max_items} (KASHF_MAX_ITEMS)"
         )
+
+
+def check_media_count(items: Sequence[MediaItem], kind: str, settings: GatewaySettings) -> None:
+    """Errors name the list as sent: ``image_urls`` for URLs, ``image_file`` for uploads."""
+    uploaded = bool(items) and items[0].uploaded
+    check_count(items, f"{kind}_file" if uploaded else f"{kind}_urls", settings)
 
 
 def check_text(text: str, where: str, settings: GatewaySettings) -> None:

@@ -1,0 +1,1 @@
+"""In-process machinery behind the requests: caches, single-flight, rate limiter, outbox publisher, counters."""
