@@ -109,6 +109,19 @@ async def wait_settled(bus: Bus, durable: str, timeout_s: float = 20.0) -> None:
         await asyncio.sleep(0.1)
 
 
+async def terminations(bus: Bus, durable: str) -> asyncio.Queue[dict[str, Any]]:
+    """The server's own record of each term() on ``durable``: advisories naming the stream sequence."""
+    terminated: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def on_terminated(msg: Msg) -> None:
+        await terminated.put(json.loads(msg.data))
+
+    await bus.nc.subscribe(f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{EVENTS_STREAM}.{durable}",
+                           cb=on_terminated)
+    await bus.nc.flush()
+    return terminated
+
+
 async def test_train_request_fits_evaluates_and_stores_head(
     bus: Bus, sessions: async_sessionmaker[AsyncSession], start_responder: Responder, make_consumer: Any,
 ) -> None:
@@ -180,14 +193,7 @@ async def test_poison_message_is_terminated_not_retried(
     await start_responder()
     dataset_id, _ = await seed(sessions)
     durable = f"trainer-poison-{uuid.uuid4().hex[:8]}"
-    terminated: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def on_terminated(msg: Msg) -> None:
-        await terminated.put(json.loads(msg.data))
-
-    # The server's own record of a term(): an advisory naming the stream sequence of the message.
-    await bus.nc.subscribe(f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{EVENTS_STREAM}.{durable}",
-                           cb=on_terminated)
+    terminated = await terminations(bus, durable)
     registry = CollectorRegistry()
     await make_consumer(ack_wait_s=1.0, durable=durable, metrics=create_metrics(registry))
     poison = await bus.js.publish(train_subject(dataset_id), b"{not json", headers={"Nats-Msg-Id": uuid.uuid4().hex})
@@ -248,6 +254,27 @@ async def test_crash_mid_training_is_redelivered_and_completes(
     await make_consumer(durable=durable)
     dataset = await wait_state(sessions, dataset_id, {"trained", "failed"})
     assert dataset.state == "trained" and dataset.head_version == 1
+
+
+async def test_a_refit_that_raises_a_bug_fails_the_dataset_and_terms_its_events(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], start_responder: Responder, make_consumer: Any,
+) -> None:
+    await start_responder()
+    dataset_id, _ = await seed(sessions)
+    durable = f"trainer-bug-{uuid.uuid4().hex[:8]}"
+    terminated = await terminations(bus, durable)
+
+    async def broken_store(dataset_id: int, head: Head) -> str:
+        raise ValueError("a bug in storing heads")
+
+    await make_consumer(durable=durable, store=broken_store)
+    await bus.publish_event(train_subject(dataset_id), TrainRequest(dataset_id=dataset_id), msg_id=uuid.uuid4().hex)
+    failed = await wait_state(sessions, dataset_id, {"failed", "trained"})
+    assert failed.state == "failed" and failed.state_reason == "ValueError: a bug in storing heads"
+    # Retrying would fail the same way: the event is terminated at its first delivery, not redelivered.
+    advisory = await asyncio.wait_for(terminated.get(), 10)
+    assert advisory["deliveries"] == 1
+    await wait_settled(bus, durable)
 
 
 async def test_dataset_without_positive_reports_fails_with_reason(
