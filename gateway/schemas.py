@@ -254,7 +254,7 @@ class TextTagsOut(BaseModel):
 
 
 class ImageTagsOut(BaseModel):
-    """Named by ``image_url`` or, for an upload, ``image_file``."""
+    """Named by image_url or, for an upload, image_file."""
 
     image_url: str | None = Absent
     image_file: str | None = Absent
@@ -269,7 +269,7 @@ class FrameOut(BaseModel):
 
 
 class VideoTagsOut(BaseModel):
-    """Named by ``video_url`` or, for an upload, ``video_file``."""
+    """Named by video_url or, for an upload, video_file."""
 
     video_url: str | None = Absent
     video_file: str | None = Absent

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tests.unit.gateway.harness import PEPPER, Gateway, sql
+from tests.unit.gateway.harness import PEPPER, Gateway, eventually, sql
 
 
 async def admin(database_url: str, *args: str) -> tuple[int, str, str]:
@@ -54,8 +54,12 @@ async def _create_list_and_revoke(gw: Gateway) -> None:
 
     code, out, _ = await admin(url, "revoke-token", token[:8])
     assert code == 0 and "revoked" in out
-    await asyncio.sleep(0.6)  # the gateway's token cache (KASHF_TOKEN_CACHE_S) lets it expire
-    assert (await gw.post("/api/list_datasets/", {}, token)).status_code == 401
+
+    async def refused() -> bool:
+        return (await gw.post("/api/list_datasets/", {}, token)).status_code == 401
+
+    # Refused once the gateway's token cache (KASHF_TOKEN_CACHE_S, 0.5 s here) lets the entry expire.
+    assert await eventually(refused, timeout_s=3.0)
     assert (await gw.post("/api/list_datasets/", {}, second.strip().splitlines()[-1])).status_code == 200
 
     code, _, err = await admin(url, "revoke-token", "no-such-prefix")

@@ -77,16 +77,17 @@ def test_the_cache_is_bounded_and_can_be_turned_off() -> None:
 async def test_concurrent_misses_share_one_load() -> None:
     cache = DatasetCache(60.0)
     calls = 0
-    gate = asyncio.Event()
+    started, gate = asyncio.Event(), asyncio.Event()
 
     async def load() -> DatasetView:
         nonlocal calls
         calls += 1
+        started.set()
         await gate.wait()
         return _view(10)
 
     waiters = [asyncio.create_task(cache.get_or_load(1, "a", load)) for _ in range(10)]
-    await asyncio.sleep(0)
+    await started.wait()  # the load runs after every waiter has asked (tasks start in order)
     waiters[0].cancel()  # a client that went away does not cancel the load for the others
     gate.set()
     results = await asyncio.gather(*waiters[1:])
@@ -96,13 +97,15 @@ async def test_concurrent_misses_share_one_load() -> None:
 
 async def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
     cache = DatasetCache(60.0)
+    calls = 0
 
     async def load() -> DatasetView:
-        await asyncio.sleep(0.01)
+        nonlocal calls
+        calls += 1
         raise LookupError("no such dataset")
 
     results = await asyncio.gather(*(cache.get_or_load(1, "a", load) for _ in range(3)), return_exceptions=True)
-    assert all(isinstance(r, LookupError) for r in results)
+    assert calls == 1 and all(isinstance(r, LookupError) for r in results)
     assert cache.get(1, "a") is None
     assert await cache.get_or_load(1, "a", _loader(_view(10))) == _view(10)  # the next miss loads again
 
@@ -288,19 +291,31 @@ async def test_a_malformed_broadcast_is_ignored_and_the_next_one_still_works(
 ) -> None:
     bus = await Bus.connect(nats_url, "noise")
     try:
-        # A long TTL: only a broadcast can drop the entry within this test.
+        # A long TTL: only a broadcast can drop an entry within this test.
         async with gateway_factory(dataset_cache_s=60) as gw:
             token = await gw.token("acme")
             a, b = await _two_tags(gw, token)
+            await gw.post("/api/create_dataset/", {"dataset": "other", "kind": "text"}, token)
+            c = (await gw.post("/api/create_tag/", {"dataset": "other", "title": "پیش"}, token)).json()["tag_id"]
             async with recorder(nats_url) as seen:
-                await _tag(gw, token)  # cached
-                dataset_id = seen[0].head.dataset_id
+                await _tag(gw, token)  # both cached
+                dataset_id = seen[-1].head.dataset_id
+                await _tag(gw, token, "other")
+                other_id = seen[-1].head.dataset_id
+                await sql(gw.settings.database_url, "UPDATE tag SET active = false WHERE id = $1", a)
+                await sql(gw.settings.database_url, "UPDATE tag SET title = 'پس' WHERE id = $1", c)
                 await bus.nc.publish(DATASETS_CHANGED, b"not json")
                 await bus.broadcast(DATASETS_CHANGED, DatasetsChanged(dataset_ids=[]))
-                await sql(gw.settings.database_url, "UPDATE tag SET active = false WHERE id = $1", a)
-                await bus.nc.flush()
+                await bus.broadcast(DATASETS_CHANGED, DatasetsChanged(dataset_ids=[other_id]))
+
+                async def other_dropped() -> bool:
+                    await _tag(gw, token, "other")
+                    return [(t.id, t.title) for t in seen[-1].tags] == [(c, "پس")]
+
+                # One subscription delivers in order: the last message's effect shows the first two were handled.
+                assert await eventually(other_dropped, timeout_s=3.0)
                 await _tag(gw, token)
-                assert [t.id for t in seen[-1].tags] == [a, b]  # neither message dropped the entry
+                assert [t.id for t in seen[-1].tags] == [a, b]  # neither of them dropped this entry
                 await bus.broadcast(DATASETS_CHANGED, DatasetsChanged(dataset_ids=[dataset_id]))
 
                 async def dropped() -> bool:

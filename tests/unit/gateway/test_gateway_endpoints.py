@@ -6,7 +6,8 @@ import asyncio
 import base64
 import io
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats
 import numpy as np
@@ -90,16 +91,20 @@ async def test_dataset_info_reports_evaluation_from_the_trainer(gw: Gateway) -> 
     await sql(
         gw.settings.database_url,
         "UPDATE dataset SET state='trained', evaluation=$1::jsonb",
-        '{"recall": 87.0, "precision": 91.0, "f1": 88.9}',
+        '{"recall": 87, "precision": 91.0, "f1": 88.9}',
     )
     await sql(
         gw.settings.database_url,
         """UPDATE tag SET evaluation='{"recall": 80.3, "precision": 91.4, "f1": 86.0}' WHERE id=$1""",
         tag_id,
     )
-    info = (await gw.post("/api/dataset_info/", {"dataset": "digikala", "tags": True}, token)).json()
+    response = await gw.post("/api/dataset_info/", {"dataset": "digikala", "tags": True}, token)
+    info = response.json()
     assert info["state"] == "trained"
-    assert info["evaluation"] == {"recall": 87.0, "precision": 91.0}
+    assert list(info) == ["title", "state", "report_count", "data_count", "evaluation", "tags"]
+    # Figures are printed as stored: 87 as in the reference's example, 91.0 and 86.0 as they were.
+    assert '"evaluation":{"recall":87,"precision":91.0}' in response.text
+    assert '"f1":86.0}' in response.text
     assert info["tags"][0]["evaluation"] == {"recall": 80.3, "precision": 91.4, "f1": 86.0}
     assert info["tags"][1]["evaluation"] is None
 
@@ -215,6 +220,8 @@ async def test_tag_texts_asks_text_service_and_counts_predictions(gw: Gateway, n
         {"content": REVIEW_BAD, "tags": [{"id": 0, "probability": 1, "title": "ناآشنا"}]},
     ]
     assert '"probability":1,' in response.text  # printed as 1, not 1.0, like the reference
+    assert [list(element) for element in response.json()] == [["content", "tags"]] * 2
+    assert list(response.json()[0]["tags"][0]) == ["id", "probability", "title"]
     assert again.status_code == 200
     # The request id travels with the model request, so the service's logs carry it too.
     assert headers[0][CORRELATION_HEADER] == "trace-me-1"
@@ -312,6 +319,7 @@ async def test_tag_images_by_url_and_by_upload(gw: Gateway, nats_url: str) -> No
         {"image_url": urls[0], "tags": [{"id": milad, "probability": 0.99, "title": "برج میلاد"}]},
         {"image_url": urls[1], "error": "could not fetch the image (HTTP 404)", "tags": []},
     ]
+    assert [list(element) for element in by_url.json()] == [["image_url", "tags"], ["image_url", "error", "tags"]]
     assert upload.status_code == 200, upload.text
     assert upload.json() == [
         {"image_file": name, "tags": [{"id": milad, "probability": 0.99, "title": "برج میلاد"}]}
@@ -358,6 +366,7 @@ async def test_tag_video_frames_by_url_and_by_upload(gw: Gateway, nats_url: str)
     ]
     assert by_url.status_code == 200, by_url.text
     assert by_url.json() == [{"video_url": url, "frames": frames}]
+    assert list(by_url.json()[0]["frames"][0]) == ["frame", "time", "tags"]
     assert upload.status_code == 200, upload.text
     assert upload.json() == [{"video_file": "clip.mp4", "frames": frames}]
     assert (seen[0].every_ms, seen[0].duration_s, seen[0].min_frame_diff) == (100, 25, 50)
@@ -366,8 +375,13 @@ async def test_tag_video_frames_by_url_and_by_upload(gw: Gateway, nats_url: str)
     assert (seen[1].every_ms, seen[1].duration_s, seen[1].video.data) == (250, None, b"\x00" * 2048)
 
 
-async def test_report_image_tags_keeps_copy_and_embedding(gw: Gateway) -> None:
+async def test_report_image_tags_keeps_copy_and_embedding(gateway_factory: Callable[..., Any]) -> None:
     """vision_service (a test peer on the real bus) embeds; the gateway keeps copy, hash and vector."""
+    async with gateway_factory(outbox_sweep_s=60) as gw:  # no sweep holds a connection meanwhile
+        await _report_images(gw)
+
+
+async def _report_images(gw: Gateway) -> None:
     token = await gw.token("acme")
     milad = (await gw.post("/api/create_tag/", {"dataset": "iran", "title": "برج میلاد"}, token)).json()[
         "tag_id"
@@ -375,10 +389,13 @@ async def test_report_image_tags_keeps_copy_and_embedding(gw: Gateway) -> None:
     copy = png_bytes(2)
     vector = np.arange(4, dtype=np.float32) / 4
     seen: list[EmbedImagesRequest] = []
+    while_embedding: list[tuple[int, str]] = []
 
     async def embed(data: bytes) -> bytes:
         request = EmbedImagesRequest.model_validate_json(data)
         seen.append(request)
+        kind = await sql(gw.settings.database_url, "SELECT kind FROM dataset WHERE name = 'iran'")
+        while_embedding.append((gw.state.engine.pool.checkedout(), kind[0]["kind"]))
         items = [ImageEmbedding(vector=base64.b64encode(pack_vectors(vector[None])), sha256="ab" * 32,
                                 copy_bytes=base64.b64encode(copy), copy_media_type="image/jpeg")
                  for _ in request.images]
@@ -394,6 +411,8 @@ async def test_report_image_tags_keeps_copy_and_embedding(gw: Gateway) -> None:
         )
     assert response.status_code == 200, response.text
     assert [m.url for m in seen[0].images] == urls and seen[0].keep_copy is True
+    # While vision_service works the gateway holds no pooled connection, and the kind it fixed is committed.
+    assert while_embedding == [(0, "image")]
     item_id = response.json()[0]["id"]
     # Same bytes (same hash) at two URLs: one item; the later report wins.
     assert response.json() == [{"report": f"[[{milad},false]]", "id": item_id}] * 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -203,7 +202,6 @@ async def test_504_when_the_text_service_never_answers(
     gateway_factory: Callable[..., Any], nats_url: str
 ) -> None:
     async def never(data: bytes) -> None:
-        await asyncio.sleep(0)
         return None
 
     async with gateway_factory(text_timeout_s=0.3) as gw, responder(nats_url, TEXT_TAG, never):
@@ -217,7 +215,6 @@ async def test_504_for_a_slow_video_tells_the_client_to_go_async(
     gateway_factory: Callable[..., Any], nats_url: str
 ) -> None:
     async def never(data: bytes) -> None:
-        await asyncio.sleep(0)
         return None
 
     async with gateway_factory(video_timeout_s=0.3) as gw, responder(nats_url, VIDEO_TAG, never):
