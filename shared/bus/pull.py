@@ -122,11 +122,14 @@ class PullWorker:
         self._stopping.set()
         if self._loops:
             await _cancel(self._loops[0])
+        # Unbound first, the server drops the open pull request: a message handed back below would
+        # otherwise be redelivered into it at once, and reach another replica only after ack_wait.
+        # Settling needs no subscription (acks go to each message's reply subject).
+        await unbind(self._sub)
+        self._sub = None
         await finish_or_cancel(list(self._tasks), timeout_s)
         for loop in self._loops[1:]:
             await _cancel(loop)
-        await unbind(self._sub)
-        self._sub = None
 
     async def _pull(self) -> None:
         assert self._sub is not None
