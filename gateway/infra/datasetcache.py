@@ -46,11 +46,6 @@ class DatasetCache:
         self._loads: SingleFlight[tuple[int, str], DatasetView] = SingleFlight()
         self.instance_id = uuid.uuid4().hex  # sent with this replica's broadcasts, which it skips itself
 
-    @property
-    def epoch(self) -> int:
-        """Take this before loading; ``put`` with it stores nothing if an invalidation came meanwhile."""
-        return self._epoch
-
     def get(self, account_id: int, name: str) -> DatasetView | None:
         key = (account_id, name)
         found = self._entries.get(key)
@@ -68,16 +63,16 @@ class DatasetCache:
         view = self.get(account_id, name)
         if view is not None:
             return view
-        epoch = self._epoch
+        epoch = self._epoch  # an invalidation during the load leaves what it read uncached
 
         async def load_and_keep() -> DatasetView:
             loaded = await load()
-            self.put(account_id, name, loaded, epoch)
+            self._put(account_id, name, loaded, epoch)
             return loaded
 
         return await self._loads.do((account_id, name), load_and_keep)
 
-    def put(self, account_id: int, name: str, view: DatasetView, epoch: int) -> None:
+    def _put(self, account_id: int, name: str, view: DatasetView, epoch: int) -> None:
         if self.ttl_s <= 0 or epoch != self._epoch:
             return
         key = (account_id, name)

@@ -33,44 +33,53 @@ class Clock:
         return self.now
 
 
-def test_entries_expire_after_the_ttl() -> None:
+async def _keep(cache: DatasetCache, account_id: int, name: str, view: DatasetView) -> None:
+    """Cache ``view`` the way a request does: a miss that loads it."""
+    assert await cache.get_or_load(account_id, name, _loader(view)) == view
+
+
+async def test_entries_expire_after_the_ttl() -> None:
     clock = Clock()
     cache = DatasetCache(2.0, clock=clock)
-    cache.put(1, "a", _view(10), cache.epoch)
+    await _keep(cache, 1, "a", _view(10))
     clock.now += 1.9
     assert cache.get(1, "a") == _view(10)
     clock.now += 0.2
     assert cache.get(1, "a") is None
 
 
-def test_invalidation_drops_every_entry_of_that_dataset_only() -> None:
+async def test_invalidation_drops_every_entry_of_that_dataset_only() -> None:
     cache = DatasetCache(60.0)
-    cache.put(1, "a", _view(10), cache.epoch)
-    cache.put(2, "b", _view(20), cache.epoch)
+    await _keep(cache, 1, "a", _view(10))
+    await _keep(cache, 2, "b", _view(20))
     cache.invalidate([10, 99])
     assert cache.get(1, "a") is None
     assert cache.get(2, "b") == _view(20)
 
 
-def test_a_load_that_overlapped_an_invalidation_is_not_stored() -> None:
+async def test_a_load_that_overlapped_an_invalidation_is_not_stored() -> None:
     cache = DatasetCache(60.0)
-    epoch = cache.epoch  # a reader starts loading dataset 10 ...
-    cache.invalidate([10])  # ... a tag change commits meanwhile ...
-    cache.put(1, "a", _view(10), epoch)  # ... so what it read may be the old state
+
+    async def load() -> DatasetView:
+        read = _view(10)  # a reader reads dataset 10 ...
+        cache.invalidate([10])  # ... a tag change commits meanwhile, so what it read may be the old state
+        return read
+
+    assert await cache.get_or_load(1, "a", load) == _view(10)  # answered, but not kept
     assert cache.get(1, "a") is None
-    cache.put(1, "a", _view(10), cache.epoch)
+    await _keep(cache, 1, "a", _view(10))  # the next load is kept
     assert cache.get(1, "a") is not None
 
 
-def test_the_cache_is_bounded_and_can_be_turned_off() -> None:
+async def test_the_cache_is_bounded_and_can_be_turned_off() -> None:
     cache = DatasetCache(60.0, max_entries=2)
     for i in range(3):
-        cache.put(1, f"d{i}", _view(i), cache.epoch)
+        await _keep(cache, 1, f"d{i}", _view(i))
     assert [cache.get(1, f"d{i}") for i in range(3)] == [None, _view(1), _view(2)]  # the oldest went
     cache.invalidate([1, 2])
     assert cache.get(1, "d1") is None and cache.get(1, "d2") is None
     off = DatasetCache(0)
-    off.put(1, "a", _view(10), off.epoch)
+    await _keep(off, 1, "a", _view(10))
     assert off.get(1, "a") is None
 
 

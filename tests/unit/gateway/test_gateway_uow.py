@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
 from gateway.infra.datasetcache import DatasetView
@@ -27,7 +29,7 @@ async def test_commit_publishes_and_invalidates_and_rollback_does_neither(gw: Ga
     account_id, dataset_id = await _dataset(gw)
     cache = gw.state.datasets
     view = DatasetView(dataset_id, "text", HeadRef(dataset_id=dataset_id, version=None), ())
-    cache.put(account_id, "d", view, cache.epoch)
+    assert await cache.get_or_load(account_id, "d", _loader(view)) == view  # cached, as a tag request would
     heard: list[DatasetsChanged] = []
     listener = await Bus.connect(nats_url, "listener")
     await listener.listen(DATASETS_CHANGED, DatasetsChanged, heard.append)
@@ -61,3 +63,10 @@ async def test_commit_publishes_and_invalidates_and_rollback_does_neither(gw: Ga
         assert [(m.dataset_ids, m.origin) for m in heard] == [([dataset_id], cache.instance_id)]
     finally:
         await listener.close()
+
+
+def _loader(view: DatasetView) -> Callable[[], Awaitable[DatasetView]]:
+    async def load() -> DatasetView:
+        return view
+
+    return load
