@@ -1,9 +1,6 @@
-"""``kashf-admin``: operator commands for API tokens (tokens are never created over the public API).
-
-create-token ACCOUNT      create the account if needed; prints the new token as the last line
-list-tokens [ACCOUNT]     id, account, prefix, created, revoked
-revoke-token PREFIX_OR_ID revoke one token (a prefix must match exactly one token)
-"""
+"""``kashf-admin``: operator commands for API tokens (never created over the public API): create-token
+ACCOUNT (the account too if needed; the token is the last line printed), list-tokens [ACCOUNT], revoke-token
+PREFIX_OR_ID (one token). It commits its own session: tokens publish no event and change no dataset view."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""The public API's request and response bodies, with the reference's examples for /docs.
-
-List lengths and text lengths are not constrained here: those limits are settings, answered with
-413 naming the setting by the service layer, not 422. Services answer with the response models;
-a field marked ``Absent`` is left out of the JSON when None, as the reference does.
-"""
+"""The public API's request and response bodies, with the reference's examples for /docs. List and text
+lengths are limits that are settings (413 from the services, naming the setting), not schema rules (422).
+Services answer with the response models; a field marked ``Absent`` is left out of the JSON when None."""
 
 from __future__ import annotations
 

@@ -16,10 +16,8 @@ from shared.subjects import DATASETS_CHANGED
 
 class UnitOfWork:
     """``async with state.unit_of_work() as uow:`` SQL through ``uow.repo``, then ``await uow.commit()``.
-
-    Services say what the work changed (``stage``, ``dataset_changed``); leaving the block without a
-    commit rolls back and forgets it. The session takes a pooled connection only at its first statement.
-    """
+    Services say what the work changed (``stage``, ``dataset_changed``); leaving the block without a commit
+    rolls back and forgets it. The session takes a pooled connection only at its first statement."""
 
     def __init__(
         self,

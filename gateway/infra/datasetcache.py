@@ -1,16 +1,6 @@
-"""What tagging needs of a dataset (its id, kind, head version and active tags), cached per replica.
-
-Reading these took two queries, a pool checkout and its ping on every tag request: about half of
-the gateway's CPU per request in ``bench/text.py``. An entry lives ``ttl_s`` at most and goes sooner:
-
-* in the replica that changed a tag or a dataset's kind, as soon as its transaction commits;
-* in every replica when a ``DATASETS_CHANGED`` broadcast arrives: gateways send one after those
-  commits and the trainer after it stores a new head.
-
-A broadcast lost to a reconnect leaves an entry stale for ``ttl_s`` at most. A load that overlaps an
-invalidation is not stored, so a reader that started before a commit cannot put back the old state.
-Concurrent misses of one key share one load, so an expiry under load costs one read, not one per request.
-"""
+"""What tagging needs of a dataset (its id, kind, head version and active tags), cached per replica: reading
+these took two queries, a pool checkout and its ping on every tag request, about half of the gateway's CPU
+per request in ``bench/text.py``. An entry lives ``ttl_s`` at most and goes sooner (see ``DatasetCache``)."""
 
 from __future__ import annotations
 
@@ -35,6 +25,13 @@ class DatasetView:
 
 class DatasetCache:
     """(account id, dataset name) -> ``DatasetView``; LRU-bounded, ``ttl_s <= 0`` turns it off."""
+
+    # An entry goes before its TTL in the replica whose unit of work changed a tag or a dataset's kind,
+    # as soon as it commits, and in every replica when a DATASETS_CHANGED broadcast arrives (gateways send
+    # one after those commits, the trainer after it stores a new head). A broadcast lost to a reconnect
+    # leaves an entry stale for ttl_s at most. A load that overlaps an invalidation is not stored, so a
+    # reader that started before a commit cannot put back the old state. Concurrent misses of one key
+    # share one load, so an expiry under load costs one read, not one per request.
 
     def __init__(self, ttl_s: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s

@@ -1,9 +1,6 @@
 """Transactional outbox: events are written with their cause (``UnitOfWork.stage``) and published to
-JetStream after commit.
-
-A row's ``msg_id`` is fixed when it is written, so republishing it (after a crash, or by two
-replicas) is dropped by JetStream's duplicate window; the sweeper publishes what was left behind.
-"""
+JetStream after commit. A row's ``msg_id`` is fixed when it is written, so republishing it (after a crash,
+or by two replicas) is dropped by JetStream's duplicate window; the sweeper publishes what was left behind."""
 
 from __future__ import annotations
 

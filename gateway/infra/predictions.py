@@ -1,9 +1,8 @@
-"""Per-tag prediction counters, summed in memory and written every second in one transaction.
+"""Per-tag prediction counters, summed in memory and written every second in one transaction of their own.
+A crash loses at most the last second of counts; dataset_info adds what is still pending here."""
 
-One UPDATE per tagging request made concurrent requests lock the same tag rows in different orders
-(Postgres deadlocks, measured with bench/text.py at 32 clients) and was the gateway's largest cost.
-A crash loses at most the last second of counts; dataset_info adds what is still pending here.
-"""
+# One UPDATE per tagging request made concurrent requests lock the same tag rows in different orders
+# (Postgres deadlocks, measured with bench/text.py at 32 clients) and was the gateway's largest cost.
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Per-account token bucket, in memory.
-
-Each gateway process keeps its own buckets, so with N replicas an account may reach up to N times
-the configured rate; that is accepted (no shared store on the request path).
-"""
+"""Per-account token bucket, in memory. Each gateway process keeps its own buckets, so with N replicas an
+account may reach up to N times the configured rate; that is accepted (no shared store on the request path)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""``ApiRoute``: what every /api call passes before its body is parsed (routes get the account as ``AccountDep``).
-
-Order: token (401), account rate (429), content type (415), body size while reading (413); then
-FastAPI parses and validates the body (422) and the route runs.
-"""
+"""``ApiRoute``: what every /api call passes before its body is parsed, in this order: token (401), account
+rate (429), content type (415), body size while reading (413); then FastAPI parses and validates the body
+(422) and the route runs, given the account as ``AccountDep``."""
 
 from __future__ import annotations
 

@@ -59,11 +59,9 @@ def form_fields(form: FormData, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 async def upload(state: AppState, form: FormData, field: str, max_bytes: int, setting: str) -> list[MediaItem]:
-    """The uploaded files of ``field``, in order.
-
-    Small files travel inline in the model request (measured: the object store round trip was most of
-    the gateway's cost per small upload); the rest go to the blob store, since NATS payloads stay under 1 MiB.
-    """
+    """The uploaded files of ``field``, in order. Small files travel inline in the model request (measured:
+    the object store round trip was most of the gateway's cost per small upload); the rest go to the blob
+    store, since NATS payloads stay under 1 MiB."""
     files = [f for f in form.getlist(field) if isinstance(f, UploadFile)]
     check_count(files, field, state.settings)
     items: list[MediaItem] = []

@@ -38,11 +38,9 @@ def _unknown() -> list[ScoredTag]:
 
 
 async def prepare(state: AppState, account_id: int, name: str, kind: str) -> tuple[HeadRef, list[TagRef]]:
-    """The dataset's head and active tags, from the replica's cache when it holds them.
-
-    A miss reads them in a short unit of work of its own, committed before any model service is asked,
-    so no pooled connection idles while a model works.
-    """
+    """The dataset's head and active tags, from the replica's cache when it holds them. A miss reads them in
+    a short unit of work of its own, committed before any model service is asked, so no pooled connection
+    idles while a model works."""
     load = functools.partial(_load_view, state, account_id, name, kind)
     view = await state.datasets.get_or_load(account_id, name, load)
     if view.kind != kind:
