@@ -19,16 +19,30 @@ Title = Field(min_length=1, max_length=500)
 TagId = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
-def _nul_path(value: Any, path: str) -> str | None:
+def _unstorable(text: str) -> str | None:
+    """Why Postgres and NATS cannot carry ``text`` (a NUL, or a lone UTF-16 surrogate), or None."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000)"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (\\ud800-\\udfff), which is not valid Unicode text"
+    return None
+
+
+def _bad_text(value: Any, path: str) -> str | None:
+    """The first string in a JSON body that cannot be stored, as "<path> <reason>"."""
     if isinstance(value, str):
-        return path if "\x00" in value else None
+        reason = _unstorable(value)
+        return f"{path} {reason}" if reason else None
     if isinstance(value, dict):
         for key, item in value.items():
-            if (found := _nul_path(item, f"{path}.{key}" if path else str(key))) is not None:
+            if (found := _bad_text(item, f"{path}.{key}" if path else str(key))) is not None:
                 return found
     if isinstance(value, list):
         for i, item in enumerate(value):
-            if (found := _nul_path(item, f"{path}[{i}]")) is not None:
+            if (found := _bad_text(item, f"{path}[{i}]")) is not None:
                 return found
     return None
 
@@ -38,10 +52,10 @@ class _Body(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nul(cls, data: Any) -> Any:
-        # Postgres text cannot hold NUL: refuse it here, naming the field, rather than fail later.
-        if (path := _nul_path(data, "")) is not None:
-            raise ValueError(f"{path} contains a NUL character (\\u0000)")
+    def _storable_text(cls, data: Any) -> Any:
+        # Postgres text holds neither NUL nor lone surrogates: refuse them here, naming the field.
+        if (found := _bad_text(data, "")) is not None:
+            raise ValueError(found)
         return data
 
 
