@@ -150,6 +150,11 @@ def _up(args: argparse.Namespace) -> int:
         print(f"using Postgres database {database_url.rsplit('@', 1)[-1]}", flush=True)
     upgrade(database_url)
     token = create_token(database_url, "dev")
+    # kashf-admin, run from this folder while the stack is up, finds this database (and NATS) here.
+    stack_env = state / "stack.env"
+    stack_env.parent.mkdir(parents=True, exist_ok=True)
+    stack_env.touch(mode=0o600)
+    stack_env.write_text(f"DATABASE_URL={database_url}\nNATS_URL={nats_url}\n", encoding="utf-8")
     stack = Stack(database_url, nats_url, gateway_port=int(os.environ.get("PORT", "8000")))
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -170,6 +175,7 @@ def _up(args: argparse.Namespace) -> int:
         pass
     finally:
         print("stopping ...", flush=True)
+        stack_env.unlink(missing_ok=True)
         stack.stop_all()
         if nats_proc is not None:
             nats_proc.terminate()
@@ -181,7 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m devtools.stack")
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the whole stack (embedded NATS/Postgres when not given)")
-    up.add_argument("--state-dir", default=".kashf")
+    up.add_argument("--state-dir", default=os.environ.get("KASHF_STATE_DIR", ".kashf"))
     up.add_argument("--ready-timeout", type=float, default=300.0)
     args = parser.parse_args()
     raise SystemExit(_up(args))

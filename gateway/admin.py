@@ -1,12 +1,19 @@
 """``kashf-admin``: operator commands for API tokens (never created over the public API): create-token
 ACCOUNT (the account too if needed; the token is the last line printed), list-tokens [ACCOUNT], revoke-token
 PREFIX_OR_ID (one token). It commits its own session: tokens publish no event and change no dataset view."""
+# With no DATABASE_URL it reads the file a running `make up` writes (.kashf/stack.env), so it talks to
+# that stack's database; environment variables always win over the file.
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.exc import DBAPIError
 
 from gateway.repository import Repository, TokenRow
 from gateway.service.auth import create_token
@@ -34,8 +41,9 @@ async def _run(args: argparse.Namespace, settings: GatewaySettings) -> int:
                 print(token)
                 return 0
             if args.cmd == "list-tokens":
+                rows = await repo.list_tokens(args.account)
                 print("id\taccount\tprefix\tcreated\trevoked")
-                for row in await repo.list_tokens(args.account):
+                for row in rows:
                     print(_row(row))
                 return 0
             matches = await repo.find_tokens(args.token)
@@ -53,6 +61,37 @@ async def _run(args: argparse.Namespace, settings: GatewaySettings) -> int:
         await engine.dispose()
 
 
+STACK_ENV = "stack.env"  # written by `make up` into its state folder (KASHF_STATE_DIR, default .kashf)
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"database '{parts.path.lstrip('/')}' at {parts.hostname}:{parts.port or 5432}"
+
+
+def _one_line_failure(exc: BaseException, url: str) -> str | None:
+    """What an operator needs to read when the database is not there or not Kashf's; None: unexpected."""
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    name = type(cause).__name__ + " " + type(getattr(cause, "__cause__", None)).__name__
+    if "UndefinedTable" in name:
+        return f"{_where(url)} has no Kashf schema: run `python -m shared.db upgrade` with this DATABASE_URL"
+    if "InvalidCatalogName" in name:
+        return f"{_where(url)} does not exist: set DATABASE_URL, or start the stack with `make up`"
+    if isinstance(cause, OSError | TimeoutError) or "Connect" in name or "CannotConnectNow" in name:
+        return f"cannot reach {_where(url)} ({cause}): is Postgres running? (`make up` starts one)"
+    if "InvalidPassword" in name or "InvalidAuthorization" in name:
+        return f"{_where(url)} refused the login: check the user and password in DATABASE_URL"
+    return None
+
+
+def load_settings() -> GatewaySettings:
+    """Settings from the environment, then from a running dev stack's state file when there is one."""
+    env_file = Path(os.environ.get("KASHF_STATE_DIR", ".kashf")) / STACK_ENV
+    if env_file.is_file() and "DATABASE_URL" not in os.environ:
+        print(f"using the dev stack's database (from {env_file})", file=sys.stderr)
+    return GatewaySettings(_env_file=env_file if env_file.is_file() else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kashf-admin", description="Kashf API token administration")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -60,7 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list-tokens", help="list tokens").add_argument("account", nargs="?")
     sub.add_parser("revoke-token", help="revoke a token by id or prefix").add_argument("token")
     args = parser.parse_args(argv)
-    return asyncio.run(_run(args, GatewaySettings()))
+    settings = load_settings()
+    try:
+        return asyncio.run(_run(args, settings))
+    except (DBAPIError, OSError, TimeoutError) as exc:
+        message = _one_line_failure(exc, settings.database_url)
+        if message is None:
+            raise
+        print(f"kashf-admin: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -52,10 +52,22 @@ def test_stack_up_prints_url_and_token_then_stops_cleanly(database_url: str, tmp
         r = httpx.post(f"http://127.0.0.1:{port}/api/create_tag/", headers={"Authorization": f"Token {token}"},
                        json={"dataset": "demo", "title": "first tag"}, timeout=30)
         assert r.status_code == 200 and r.json()["title"] == "first tag", r.text
+        # The operator command, run with no settings beside the running stack, finds the stack's database.
+        admin_env = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+        admin_env["KASHF_STATE_DIR"] = str(tmp_path / "state")
+        made = subprocess.run([sys.executable, "-m", "gateway.admin", "create-token", "ops"], cwd=tmp_path,
+                              env=admin_env, capture_output=True, text=True, timeout=60, check=False)
+        assert made.returncode == 0, made.stderr
+        assert "using the dev stack's database" in made.stderr
+        second = made.stdout.strip().splitlines()[-1]
+        r = httpx.post(f"http://127.0.0.1:{port}/api/list_datasets/", headers={"Authorization": f"Token {second}"},
+                       json={}, timeout=30)
+        assert r.status_code == 200, r.text
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 6  # five services and nats-server
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=90)
     assert code == 0, "".join(lines[-40:])
+    assert not (tmp_path / "state" / "stack.env").exists()  # a stopped stack is not found by kashf-admin
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]

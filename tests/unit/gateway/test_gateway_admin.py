@@ -64,3 +64,39 @@ async def _create_list_and_revoke(gw: Gateway) -> None:
 
     code, _, err = await admin(url, "revoke-token", "no-such-prefix")
     assert code == 1 and "no token" in err
+
+
+async def test_admin_uses_a_running_dev_stack_and_explains_a_wrong_database_in_one_line(
+    pg_server: str, database_url: str, tmp_path: Any
+) -> None:
+    from devtools import servers
+
+    async def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.admin", *args, env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    base = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    base["KASHF_TOKEN_PEPPER"] = PEPPER
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "stack.env").write_text(f"DATABASE_URL={database_url}\n", encoding="utf-8")
+    code, _, err = await run({**base, "KASHF_STATE_DIR": str(state)}, "create-token", "from-stack")
+    assert code == 0, err
+    assert "using the dev stack's database" in err
+    assert await sql(database_url, "SELECT id FROM account WHERE name = 'from-stack'")
+
+    empty = await servers.create_database(pg_server, f"kashf_empty_{os.getpid()}")
+    try:
+        code, _, err = await run({**base, "DATABASE_URL": empty}, "create-token", "x")
+        assert code == 2 and "Traceback" not in err
+        assert err.strip().count("\n") == 0 and "has no Kashf schema" in err and "shared.db upgrade" in err
+    finally:
+        await servers.drop_database(pg_server, empty.rsplit("/", 1)[-1])
+    missing = empty.rsplit("/", 1)[0] + "/kashf_never_made"
+    code, _, err = await run({**base, "DATABASE_URL": missing}, "list-tokens")
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
