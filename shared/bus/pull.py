@@ -97,12 +97,14 @@ class PullWorker:
         self._held: set[Delivery] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._closing = False  # no more fetches (set before _stopping, see stop)
+        self._fetching = False
         self._sub: JetStreamContext.PullSubscription | None = None
         self._loops: list[asyncio.Task[None]] = []
 
     @property
     def running(self) -> bool:
-        return bool(self._loops) and not self._loops[0].done() and not self._stopping.is_set()
+        return bool(self._loops) and not self._loops[0].done()
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -119,37 +121,46 @@ class PullWorker:
     async def stop(self, timeout_s: float = 20.0) -> None:
         """Stop pulling; running handlers get ``timeout_s`` to finish, then are cancelled and their
         messages handed back at once, for another replica (or this one, restarted)."""
-        self._stopping.set()
+        self._closing = True
         if self._loops:
-            await _cancel(self._loops[0])
-        # Unbound first, the server drops the open pull request: a message handed back below would
-        # otherwise be redelivered into it at once, and reach another replica only after ack_wait.
-        # Settling needs no subscription (acks go to each message's reply subject).
+            pull = self._loops[0]
+            if not self._fetching:
+                pull.cancel()  # waiting for room or after a failure: nothing in hand
+            # A fetch in progress is let finish (a second at most): cancelled, the messages it
+            # already received would be lost until ack_wait. What it returns is handled below.
+            with contextlib.suppress(asyncio.CancelledError):
+                await pull
+        # Unbound before any message is handed back, the server drops the open pull request: a handed
+        # back message would otherwise be redelivered into it at once, and reach another replica only
+        # after ack_wait. Settling needs no subscription (acks go to each message's reply subject).
         await unbind(self._sub)
         self._sub = None
+        self._stopping.set()
         await finish_or_cancel(list(self._tasks), timeout_s)
         for loop in self._loops[1:]:
             await _cancel(loop)
 
     async def _pull(self) -> None:
         assert self._sub is not None
-        while True:
+        while not self._closing:
             room = await self._take_room()
             msgs: list[Msg] | None = None
+            self._fetching = True
             try:
                 msgs = await self._fetch(self._sub, room)
             finally:
+                self._fetching = False
                 for _ in range(room - len(msgs or ())):
                     self._room.release()
-            if msgs is None:
-                if self.nc.is_closed:
-                    return  # shutting down: the connection was drained first
-                await asyncio.sleep(1.0)
             for msg in msgs or ():
                 delivery = Delivery(msg, _delivery_count(msg), self.config)
                 task = asyncio.create_task(self._run(delivery), name=f"pulled-{self.config.durable}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            if msgs is None and not self._closing:
+                if self.nc.is_closed:
+                    return  # shutting down: the connection was drained first
+                await asyncio.sleep(1.0)
 
     async def _take_room(self) -> int:
         """Wait for one free slot, then take up to ``batch`` without waiting."""
