@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ class _Payload(RootModel[dict[str, Any]]):
 
 @dataclass(frozen=True)
 class OutboxEvent:
-    """A message to publish once the transaction that caused it commits; its id is f"{key}-{outbox row id}"."""
+    """A message to publish once the transaction that caused it commits; its id is f"{key}-{random uuid}"."""
 
     subject: str
     key: str
@@ -37,7 +38,9 @@ class OutboxEvent:
         return {
             "id": outbox_id,
             "subject": self.subject,
-            "msg_id": f"{self.key}-{outbox_id}",
+            # Unique for all time, not per database: row ids repeat after a restore or a recreated database
+            # (or in a second deployment on the same NATS), and JetStream would drop the event as a duplicate.
+            "msg_id": f"{self.key}-{uuid.uuid4().hex}",
             "payload": self.message.model_dump(mode="json"),
         }
 

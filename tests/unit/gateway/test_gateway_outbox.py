@@ -14,7 +14,7 @@ from nats.js.errors import NotFoundError
 
 from shared.bus import ensure_streams
 from shared.schemas.events import ReportEvent, TrainRequest
-from shared.subjects import EVENTS_STREAM, report_subject, train_subject
+from shared.subjects import EVENTS_STREAM, TRAIN_EVENT, report_subject, train_subject
 from tests.unit.gateway.harness import Gateway, eventually, sql
 
 
@@ -106,3 +106,25 @@ async def test_a_failed_request_publishes_nothing(events: JetStreamContext, gw: 
     assert (await gw.post("/api/report_text_tags/", bad, token)).status_code == 404
     assert await sql(gw.settings.database_url, "SELECT id FROM outbox") == []
     assert await sql(gw.settings.database_url, "SELECT id FROM data_item") == []
+
+
+async def test_event_ids_stay_unique_when_the_database_is_recreated_behind_nats(
+    events: JetStreamContext, gw: Gateway
+) -> None:
+    """Row ids start again after a restore or a new database; the stream (and its duplicate window) did not."""
+    token = await gw.token("acme")
+    await gw.post("/api/create_tag/", {"dataset": "d", "title": "t"}, token)
+    assert (await gw.post("/api/train_dataset/", {"dataset": "d"}, token)).status_code == 200
+    assert await eventually(lambda: _none_unpublished(gw))
+    await sql(gw.settings.database_url, "TRUNCATE outbox RESTART IDENTITY")  # the sequence rewinds
+    await sql(gw.settings.database_url, "UPDATE dataset SET state = 'trained'")
+    assert (await gw.post("/api/train_dataset/", {"dataset": "d"}, token)).status_code == 200
+    assert await eventually(lambda: _none_unpublished(gw))
+
+    async def two_trains() -> list[tuple[str, dict[str, Any], str]]:
+        found = [m for m in await stream_messages(events) if m[0].startswith(TRAIN_EVENT)]
+        return found if len(found) == 2 else []
+
+    trains = await eventually(two_trains)
+    ids = [m for _, _, m in trains]
+    assert len(set(ids)) == 2 and all(m.startswith("train-") for m in ids)
