@@ -109,7 +109,6 @@ class TrainerConsumer:
         self.worker = PullWorker(bus.nc, config, self._handle)
         self._slots = asyncio.Semaphore(concurrency)
         self._datasets: dict[int, _Dataset] = {}
-        self._stopping = asyncio.Event()
 
     @property
     def running(self) -> bool:
@@ -120,11 +119,16 @@ class TrainerConsumer:
 
     async def stop(self, timeout_s: float = 20.0) -> None:
         """Hand back held events at once; let running refits finish (up to ``timeout_s``), then cancel them."""
-        self._stopping.set()
+        waking = asyncio.create_task(self._wake_when_stopping())
+        await self.worker.stop(timeout_s)
+        await finish_or_cancel([waking, *(d.task for d in self._datasets.values() if d.task is not None)], 0.0)
+
+    async def _wake_when_stopping(self) -> None:
+        # The worker says when held events may go back: only once it stopped pulling, or the server
+        # would redeliver them into its last pull request.
+        await self.worker.stopping.wait()
         for dataset in self._datasets.values():
             dataset.wake.set()
-        await self.worker.stop(timeout_s)
-        await finish_or_cancel([d.task for d in self._datasets.values() if d.task is not None], 0.0)
 
     async def _handle(self, delivery: Delivery) -> None:
         dataset_id, urgent = _parse(delivery.msg)
@@ -150,7 +154,7 @@ class TrainerConsumer:
             await self._until_due(dataset, batch)
             dataset.waiting = None  # events from now on join the next batch
             try:
-                if self._stopping.is_set():
+                if self.worker.stopping.is_set():
                     raise HandBack()  # shutting down: the held events go back at once
                 await self._refit(dataset_id, batch)
             except Exception as exc:
@@ -162,7 +166,7 @@ class TrainerConsumer:
         self._datasets.pop(dataset_id, None)
 
     async def _until_due(self, dataset: _Dataset, batch: _Batch) -> None:
-        while not self._stopping.is_set():
+        while not self.worker.stopping.is_set():
             left = batch.deadline - time.monotonic()
             if left <= 0:
                 return
