@@ -30,6 +30,16 @@ REPORT_EVENT = "kashf.events.report"  # + ".<dataset_id>"
 TRAIN_EVENT = "kashf.events.train"  # + ".<dataset_id>"
 TRAINER_DURABLE = "trainer"
 
+# JetStream work queue of asynchronous video jobs (gateway -> video_service) and the KV bucket of their
+# records (shared.bus.video_jobs); both keep a job a day.
+VIDEO_JOBS_STREAM = "KASHF_VIDEO_JOBS"
+VIDEO_JOBS_SUBJECT = "kashf.jobs.video"
+VIDEO_JOBS_BUCKET = "kashf-video-jobs"
+VIDEO_JOBS_DURABLE = "video_service"
+VIDEO_JOBS_TTL_S = 24 * 3600.0
+# A job message is small (refs, not bytes); the cap bounds what a flood of jobs can hold on disk.
+VIDEO_JOBS_MAX_MSGS = 100_000
+
 # Core NATS broadcast (every listener, no queue group, best effort): these datasets' tags, kind or head
 # changed, so gateways drop what they cached of them.
 DATASETS_CHANGED = "kashf.datasets.changed.v1"

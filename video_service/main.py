@@ -11,6 +11,8 @@ from modelkit.onnx.image import ImageEncoder
 from modelkit.onnx.layout import load_model, model_layout
 from modelkit.runtime import Readiness, run_service
 from shared.bus import Bus, ensure_streams
+from shared.bus.blobs import BlobStore
+from shared.bus.video_jobs import VideoJobStore
 from shared.settings import VideoServiceSettings
 from video_service import handlers
 from video_service.jobs import VideoJobRunner
@@ -46,7 +48,7 @@ async def setup(settings: VideoServiceSettings, bus: Bus, encoder: Encoder | Non
         )
     await ensure_streams(bus.js)  # heads and uploads buckets must exist before the first request
     fetcher = Fetcher(fetch_policy(settings))
-    blobs = handlers.ObjectStoreBlobs(bus.js)
+    blobs = BlobStore(bus.js, media="video", size_setting="KASHF_MAX_VIDEO_BYTES")
     service = VideoService(
         encoder, HeadCache(bus.js), fetcher, blobs,
         limits=video_limits(settings), max_video_bytes=settings.max_video_bytes,
@@ -58,8 +60,8 @@ async def setup(settings: VideoServiceSettings, bus: Bus, encoder: Encoder | Non
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)
     jobs = VideoJobRunner(
-        bus.js, service, blobs, workers=settings.job_workers, ack_wait_s=settings.job_ack_wait_s,
-        max_deliver=settings.job_max_deliver,
+        bus.nc, service, blobs, VideoJobStore(bus.js), workers=settings.job_workers,
+        ack_wait_s=settings.job_ack_wait_s, max_deliver=settings.job_max_deliver,
     )
     await jobs.start()
     readiness = Readiness()

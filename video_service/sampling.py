@@ -32,7 +32,7 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 from PIL import Image
 
-from shared.errors import BadRequest, TooLarge, UnsupportedMedia
+from shared.errors import TooLarge, UnsupportedMedia
 
 log = structlog.get_logger(__name__)
 
@@ -137,14 +137,9 @@ def sample_frames(
     """Yield the first frame at/after each ``k * every_ms``, skipping near-copies of the last one yielded.
 
     ``duration_s`` None or 0 means up to ``limits.max_duration_s``. ``seek`` None picks the strategy
-    from the keyframe spacing; True/False force it (both yield the same frames).
+    from the keyframe spacing; True/False force it (both yield the same frames). Arguments as checked
+    by ``shared.schemas.media.check_video_params``.
     """
-    if every_ms <= 0:
-        raise BadRequest("every_ms must be a positive number of milliseconds")
-    if duration_s is not None and duration_s < 0:
-        raise BadRequest("duration must be 0 or more seconds")
-    if not 0 <= min_frame_diff <= 255:
-        raise BadRequest("min_frame_diff must be between 0 and 255")
     end = min(duration_s or limits.max_duration_s, limits.max_duration_s)
     return _sample(path, Fraction(every_ms, 1000), Fraction(end), min_frame_diff, limits, seek)
 

@@ -110,6 +110,7 @@ class VideoService(BatchedModelService[np.ndarray]):
 
     async def run(self, request: TagVideoRequest, *, sync: bool) -> TagVideoReply:
         """Frames whose tag set changed, in stream order; media problems raise their KashfError."""
+        request.check()  # before any download
         head = await self.head_for(request.head)
         async with self._slots:
             path = await self._obtain(request.video)

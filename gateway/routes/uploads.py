@@ -9,10 +9,10 @@ from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
-from gateway import blobs
 from gateway.schemas import MediaItem
 from gateway.service.checks import check_count
 from gateway.state import AppState
+from shared.bus.blobs import BlobStore
 from shared.errors import BadRequest, TooLarge
 from shared.schemas.media import MediaInput
 from shared.settings import GatewaySettings
@@ -78,7 +78,7 @@ async def upload(state: AppState, form: FormData, field: str, max_bytes: int, se
                 inline_left -= len(data)
                 items.append(MediaItem(name, MediaInput(data=base64.b64encode(data), name=name), uploaded=True))
                 continue
-            key = await blobs.put_blob(state.bus.js, data)
+            key = await BlobStore(state.bus.js).put(data)
             items.append(MediaItem(name, MediaInput(blob_key=key, name=name), uploaded=True))
     except BaseException:
         await delete_uploads(state, items)
@@ -88,4 +88,4 @@ async def upload(state: AppState, form: FormData, field: str, max_bytes: int, se
 
 async def delete_uploads(state: AppState, items: list[MediaItem]) -> None:
     """Best effort: the blob store's TTL removes what is left."""
-    await blobs.delete_blobs(state.bus.js, [item.ref.blob_key for item in items if item.ref.blob_key])
+    await BlobStore(state.bus.js).delete([item.ref.blob_key for item in items if item.ref.blob_key])

@@ -4,14 +4,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Sequence
-
-import nats.errors
-import nats.js.errors
-from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
 from gateway.schemas import ErrorOut, MediaItem, VideoJobOut, VideoJobQueued, VideoParams
 from gateway.service.checks import check_media_count
@@ -19,19 +13,10 @@ from gateway.service.tagging import prepare
 from gateway.service.videos import video_out
 from gateway.state import AppState
 from shared.bus import Bus
-from shared.errors import NotFound, Overloaded, TooLarge, Unavailable
+from shared.bus.video_jobs import VideoJobStore
+from shared.errors import NotFound
 from shared.schemas.inference import HeadRef, TagRef
-from shared.schemas.video_jobs import (
-    VIDEO_JOBS_BUCKET,
-    VIDEO_JOBS_SUBJECT,
-    VideoJobItem,
-    VideoJobRecord,
-    VideoJobRequest,
-    VideoKey,
-    ensure_video_jobs,
-    new_job_id,
-    now_s,
-)
+from shared.schemas.video_jobs import VideoJobItem, VideoJobRecord, VideoJobRequest, VideoKey, new_job_id, now_s
 
 # What new_job_id makes; anything else cannot name a job (and must never reach the KV as a wildcard).
 _JOB_ID = re.compile(r"vj[0-9a-f]{32}")
@@ -52,18 +37,6 @@ async def submit_videos(
     )
 
 
-async def _bucket(js: JetStreamContext, *, create: bool) -> KeyValue:
-    try:
-        try:
-            return await js.key_value(VIDEO_JOBS_BUCKET)
-        except nats.js.errors.BucketNotFoundError:
-            if not create:
-                raise NotFound("video job not found") from None
-            return await ensure_video_jobs(js)
-    except (nats.errors.Error, TimeoutError, OSError) as exc:
-        raise Unavailable("video job store unavailable") from exc
-
-
 async def submit_video_job(
     bus: Bus,
     *,
@@ -81,7 +54,6 @@ async def submit_video_job(
     """
     job_id = new_job_id()
     now = now_s()
-    kv = await _bucket(bus.js, create=True)
     record = VideoJobRecord(
         job_id=job_id, account_id=account_id, state="queued", created_at=now, updated_at=now,
         videos=len(videos),
@@ -91,40 +63,8 @@ async def submit_video_job(
         job_id=job_id, account_id=account_id, head=head, tags=tags, videos=items, every_ms=every_ms,
         duration_s=duration_s or None, min_frame_diff=min_frame_diff,
     )
-    try:
-        await kv.put(job_id, record.model_dump_json().encode())
-    except (nats.errors.Error, TimeoutError, OSError) as exc:
-        raise Unavailable("video job store unavailable") from exc
-    try:
-        await _publish(bus.js, job)
-    except BaseException:
-        # Best effort: the bucket's TTL removes an orphan record.
-        with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
-            await kv.delete(job_id)
-        raise
+    await VideoJobStore(bus.js).submit(record, job)
     return VideoJobQueued(job_id=job_id, state="queued")
-
-
-async def _publish(js: JetStreamContext, job: VideoJobRequest) -> None:
-    data = job.model_dump_json().encode()
-    headers = {"Nats-Msg-Id": job.job_id}
-    for attempt in (1, 2):
-        try:
-            await js.publish(VIDEO_JOBS_SUBJECT, data, headers=headers, timeout=5.0)
-            return
-        except nats.errors.NoRespondersError as exc:
-            # No stream yet (no video_service has started): declare it and queue the job for it.
-            if attempt == 2:
-                raise Unavailable("video job queue unavailable") from exc
-            await ensure_video_jobs(js)
-        except nats.errors.MaxPayloadError as exc:
-            raise TooLarge("too many or too long video URLs for one job (message bus max payload)") from exc
-        except nats.js.errors.APIError as exc:
-            if "maximum messages" in (exc.description or ""):
-                raise Overloaded("too many video jobs queued; retry later") from exc
-            raise Unavailable("video job queue unavailable") from exc
-        except (nats.errors.Error, TimeoutError, OSError) as exc:
-            raise Unavailable("video job queue unavailable") from exc
 
 
 def _key(video: MediaItem) -> VideoKey:
@@ -135,15 +75,8 @@ async def read_video_job(bus: Bus, account_id: int, job_id: str) -> VideoJobOut:
     """The job as the API shows it; a job of another account (or expired, or unknown) is 404."""
     if not _JOB_ID.fullmatch(job_id):
         raise NotFound("video job not found (jobs are kept for 24 hours)")
-    kv = await _bucket(bus.js, create=False)
-    try:
-        entry = await kv.get(job_id)
-    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-        raise NotFound("video job not found (jobs are kept for 24 hours)") from None
-    except (nats.errors.Error, TimeoutError, OSError) as exc:
-        raise Unavailable("video job store unavailable") from exc
-    record = VideoJobRecord.model_validate_json(entry.value or b"{}")
-    if record.account_id != account_id:
+    record = await VideoJobStore(bus.js).read(job_id)
+    if record is None or record.account_id != account_id:
         raise NotFound("video job not found (jobs are kept for 24 hours)")
     result = None
     if record.state in ("done", "failed") and record.result is not None:

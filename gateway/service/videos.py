@@ -9,7 +9,8 @@ from gateway.schemas import FrameOut, MediaItem, VideoParams, VideoTagsOut
 from gateway.service.checks import check_media_count
 from gateway.service.tagging import count_predictions, prepare, tags_out
 from gateway.state import AppState
-from shared.errors import BadRequest, Timeout
+from shared.errors import Timeout
+from shared.schemas import media
 from shared.schemas.media import TagVideoReply, TagVideoRequest, VideoFrame
 from shared.subjects import VIDEO_TAG
 
@@ -29,14 +30,7 @@ def video_out(name: str, uploaded: bool, error: str | None, frames: Sequence[Vid
 
 
 def check_video_params(params: VideoParams) -> None:
-    if params.every_ms <= 0:
-        raise BadRequest("every_ms must be a positive number of milliseconds", code="bad_every_ms")
-    if params.duration is not None and params.duration < 0:
-        raise BadRequest(
-            "duration must be 0 (whole video) or a positive number of seconds", code="bad_duration"
-        )
-    if not 0 <= params.min_frame_diff <= 255:
-        raise BadRequest("min_frame_diff must be between 0 and 255", code="bad_min_frame_diff")
+    media.check_video_params(params.every_ms, params.duration, params.min_frame_diff)
 
 
 async def tag_videos(

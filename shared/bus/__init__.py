@@ -1,6 +1,7 @@
 """The NATS bus: request/reply with explicit timeouts, one error mapping, queue-group services.
 
-Durable pull consumers live in ``shared.bus.pull``, the upload store in ``shared.bus.blobs``.
+Durable pull consumers: ``shared.bus.pull``; the upload store: ``shared.bus.blobs``; video jobs:
+``shared.bus.video_jobs``.
 
 Errors cross the wire as headers (``Kashf-Error-Status``, ``Kashf-Error-Code``) with the detail as
 body, so a service's ``KashfError`` reaches the gateway's client unchanged.
@@ -25,11 +26,6 @@ from nats.js.api import StorageType, StreamConfig
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
-
-# The trainer imports these from here until it adopts PullWorker (shared.bus.pull); then they go.
-from shared.bus.pull import bind_pull_consumer as bind_pull_consumer
-from shared.bus.pull import finish_or_cancel as finish_or_cancel
-from shared.bus.pull import unbind as unbind
 from shared.errors import (
     Internal,
     InvalidInput,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Base64Bytes
 
+from shared.errors import BadRequest
 from shared.schemas.base import Message
 from shared.schemas.inference import HeadRef, ScoredTag, TagRef
 
@@ -47,13 +48,32 @@ class EmbedImagesReply(Message):
     items: list[ImageEmbedding]
 
 
-class TagVideoRequest(Message):
-    head: HeadRef
-    tags: list[TagRef]
-    video: MediaInput
+def check_video_params(every_ms: int, duration_s: float | None, min_frame_diff: float) -> None:
+    """The sampling rules, for the gateway (before any upload) and video_service (before any download)."""
+    if every_ms <= 0:
+        raise BadRequest("every_ms must be a positive number of milliseconds", code="bad_every_ms")
+    if duration_s is not None and duration_s < 0:
+        raise BadRequest("duration must be 0 (whole video) or a positive number of seconds", code="bad_duration")
+    if not 0 <= min_frame_diff <= 255:
+        raise BadRequest("min_frame_diff must be between 0 and 255", code="bad_min_frame_diff")
+
+
+class VideoSampling(Message):
+    """Which frames are analysed: one per ``every_ms`` of the first ``duration_s`` (None or 0: all) seconds,
+    skipping those within ``min_frame_diff`` (mean absolute difference, 0-255) of the last analysed one."""
+
     every_ms: int
     duration_s: float | None = None
     min_frame_diff: float = 0.0
+
+    def check(self) -> None:
+        check_video_params(self.every_ms, self.duration_s, self.min_frame_diff)
+
+
+class TagVideoRequest(VideoSampling):
+    head: HeadRef
+    tags: list[TagRef]
+    video: MediaInput
 
 
 class VideoFrame(Message):

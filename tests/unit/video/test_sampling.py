@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.errors import BadRequest, TooLarge, UnsupportedMedia
+from shared.errors import TooLarge, UnsupportedMedia
 from tests import media_video as media
 from video_service.sampling import (
     SampledFrame,
@@ -229,15 +229,6 @@ def test_resolution_over_the_limit_is_too_large(videos: Videos) -> None:
     with pytest.raises(TooLarge, match="320x240 over the 76799-pixel limit"):
         sample(videos.slideshow.path, 100, limits=VideoLimits(max_pixels=320 * 240 - 1))
     assert len(sample(videos.slideshow.path, 1000, limits=VideoLimits(max_pixels=320 * 240))) == 4
-
-
-@pytest.mark.parametrize(("every_ms", "duration", "diff"), [(0, None, 0), (-100, None, 0), (100, -1, 0),
-                                                             (100, None, 300)])
-def test_bad_arguments_are_refused_at_call_time(videos: Videos, every_ms: int, duration: float | None,
-                                                diff: float) -> None:
-    with pytest.raises(BadRequest):
-        sample_frames(videos.slideshow.path, every_ms=every_ms, duration_s=duration, min_frame_diff=diff,
-                      limits=LIMITS)
 
 
 def test_format_time() -> None:

@@ -29,6 +29,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from gateway.routes.video_jobs import router as video_jobs_router
+from gateway.schemas import MediaItem
 from gateway.service.video_jobs import read_video_job, submit_video_job
 from modelkit.heads import Head, store_head
 from modelkit.onnx.image import ImageEncoder
@@ -294,6 +295,17 @@ async def test_missing_upload_is_404(kit: Kit) -> None:
         await kit.tag(MediaInput(blob_key="test-never-uploaded"))
 
 
+@pytest.mark.parametrize(("params", "code"), [({"every_ms": 0}, "bad_every_ms"),
+                                              ({"duration_s": -1}, "bad_duration"),
+                                              ({"min_frame_diff": 256}, "bad_min_frame_diff")])
+async def test_bad_sampling_params_are_400_before_any_download(
+        kit: Kit, params: dict[str, Any], code: str) -> None:
+    request = kit.request(MediaInput(blob_key="test-never-uploaded")).model_copy(update=params)
+    with pytest.raises(BadRequest) as err:  # not the missing upload's 404: nothing was fetched
+        await kit.client.request(VIDEO_TAG, request, TagVideoReply)
+    assert err.value.status == 400 and err.value.error_code == code
+
+
 async def test_video_longer_than_sync_limit_is_400_unless_duration_cuts_it(kit: Kit, videos: Videos) -> None:
     ref = await kit.upload(videos.long.path)  # 14 s, the limit is 6 s
     with pytest.raises(BadRequest) as err:
@@ -306,11 +318,12 @@ async def test_video_longer_than_sync_limit_is_400_unless_duration_cuts_it(kit: 
 
 
 async def poll(kit: Kit, account_id: int, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """The job as the API answers it (JSON), once it is over."""
     async with asyncio.timeout(timeout_s):
         while True:
             job = await read_video_job(kit.client, account_id, job_id)
-            if job["state"] in ("done", "failed"):
-                return job
+            if job.state in ("done", "failed"):
+                return dict(json.loads(job.model_dump_json()))
             await asyncio.sleep(0.1)
 
 
@@ -319,11 +332,11 @@ async def test_async_job_tags_a_long_video_end_to_end(kit: Kit, videos: Videos) 
     url_ref = MediaInput(url="http://127.0.0.1:9/never.mp4")  # nothing listens: that video fails alone
     queued = await submit_video_job(
         kit.client, account_id=7, head=kit.head, tags=list(TAGS.values()),
-        videos=[("video_file", "long.mp4", ref), ("video_url", url_ref.url or "", url_ref)],
+        videos=[MediaItem("long.mp4", ref, uploaded=True), MediaItem(url_ref.url or "", url_ref)],
         every_ms=1000, duration_s=None, min_frame_diff=0,
     )
-    assert queued["state"] == "queued"
-    job = await poll(kit, 7, queued["job_id"])
+    assert queued.state == "queued"
+    job = await poll(kit, 7, queued.job_id)
     assert job["state"] == "done" and job["error"] is None
     long_video, unreachable = job["result"]
     # The whole 14 s, past the synchronous limit, in the synchronous answer's shape.
@@ -336,7 +349,7 @@ async def test_async_job_tags_a_long_video_end_to_end(kit: Kit, videos: Videos) 
     assert "connect" in unreachable["error"]
     # Another account cannot see the job; the upload is removed once the job is over.
     with pytest.raises(NotFound):
-        await read_video_job(kit.client, 8, queued["job_id"])
+        await read_video_job(kit.client, 8, queued.job_id)
     store = await kit.client.js.object_store(BLOBS_BUCKET)
     with pytest.raises((nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError)):
         await store.get(ref.blob_key or "")
@@ -346,9 +359,9 @@ async def test_async_job_of_only_bad_videos_fails_with_their_error(kit: Kit, vid
     ref = await kit.upload(videos.zip)
     queued = await submit_video_job(
         kit.client, account_id=7, head=kit.head, tags=list(TAGS.values()),
-        videos=[("video_file", "clip.mp4", ref)], every_ms=1000, duration_s=None, min_frame_diff=0,
+        videos=[MediaItem("clip.mp4", ref, uploaded=True)], every_ms=1000, duration_s=None, min_frame_diff=0,
     )
-    job = await poll(kit, 7, queued["job_id"])
+    job = await poll(kit, 7, queued.job_id)
     assert job["state"] == "failed"
     assert job["error"]["error"] == "unsupported_media"
     assert job["result"] == [{"video_file": "clip.mp4", "error": job["error"]["detail"], "frames": []}]
@@ -374,10 +387,11 @@ async def test_video_job_route_answers_its_owner_only(
         ref = await kit.upload(videos.slideshow.path)
         queued = await submit_video_job(
             kit.client, account_id=account_id, head=kit.head, tags=list(TAGS.values()),
-            videos=[("video_file", "slideshow.mp4", ref)], every_ms=1000, duration_s=None, min_frame_diff=0,
+            videos=[MediaItem("slideshow.mp4", ref, uploaded=True)], every_ms=1000, duration_s=None,
+            min_frame_diff=0,
         )
-        await poll(kit, account_id, queued["job_id"])
-        body = {"job_id": queued["job_id"]}
+        await poll(kit, account_id, queued.job_id)
+        body = {"job_id": queued.job_id}
         for path in ("/api/video_job/", "/api/video_job"):
             response = await gw.post(path, body, owner_token)
             assert response.status_code == 200
