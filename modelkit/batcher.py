@@ -1,8 +1,6 @@
 """Dynamic batching: concurrent requests' items merged into model calls run off the event loop.
 
-Each request's items queue in order; a worker takes up to ``max_batch`` of them once it has that
-many or the oldest has waited ``max_wait_ms``, runs ``fn`` in a thread and resolves the requests.
-"""
+A worker takes up to ``max_batch`` queued items once it has that many or the oldest waited ``max_wait_ms``."""
 
 from __future__ import annotations
 

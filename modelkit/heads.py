@@ -1,8 +1,10 @@
 """Fitted per-dataset classifier heads: the blob format, tag selection and a cache for the services.
 
-Linear per tag on frozen embeddings, Platt-calibrated logits ``z = a * (x @ w + b) + c``; ``p = sigmoid(z)``, or
-for an exclusive head ``p_t = sigmoid(z_t - max(none, other z))``. A tag is predicted when ``p`` reaches its threshold.
+A tag is predicted when ``p`` reaches its threshold; how ``p`` is computed: below.
 """
+
+# Linear per tag on frozen embeddings, Platt-calibrated logits ``z = a * (x @ w + b) + c``; ``p = sigmoid(z)``,
+# or for an exclusive head ``p_t = sigmoid(z_t - max(none, other z))``.
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""Process harness shared by the model services and the trainer.
-
-``run_service`` configures logging, serves /healthz, /readyz and /metrics, connects the bus (retrying
-until NATS answers), runs the service's ``setup`` (load and warm the model, then subscribe) and on
-SIGTERM/SIGINT drains: no new requests, running handlers finish, shutdown hooks run, exit 0.
-"""
+"""Process harness shared by the model services and the trainer (``run_service``): logging, /healthz /readyz
+/metrics, the bus (retried until NATS answers), the service's ``setup``, and on SIGTERM/SIGINT a drain
+(no new requests, running handlers finish, shutdown hooks run, exit 0)."""
 
 from __future__ import annotations
 
@@ -132,11 +129,9 @@ async def nats_answers(url: str, timeout_s: float = 2.0) -> bool:
 
 
 async def connect_bus(url: str, name: str, stop: asyncio.Event, *, max_wait_s: float = 5.0) -> Bus | None:
-    """Connect once NATS answers, retrying with backoff (each try logged); None if stopped first.
-
-    nats-py retries an initial connect forever on its own, so the server is probed first and the
-    connect itself raced against ``stop``.
-    """
+    """Connect once NATS answers, retrying with backoff (each try logged); None if stopped first."""
+    # nats-py retries an initial connect forever on its own, so the server is probed first and the
+    # connect itself raced against ``stop``.
     delay, attempt = 0.2, 0
     while not stop.is_set():
         attempt += 1

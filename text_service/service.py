@@ -50,9 +50,7 @@ class TextService(BatchedModelService[str]):
     async def tag(self, request: TagTextsRequest) -> TagReply:
         """Active tags passing their thresholds per text, highest first; the unknown tag when none does.
 
-        A head fitted on another embedding model cannot score this model's vectors: that is a 503
-        ``head_model_mismatch`` (retrain the dataset), never a silent "unknown" that looks like an answer.
-        """
+        A head of another embedding model is a 503 ``head_model_mismatch``, never a silent "unknown"."""
         head = await self.head_for(request.head)
         _, vectors = await self.embed(request.texts)
         tags = tag_vectors(head, vectors, request.tags)

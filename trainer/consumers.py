@@ -1,9 +1,6 @@
-"""JetStream transport of the trainer: report and train events, pulled by ``shared.bus.pull.PullWorker``.
+"""JetStream transport of the trainer: report and train events through ``shared.bus.pull.PullWorker``.
 
-Per dataset, report events are held (unacked) and debounced into one refit; a train request refits at
-once. Each event's handler awaits its batch's refit, so the worker acks the events once the head is
-committed and applies its retry policy (backoff nak, term) to a failed refit. A new head is announced.
-"""
+Events are debounced per dataset into one refit (train requests at once); its outcome settles them all."""
 
 from __future__ import annotations
 

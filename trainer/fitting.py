@@ -1,17 +1,19 @@
 """Fitting a dataset's multi-label head on frozen embeddings: pure numpy and scikit-learn, no I/O.
 
-Per tag, one-vs-rest logistic regression (implicit negatives: items positive for other tags) on centred, rescaled
-embeddings; C by k-fold CV (average precision) once a tag has 10+ examples of each class; one Platt map fitted on
-every tag's out-of-fold scores.
-
-Exclusive heads (2+ tags, no item reported positive for two): an item gets its top tag unless every tag's logit is
-under the head's "none" logit, so at most one tag; p = sigmoid(top logit - max(none, runner-up)), threshold 0.5.
-The none logit maximises out-of-fold micro-F1 + top-1 accuracy (lowest such cut), shrunk toward ``none_prior`` by
-``prior_weight`` pseudo-examples per tag: with 2 examples the top tag is nearly always returned, since a CV cut
-on 2 examples is noise and every unknown answer costs accuracy; with 32 the out-of-fold cut dominates.
-Other heads (multi-label): independent sigmoids, per-tag F1-maximising threshold on out-of-fold probabilities
-(the cuts and figures themselves: ``trainer.evaluation``).
+The method is described below; the cuts and figures themselves are in ``trainer.evaluation``.
 """
+
+# Per tag, one-vs-rest logistic regression (implicit negatives: items positive for other tags) on centred,
+# rescaled embeddings; C by k-fold CV (average precision) once a tag has 10+ examples of each class; one Platt
+# map fitted on every tag's out-of-fold scores.
+#
+# Exclusive heads (2+ tags, no item reported positive for two): an item gets its top tag unless every tag's
+# logit is under the head's "none" logit, so at most one tag; p = sigmoid(top logit - max(none, runner-up)),
+# threshold 0.5. The none logit maximises out-of-fold micro-F1 + top-1 accuracy (lowest such cut), shrunk
+# toward ``none_prior`` by ``prior_weight`` pseudo-examples per tag: with 2 examples the top tag is nearly
+# always returned, since a CV cut on 2 examples is noise and every unknown answer costs accuracy; with 32
+# the out-of-fold cut dominates. Other heads (multi-label): independent sigmoids, per-tag F1-maximising
+# threshold on out-of-fold probabilities.
 
 from __future__ import annotations
 

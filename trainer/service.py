@@ -1,8 +1,6 @@
 """One dataset's refit: read its reports, embed what lacks an embedding, fit, commit (no transport here).
 
-Every vector of a fit comes from the one model the service of the dataset's kind runs when the refit starts;
-a reply from another model (a rolling upgrade) aborts the refit as Unavailable, to be retried.
-"""
+Every vector of a fit comes from the model its kind's service runs when the refit starts (ModelChanged else)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
 """Safe image decoding: bounded pixels, EXIF orientation, first frame, every mode to 8-bit RGB.
 
-Pillow reads the header lazily, so the pixel count is checked before a single pixel is decoded;
-large JPEGs are decoded at 1/2, 1/4 or 1/8 scale (``draft``) when the model needs far fewer pixels.
-"""
+The pixel count is checked from the header before decoding; large JPEGs are decoded at reduced scale."""
 
 from __future__ import annotations
 
@@ -27,11 +25,8 @@ def _too_large(width: int, height: int, max_pixels: int) -> TooLarge:
 
 
 def decode_image(data: bytes, *, max_pixels: int, min_side: int | None = None) -> Image.Image:
-    """Decode ``data`` to an RGB image, upright, first frame only.
-
-    ``min_side``: the shorter side the caller needs; a JPEG much larger is decoded at reduced scale.
-    Raises TooLarge over ``max_pixels`` (decoded size) and UnsupportedMedia for anything unreadable.
-    """
+    """Decode ``data`` to an RGB image, upright, first frame only; a JPEG much larger than ``min_side``
+    needs is decoded at reduced scale. TooLarge over ``max_pixels``, UnsupportedMedia if unreadable."""
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:
@@ -94,11 +89,9 @@ def bounded_copy(
     img: Image.Image, *, short_side: int = 256, max_side: int = 1024, quality: int = 95,
     resample: Image.Resampling = Image.Resampling.BILINEAR,
 ) -> bytes:
-    """A JPEG of ``img`` at the model's input scale: shorter side ``short_side``, longer <= ``max_side``.
-
-    Resized as the model's preprocessing does, so re-embedding it skips a second resize; 4:4:4 at q95
-    because the model sees JPEG noise at this scale (cosine to the original >= 0.985 on real photos).
-    """
+    """A JPEG of ``img`` at the model's input scale: shorter side ``short_side``, longer <= ``max_side``."""
+    # Resized as the model's preprocessing does, so re-embedding it skips a second resize; 4:4:4 at q95
+    # because the model sees JPEG noise at this scale (cosine to the original >= 0.985 on real photos).
     copy = img.convert("RGB")
     w, h = copy.size
     scale = min(short_side / min(w, h), max_side / max(w, h))

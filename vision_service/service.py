@@ -1,8 +1,6 @@
 """Vision service logic: load each image (URL, upload, inline), decode in threads, embed in batches, tag.
 
-Every image runs its own pipeline (load -> decode + preprocess in the decode pool -> dynamic batcher),
-so decoding overlaps model calls and one bad image fails only its own item.
-"""
+Each image runs its own pipeline, so decoding overlaps model calls and a bad image fails only its item."""
 
 from __future__ import annotations
 
@@ -71,11 +69,9 @@ def zero_shot_probabilities(
     images: np.ndarray, titles: np.ndarray, *, scale: float = ZERO_SHOT_LOGIT_SCALE,
     floor: float = ZERO_SHOT_FLOOR,
 ) -> np.ndarray:
-    """(n, m) probabilities from unit image (n, d) and title (m, d) embeddings.
-
-    Softmax over the m titles plus a "none of them" column whose cosine is ``floor``: with one title
-    this is ``sigmoid(scale * (cos - floor))``, with several at most one title passes 0.5.
-    """
+    """(n, m) probabilities from unit image (n, d) and title (m, d) embeddings: softmax over the titles
+    and a "none" column at cosine ``floor`` (one title: ``sigmoid(scale * (cos - floor))``; several:
+    at most one passes 0.5)."""
     logits = scale * np.concatenate(
         [images.astype(np.float64) @ titles.astype(np.float64).T, np.full((images.shape[0], 1), floor)],
         axis=1,

@@ -1,15 +1,17 @@
 """How a model service spreads its model calls over the CPUs it may use.
 
-For text on CPU the default is several model calls at once, each on few intra-op threads, instead of
-one call spread over every core. Measured in ``bench/text.py`` on 2 cores: 2 concurrent single-thread
-calls did the same work with about 10% less CPU per text than one 2-thread call (no thread sync inside
-a call), and kept working while the gateway and the bus client took a core, where a 2-thread call
-waited for its slower thread: the whole stack went from 0.73 to 1.01 of the in-process model.
-The image services already keep the cores busy with their decode threads; there one call at a time
-measured level with two or better (``python -m bench.image`` against the same with
-``--service-env KASHF_MODEL_WORKERS=2``: single image p50 32 against 38 ms), so they default to one.
-On GPU one call at a time feeds the device.
+Text on CPU: several calls at once on few threads each; images and GPU: one call at a time (why: below).
 """
+
+# For text on CPU the default is several model calls at once, each on few intra-op threads, instead of
+# one call spread over every core. Measured in ``bench/text.py`` on 2 cores: 2 concurrent single-thread
+# calls did the same work with about 10% less CPU per text than one 2-thread call (no thread sync inside
+# a call), and kept working while the gateway and the bus client took a core, where a 2-thread call
+# waited for its slower thread: the whole stack went from 0.73 to 1.01 of the in-process model.
+# The image services already keep the cores busy with their decode threads; there one call at a time
+# measured level with two or better (``python -m bench.image`` against the same with
+# ``--service-env KASHF_MODEL_WORKERS=2``: single image p50 32 against 38 ms), so they default to one.
+# On GPU one call at a time feeds the device.
 
 from __future__ import annotations
 
