@@ -104,11 +104,12 @@ class PullWorker:
 
     @property
     def running(self) -> bool:
-        return bool(self._loops) and not self._loops[0].done()
+        return bool(self._loops) and not self._loops[0].done() and not self._closing
 
     @property
     def stopping(self) -> asyncio.Event:
-        """Set once ``stop`` begins: a handler that is only waiting (not working) should raise HandBack."""
+        """Set by ``stop`` once nothing more is pulled: a handler only waiting (not working) should raise
+        HandBack."""
         return self._stopping
 
     async def start(self) -> None:
