@@ -1,4 +1,4 @@
-"""NATS transport of the text service: TEXT_EMBED and TEXT_TAG in the ``text_service`` queue group."""
+"""NATS transport of the text service: embed, tag and model info in the ``text_service`` queue group."""
 
 from __future__ import annotations
 

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 from collections.abc import Sequence
 
-import nats.errors
-import nats.js.errors
 import numpy as np
 import structlog
 
 from shared import subjects
 from shared.bus import Bus
-from shared.errors import Unavailable
+from shared.bus.blobs import BlobStore
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest, ModelInfoReply, ModelInfoRequest
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput
 from trainer.repository import ItemToEmbed
@@ -28,6 +24,7 @@ class BusEmbedder:
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
+        self.blobs = BlobStore(bus.js)
 
     async def model(self, kind: str) -> ModelInfoReply:
         """The model a service of ``kind`` runs now, from its model-info subject (no model call)."""
@@ -45,14 +42,14 @@ class BusEmbedder:
         try:
             for item in items:
                 if item.media is not None:
-                    keys.append(await self._put_blob(item.media))
+                    keys.append(await self.blobs.put(item.media, prefix="trainer"))
                     inputs.append(MediaInput(blob_key=keys[-1]))
                 else:
                     inputs.append(MediaInput(url=item.source_url))
             image_reply = await self.bus.request(subjects.VISION_EMBED, EmbedImagesRequest(images=inputs),
                                                  EmbedImagesReply)
         finally:
-            await self._delete_blobs(keys)
+            await self.blobs.delete(keys)
         vectors: list[np.ndarray | None] = []
         for item, result in zip(items, image_reply.items, strict=True):
             if result.vector is None:
@@ -62,19 +59,3 @@ class BusEmbedder:
             else:
                 vectors.append(np.frombuffer(result.vector, dtype=np.float32).reshape(image_reply.dim))
         return image_reply.model_id, vectors
-
-    async def _put_blob(self, data: bytes) -> str:
-        key = f"trainer-{secrets.token_hex(16)}"
-        try:
-            store = await self.bus.js.object_store(subjects.BLOBS_BUCKET)
-            await store.put(key, data)
-        except (nats.errors.Error, TimeoutError, OSError) as exc:
-            raise Unavailable("blob store unavailable") from exc
-        return key
-
-    async def _delete_blobs(self, keys: Sequence[str]) -> None:
-        # Best effort: the bucket's TTL removes what is left behind.
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError):
-            store = await self.bus.js.object_store(subjects.BLOBS_BUCKET)
-            for key in keys:
-                await store.delete(key)

@@ -14,6 +14,7 @@ from modelkit.onnx.layout import load_model, model_layout
 from modelkit.onnx.manifest import ImagePreprocessing, load_manifest
 from modelkit.runtime import Readiness, run_service
 from shared.bus import Bus, ensure_streams
+from shared.bus.blobs import BlobStore
 from shared.settings import VisionServiceSettings
 from vision_service import handlers
 from vision_service.model import Encoder
@@ -48,8 +49,9 @@ async def setup(settings: VisionServiceSettings, bus: Bus, encoder: Encoder | No
     pre = manifest.preprocessing
     await ensure_streams(bus.js)  # heads and uploads buckets must exist before the first request
     fetcher = Fetcher(fetch_policy(settings))
+    uploads = BlobStore(bus.js, media="image", size_setting="KASHF_MAX_IMAGE_BYTES")
     service = VisionService(
-        encoder, HeadCache(bus.js), fetcher, handlers.ObjectStoreBlobs(bus.js),
+        encoder, HeadCache(bus.js), fetcher, uploads,
         max_image_bytes=settings.max_image_bytes, max_image_pixels=settings.max_image_pixels,
         min_side=_needed_side(pre), copy_resample=_resample(pre),
         decode_workers=settings.decode_workers, max_batch=settings.max_batch,

@@ -9,7 +9,6 @@ from pydantic import Base64Bytes, Field
 
 from shared.schemas.base import Message
 
-
 # The tag answered when no tag passes (gateway and model services alike).
 UNKNOWN_TAG_ID = 0
 UNKNOWN_TITLE = "ناآشنا"

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import nats.js.errors
 import numpy as np
 import pytest
 from nats.aio.msg import Msg
@@ -277,6 +278,30 @@ async def test_a_refit_that_raises_a_bug_fails_the_dataset_and_terms_its_events(
     await wait_settled(bus, durable)
 
 
+async def test_stop_hands_held_events_back_at_once(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], start_responder: Responder, make_consumer: Any,
+) -> None:
+    await start_responder()
+    dataset_id, tags = await seed(sessions)
+    durable = f"trainer-stop-{uuid.uuid4().hex[:8]}"
+
+    async def no_store(dataset_id: int, head: Head) -> str:
+        raise AssertionError("a stopping consumer hands its held events back instead of refitting")
+
+    # A long debounce holds the report; a long ack_wait means only a nak brings it back soon.
+    first = await make_consumer(durable=durable, debounce_s=60.0, ack_wait_s=30.0, store=no_store)
+    event = ReportEvent(dataset_id=dataset_id, item_id=1, tag_id=tags["sport"], positive=True, report_id=1)
+    await bus.publish_event(report_subject(dataset_id), event, msg_id=uuid.uuid4().hex)
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await bus.js.consumer_info(EVENTS_STREAM, durable)).num_ack_pending != 1:
+        assert asyncio.get_running_loop().time() < deadline, "the report was never pulled"
+        await asyncio.sleep(0.05)
+    await first.stop(5)
+    await make_consumer(durable=durable, debounce_s=0.1, ack_wait_s=30.0)
+    dataset = await wait_state(sessions, dataset_id, {"trained", "failed"}, timeout_s=10.0)
+    assert dataset.state == "trained" and dataset.head_version == 1
+
+
 async def test_dataset_without_positive_reports_fails_with_reason(
     bus: Bus, sessions: async_sessionmaker[AsyncSession], start_responder: Responder, make_consumer: Any,
 ) -> None:
@@ -372,6 +397,10 @@ async def test_image_dataset_embeds_through_vision_blobs(
                            [TagRef(id=red_id, title="red")])
         assert rows[0][0].id == red_id
         assert len(seen) == 9  # every kept image went to the vision service
+        store = await bus.js.object_store(BLOBS_BUCKET)
+        for key in seen:  # and its copy in the blob store was deleted once embedded
+            with pytest.raises(nats.js.errors.ObjectNotFoundError):
+                await store.get_info(key)
         async with sessions() as s:
             embedded = await s.scalar(select(func.count()).select_from(Embedding)
                                       .where(Embedding.model_id == "test-vision@1"))
