@@ -51,8 +51,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 bus=bus,
                 outbox=publisher,
                 limiter=RateLimiter(settings.rate_per_minute, settings.rate_burst),
+                addresses=RateLimiter(
+                    settings.rate_per_ip_per_minute,
+                    settings.rate_per_ip_burst,
+                    what="this address's rate of token lookups",
+                    settings="KASHF_RATE_PER_IP_PER_MINUTE, burst KASHF_RATE_PER_IP_BURST",
+                ),
                 predictions=PredictionCounter(sessionmaker),
-                tokens=TokenCache(settings.token_cache_s),
+                tokens=TokenCache(settings.token_cache_s, settings.token_unknown_cache_s),
                 datasets=DatasetCache(settings.dataset_cache_s),
                 metrics=metrics,
             )

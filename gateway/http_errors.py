@@ -63,8 +63,7 @@ async def _kashf(request: Request, exc: Exception) -> JSONResponse:
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Token"
     if isinstance(exc, RateLimited):
-        limiter = getattr(getattr(request.app.state, "kashf", None), "limiter", None)
-        headers["Retry-After"] = str(limiter.retry_after_s() if limiter else 1)
+        headers["Retry-After"] = str(getattr(exc, "retry_after_s", 1))
     if exc.status >= 500:
         log.warning("request_failed", status=exc.status, code=exc.error_code, detail=exc.detail)
     return error_response(exc.status, exc.error_code, exc.detail, headers)

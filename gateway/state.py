@@ -24,7 +24,8 @@ class AppState:
     sessionmaker: async_sessionmaker[AsyncSession]
     bus: Bus
     outbox: OutboxPublisher
-    limiter: RateLimiter
+    limiter: RateLimiter  # per account
+    addresses: RateLimiter  # per client address, of requests whose token needs a lookup
     predictions: PredictionCounter
     tokens: TokenCache
     datasets: DatasetCache

@@ -82,6 +82,16 @@ class GatewaySettings(DatabaseSettings):
     max_text_chars: int = Field(5000, validation_alias=_alias("KASHF_MAX_TEXT_CHARS"))
     rate_per_minute: int = Field(600, validation_alias=_alias("KASHF_RATE_PER_MINUTE"))
     rate_burst: int = Field(120, validation_alias=_alias("KASHF_RATE_BURST"))
+    # Requests whose token this replica has not found before, per client address: each costs a token lookup.
+    rate_per_ip_per_minute: int = Field(300, validation_alias=_alias("KASHF_RATE_PER_IP_PER_MINUTE"))
+    rate_per_ip_burst: int = Field(100, validation_alias=_alias("KASHF_RATE_PER_IP_BURST"))
+    # A token a lookup did not find is refused without another lookup for this long (0: no negative cache).
+    token_unknown_cache_s: float = Field(30.0, validation_alias=_alias("KASHF_TOKEN_UNKNOWN_CACHE_S"))
+    # Slow clients: request headers must arrive within header_timeout_s; a body within body_timeout_s plus
+    # one second per body_min_rate bytes received (answered 408 and closed otherwise).
+    header_timeout_s: float = Field(10.0, gt=0, validation_alias=_alias("KASHF_HEADER_TIMEOUT_S"))
+    body_timeout_s: float = Field(30.0, gt=0, validation_alias=_alias("KASHF_BODY_TIMEOUT_S"))
+    body_min_rate: int = Field(4096, gt=0, validation_alias=_alias("KASHF_BODY_MIN_RATE"))
     outbox_sweep_s: float = Field(2.0, validation_alias=_alias("KASHF_OUTBOX_SWEEP_S"))
     # A revoked token keeps working on a replica for at most this long (0: look up every request).
     token_cache_s: float = Field(5.0, validation_alias=_alias("KASHF_TOKEN_CACHE_S"))

@@ -1,13 +1,24 @@
-"""Per-account token bucket, in memory. Each gateway process keeps its own buckets, so with N replicas an
-account may reach up to N times the configured rate; that is accepted (no shared store on the request path)."""
+"""Token buckets in memory: per account (after authentication) and per client address (before a token lookup).
+Each gateway process keeps its own buckets, so with N replicas a client may reach up to N times the configured
+rate; that is accepted (no shared store on the request path)."""
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from shared.errors import RateLimited
+
+
+class OverRate(RateLimited):
+    """RateLimited, with the seconds until its bucket holds a token again (the Retry-After header)."""
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -17,32 +28,45 @@ class _Bucket:
 
 
 class RateLimiter:
-    """``per_minute`` requests a minute on average, bursts of up to ``burst``; 0 disables the limit."""
+    """``per_minute`` requests a minute per key on average, bursts of up to ``burst``; 0 disables the limit.
+    At most ``max_keys`` buckets are kept (least recently used go first, as full buckets)."""
 
-    def __init__(self, per_minute: int, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        per_minute: int,
+        burst: int,
+        *,
+        what: str = "this account's rate",
+        settings: str = "KASHF_RATE_PER_MINUTE, burst KASHF_RATE_BURST",
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._rate = per_minute / 60.0
         self._capacity = float(max(burst, 1))
         self._per_minute = per_minute
+        self._what = what
+        self._settings = settings
+        self._max_keys = max_keys
         self._clock = clock
-        self._buckets: dict[int, _Bucket] = {}
+        self._buckets: OrderedDict[Hashable, _Bucket] = OrderedDict()
 
-    def check(self, account_id: int) -> None:
-        """Take one token for the account or raise RateLimited."""
+    def check(self, key: Hashable) -> None:
+        """Take one token from the key's bucket or raise OverRate."""
         if self._per_minute <= 0:
             return
         now = self._clock()
-        bucket = self._buckets.get(account_id)
+        bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[account_id] = _Bucket(self._capacity, now)
+            bucket = self._buckets[key] = _Bucket(self._capacity, now)
+            if len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
         bucket.tokens = min(self._capacity, bucket.tokens + (now - bucket.updated) * self._rate)
         bucket.updated = now
         if bucket.tokens < 1.0:
-            raise RateLimited(
-                f"over this account's rate of {self._per_minute} requests per minute "
-                f"(KASHF_RATE_PER_MINUTE, burst KASHF_RATE_BURST)"
+            raise OverRate(
+                f"over {self._what} of {self._per_minute} requests per minute ({self._settings})",
+                retry_after_s=max(1, math.ceil((1.0 - bucket.tokens) / self._rate)),
             )
         bucket.tokens -= 1.0
-
-    def retry_after_s(self) -> int:
-        """Seconds until one token is back, rounded up."""
-        return max(1, int(1.0 / self._rate + 0.999)) if self._rate > 0 else 1

@@ -1,6 +1,6 @@
-"""``ApiRoute``: what every /api call passes before its body is parsed, in this order: token (401), account
-rate (429), content type (415), body size while reading (413); then FastAPI parses and validates the body
-(422) and the route runs, given the account as ``AccountDep``."""
+"""``ApiRoute``: what every /api call passes before its body is parsed, in this order: token (401; one that needs
+a lookup first takes from its address's rate, 429), account rate (429), content type (415), body size while
+reading (413); then FastAPI parses and validates the body (422) and the route runs, given ``AccountDep``."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ class ApiRoute(APIRoute):
         async def guarded(request: Request) -> Response:
             state = app_state(request)
             settings = state.settings
-            account_id = await authenticate(state, request.headers.get("authorization"))
+            address = request.client.host if request.client else "unknown"
+            account_id = await authenticate(state, request.headers.get("authorization"), address)
             state.limiter.check(account_id)
             request.state.account_id = account_id
             kind = media_kind(request.headers.get("content-type"))

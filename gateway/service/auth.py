@@ -28,12 +28,19 @@ def parse_authorization(header: str | None) -> str:
     return key
 
 
-async def authenticate(state: AppState, header: str | None) -> int:
+async def authenticate(state: AppState, header: str | None, address: str) -> int:
     """The account id the header's token belongs to; Unauthorized for unknown or revoked tokens.
 
-    A token in the replica's cache costs no database session at all.
-    """
+    A token in the replica's caches costs no database session at all."""
     token_hash = hash_token(parse_authorization(header), state.settings.token_pepper.get_secret_value())
+    account_id = state.tokens.get(token_hash)
+    if account_id is not None:
+        return account_id
+    if state.tokens.known_unknown(token_hash):
+        raise Unauthorized("invalid or revoked token")
+    if not state.tokens.was_found(token_hash):
+        # Possibly a guess: its lookup is charged to the client's address, so guesses cost bounded database work.
+        state.addresses.check(address)
 
     async def lookup() -> int | None:
         async with state.unit_of_work() as uow:
