@@ -13,12 +13,19 @@ from gateway.service.checks import check_count, check_media_count, check_text
 from gateway.service.datasets import fix_kind, load_dataset, wrong_kind
 from gateway.state import AppState
 from shared.errors import Internal
-from shared.schemas.inference import HeadRef, ItemResult, ScoredTag, TagRef, TagReply, TagTextsRequest
+from shared.schemas.inference import (
+    UNKNOWN_TAG_ID,
+    UNKNOWN_TITLE,
+    HeadRef,
+    ItemResult,
+    ScoredTag,
+    TagRef,
+    TagReply,
+    TagTextsRequest,
+)
 from shared.schemas.media import TagImagesRequest
 from shared.subjects import TEXT_TAG, VISION_TAG
 
-UNKNOWN_TAG_ID = 0
-UNKNOWN_TITLE = "ناآشنا"
 # Keep each message well under NATS' default 1 MiB max payload.
 _MAX_TEXT_BYTES_PER_REQUEST = 512 * 1024
 
