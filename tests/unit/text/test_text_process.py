@@ -21,6 +21,8 @@ from shared.schemas.inference import EmbedReply, EmbedTextsRequest
 from shared.subjects import TEXT_EMBED
 from tests.unit.text.texts import BUY
 
+pytestmark = pytest.mark.integration  # starts the real service process
+
 REPO = Path(__file__).resolve().parents[3]
 
 

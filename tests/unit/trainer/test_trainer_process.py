@@ -23,6 +23,8 @@ from shared.schemas.events import DatasetsChanged, TrainRequest
 from shared.subjects import DATASETS_CHANGED, EVENTS_STREAM, train_subject
 from tests.unit.trainer.helpers import MODEL_ID, TextModel, seed, wait_state
 
+pytestmark = pytest.mark.integration  # starts the real service process
+
 REPO = Path(__file__).resolve().parents[3]
 Running = tuple[subprocess.Popen[bytes], int, Path]  # the process, its health port, its log
 

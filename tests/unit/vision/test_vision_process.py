@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 
 from devtools import servers
@@ -20,6 +21,8 @@ from shared.bus import Bus
 from shared.schemas.inference import HeadRef, ScoredTag, TagRef, TagReply
 from shared.schemas.media import MediaInput, TagImagesRequest
 from shared.subjects import VISION_TAG
+
+pytestmark = pytest.mark.integration  # starts the real service process
 
 REPO = Path(__file__).resolve().parents[3]
 
