@@ -112,8 +112,8 @@ async def test_transient_failure_is_naked_with_a_doubling_delay(queue: Queue) ->
     assert [count for count, _ in calls] == [1, 2, 3]
     first_gap, second_gap = calls[1][1] - calls[0][1], calls[2][1] - calls[1][1]
     # The server waited out each nak's delay (0.4 s, then 0.8 s), far short of ack_wait (30 s).
-    assert 0.35 <= first_gap < 5
-    assert 0.75 <= second_gap < 5
+    assert 0.35 <= first_gap < 10
+    assert 0.75 <= second_gap < 10
 
 
 def test_retry_delay_doubles_up_to_its_cap() -> None:
@@ -164,10 +164,10 @@ async def test_heartbeat_keeps_a_slow_handler_past_ack_wait(queue: Queue) -> Non
 
     async def handle(d: Delivery) -> None:
         calls.append(d.count)
-        await asyncio.sleep(3.5)  # the work: three times ack_wait
+        await asyncio.sleep(6.0)  # the work: three times ack_wait
 
     # Room for a second handler: a redelivery past ack_wait would show up as a second call.
-    await queue.worker(handle, ack_wait_s=1.0, concurrency=2)
+    await queue.worker(handle, ack_wait_s=2.0, concurrency=2)
     await queue.publish(b"slow")
     await until(lambda: queue.all_acked(1))
     assert calls == [1]
@@ -218,7 +218,7 @@ async def test_stop_lets_handlers_finish_and_hands_back_the_rest(queue: Queue) -
     await until(lambda: _held(queue, 3))
     started = time.monotonic()
     await worker.stop(timeout_s=1.0)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # 1 s for the handlers, 1 s at most for a fetch to end
     assert acked_first == [b"finishes"]
     assert not worker.running
     await queue.publish(b"after stop")
