@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from tokenizers import Tokenizer
 
-from modelkit.onnx.manifest import ImagePreprocessing, load_manifest
-from modelkit.onnx.session import Device, make_session, resolve_device
-from modelkit.onnx.text import l2_normalise, short_sha
+from modelkit.onnx.manifest import ImagePreprocessing
+from modelkit.onnx.session import Device, make_session, open_model
+from modelkit.onnx.text import l2_normalise
 from shared.errors import InvalidInput
 
 _CHUNK = 32
@@ -43,15 +43,13 @@ class ImageEncoder:
     """Embeds PIL images (and, for two-tower models, texts) as unit-length float32 rows."""
 
     def __init__(self, model_dir: Path, device: Device = "auto", threads: int | None = None) -> None:
-        self.manifest = load_manifest(model_dir)
+        opened = open_model(model_dir, "image", device, threads)
+        self.manifest, self.device, self.session, self.model_id = (
+            opened.manifest, opened.device, opened.session, opened.model_id)
         pre = self.manifest.preprocessing
-        if self.manifest.modality != "image" or not isinstance(pre, ImagePreprocessing):
-            raise InvalidInput(f"{model_dir} holds a {self.manifest.modality} model, not an image model")
+        if not isinstance(pre, ImagePreprocessing):
+            raise InvalidInput(f"{model_dir}: an image model needs image preprocessing in its manifest")
         self.pre: ImagePreprocessing = pre
-        self.device = resolve_device(device)
-        file = self.manifest.file_for(self.device == "cuda")
-        self.session = make_session(model_dir / file, self.device, threads)
-        self.model_id = f"{self.manifest.name}@{short_sha(self.manifest, file)}"
         self.dim = self.manifest.dim
         self._input = self.session.get_inputs()[0].name
         self._output = self.manifest.outputs[0]

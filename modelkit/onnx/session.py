@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import onnxruntime as ort
 
-from shared.errors import Unavailable
+from modelkit.onnx.manifest import ModelManifest, load_manifest
+from shared.errors import InvalidInput, Unavailable
 
 Device = Literal["auto", "cpu", "cuda"]
 _CUDA = "CUDAExecutionProvider"
@@ -44,3 +46,25 @@ def make_session(path: Path, device: Device = "auto", threads: int | None = None
     if resolve_device(device) == "cuda":
         providers = [(_CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), _CPU]
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+
+
+@dataclass(frozen=True)
+class OpenedModel:
+    """A model folder opened for inference: its manifest, the device chosen, the session and its id."""
+
+    manifest: ModelManifest
+    device: Literal["cpu", "cuda"]
+    session: ort.InferenceSession
+    model_id: str  # "<name>@<first 12 hex of the file's sha256>": changes whenever the weights do
+
+
+def open_model(model_dir: Path, modality: str, device: Device = "auto", threads: int | None = None) -> OpenedModel:
+    """Load the manifest, check it holds a ``modality`` model, and open the file for the device."""
+    manifest = load_manifest(model_dir)
+    if manifest.modality != modality:
+        article = "an" if modality[0] in "aeiou" else "a"
+        raise InvalidInput(f"{model_dir} holds a {manifest.modality} model, not {article} {modality} model")
+    chosen = resolve_device(device)
+    file = manifest.file_for(chosen == "cuda")
+    session = make_session(model_dir / file, chosen, threads)
+    return OpenedModel(manifest, chosen, session, f"{manifest.name}@{manifest.files.get(file, '')[:12]}")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from modelkit.onnx.manifest import ModelManifest, TextPreprocessing, load_manifest
-from modelkit.onnx.session import Device, make_session, resolve_device
+from modelkit.onnx.manifest import TextPreprocessing
+from modelkit.onnx.session import Device, open_model
 from shared.errors import InvalidInput
 
 _CHUNK = 32  # rows per session.run: beyond this the padded batch only costs memory
@@ -20,23 +20,17 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return np.asarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def short_sha(manifest: ModelManifest, file: str) -> str:
-    return manifest.files.get(file, "")[:12]
-
-
 class TextEncoder:
     """Embeds texts with the manifest's prefix and tokenizer; rows are unit length float32."""
 
     def __init__(self, model_dir: Path, device: Device = "auto", threads: int | None = None) -> None:
-        self.manifest = load_manifest(model_dir)
+        opened = open_model(model_dir, "text", device, threads)
+        self.manifest, self.device, self.session, self.model_id = (
+            opened.manifest, opened.device, opened.session, opened.model_id)
         pre = self.manifest.preprocessing
-        if self.manifest.modality != "text" or not isinstance(pre, TextPreprocessing):
-            raise InvalidInput(f"{model_dir} holds a {self.manifest.modality} model, not a text model")
+        if not isinstance(pre, TextPreprocessing):
+            raise InvalidInput(f"{model_dir}: a text model needs text preprocessing in its manifest")
         self.pre: TextPreprocessing = pre
-        self.device = resolve_device(device)
-        file = self.manifest.file_for(self.device == "cuda")
-        self.session = make_session(model_dir / file, self.device, threads)
-        self.model_id = f"{self.manifest.name}@{short_sha(self.manifest, file)}"
         self.dim = self.manifest.dim
         self._input_names = [i.name for i in self.session.get_inputs()]
         self._output = self.manifest.outputs[0]
