@@ -1,15 +1,13 @@
-"""Request dependencies: the shared state, one unit of work per request (committed before the response),
-the account and the request id."""
+"""Request dependencies: the shared state, the account and the request id. A route's unit of work is
+``state.transact(work)``: committed before the response, run again once when its connection is lost."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
 from gateway.state import AppState
-from gateway.uow import UnitOfWork
 from shared.errors import Unauthorized
 from shared.logging import current_correlation_id
 
@@ -24,17 +22,6 @@ async def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
-
-
-async def get_unit_of_work(state: StateDep) -> AsyncIterator[UnitOfWork]:
-    """Commit when the route returns (then publish and invalidate); roll back when it raises."""
-    async with state.unit_of_work() as uow:
-        yield uow
-        await uow.commit()
-
-
-# scope="function": the commit happens before the response is sent, so a 200 means durable.
-UowDep = Annotated[UnitOfWork, Depends(get_unit_of_work, scope="function")]
 
 
 async def get_account(request: Request) -> int:

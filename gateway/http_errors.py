@@ -9,10 +9,11 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
+from gateway.infra.dbfaults import unavailable
 from shared.errors import KashfError, RateLimited
 
 log = structlog.get_logger(__name__)
@@ -89,7 +90,9 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("database_unavailable", error=type(exc).__name__)
+    if not unavailable(exc):
+        raise exc  # a bug (a constraint the code should have kept): the middleware logs it and answers 500
+    log.warning("database_unavailable", error=type(exc).__name__, detail=str(exc).split("\n", 1)[0])
     return error_response(503, "unavailable", "database unavailable")
 
 
@@ -97,5 +100,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(KashfError, _kashf)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
-    for exc_type in (OperationalError, InterfaceError, PoolTimeout, ConnectionError, TimeoutError):
+    for exc_type in (DBAPIError, PoolTimeout, ConnectionError, TimeoutError):
         app.add_exception_handler(exc_type, _database)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import case, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
@@ -14,6 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.db.models import Account, ApiToken, DataItem, Dataset, Embedding, Outbox, Report, Tag
+
+# Row locks on tags: "reference" (FOR KEY SHARE) while reports that point at them are written, "change"
+# (FOR NO KEY UPDATE) to update one, "delete" (FOR UPDATE) to delete one: a delete waits for the reports being
+# written to commit, then deletes them too; reports written after a delete find no tag (404, not an FK error).
+TagLock = Literal["reference", "change", "delete"]
 
 
 @dataclass(frozen=True)
@@ -178,16 +183,21 @@ class Repository:
         return tag
 
     async def tags_of_account(
-        self, account_id: int, tag_ids: Sequence[int]
+        self, account_id: int, tag_ids: Sequence[int], lock: TagLock | None = None
     ) -> dict[int, tuple[Tag, Dataset]]:
-        """The account's tags among ``tag_ids`` with their datasets; others' tags are simply absent."""
+        """The account's tags among ``tag_ids`` with their datasets; others' tags are simply absent.
+        ``lock`` holds the tag rows until the transaction ends (a tag deleted meanwhile is absent)."""
         if not tag_ids:
             return {}
-        rows = await self.session.execute(
+        query = (
             select(Tag, Dataset)
             .join(Dataset, Dataset.id == Tag.dataset_id)
             .where(Tag.id.in_(set(tag_ids)), Dataset.account_id == account_id)
+            .order_by(Tag.id)  # rows locked in one order by every writer
         )
+        if lock is not None:
+            query = query.with_for_update(of=Tag, read=lock == "reference", key_share=lock != "delete")
+        rows = await self.session.execute(query)
         return {tag.id: (tag, dataset) for tag, dataset in rows.all()}
 
     async def active_tags(self, dataset_id: int) -> Sequence[Tag]:
@@ -223,7 +233,7 @@ class Repository:
         if not counts:
             return
         await self.session.execute(
-            select(Tag.id).where(Tag.id.in_(sorted(counts))).order_by(Tag.id).with_for_update()
+            select(Tag.id).where(Tag.id.in_(sorted(counts))).order_by(Tag.id).with_for_update(key_share=True)
         )
         await self.session.execute(
             update(Tag)

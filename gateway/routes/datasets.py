@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from gateway.deps import AccountDep, RequestIdDep, StateDep, UowDep
+from gateway.deps import AccountDep, RequestIdDep, StateDep
 from gateway.routes.common import api_router, post, render
 from gateway.schemas import (
     CreateDatasetBody,
@@ -18,20 +18,20 @@ from gateway.schemas import (
 from gateway.service import datasets
 
 
-async def create_dataset(body: CreateDatasetBody, uow: UowDep, account: AccountDep) -> Response:
-    return render(await datasets.create_dataset(uow, account, body))
+async def create_dataset(body: CreateDatasetBody, state: StateDep, account: AccountDep) -> Response:
+    return render(await state.transact(lambda uow: datasets.create_dataset(uow, account, body)))
 
 
-async def list_datasets(body: ListDatasetsBody, uow: UowDep, account: AccountDep) -> Response:
-    return render(await datasets.list_datasets(uow, account))
+async def list_datasets(body: ListDatasetsBody, state: StateDep, account: AccountDep) -> Response:
+    return render(await state.transact(lambda uow: datasets.list_datasets(uow, account)))
 
 
-async def train_dataset(body: DatasetBody, uow: UowDep, account: AccountDep, request_id: RequestIdDep) -> Response:
-    return render(await datasets.train_dataset(uow, account, body.dataset, request_id))
+async def train_dataset(body: DatasetBody, state: StateDep, account: AccountDep, request_id: RequestIdDep) -> Response:
+    return render(await state.transact(lambda uow: datasets.train_dataset(uow, account, body.dataset, request_id)))
 
 
-async def dataset_info(body: DatasetInfoBody, uow: UowDep, account: AccountDep, state: StateDep) -> Response:
-    return render(await datasets.dataset_info(uow, account, body, state.predictions))
+async def dataset_info(body: DatasetInfoBody, state: StateDep, account: AccountDep) -> Response:
+    return render(await state.transact(lambda uow: datasets.dataset_info(uow, account, body, state.predictions)))
 
 
 def router() -> APIRouter:

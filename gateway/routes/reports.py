@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Response
 
-from gateway.deps import AccountDep, StateDep, UowDep
+from gateway.deps import AccountDep, StateDep
 from gateway.routes.common import api_router, post, render
 from gateway.schemas import ImageReport, ReportOut, TextReport
 from gateway.service import reports
@@ -23,16 +23,15 @@ _IMAGE_EXAMPLE = [
 
 
 async def report_text_tags(
-    body: Annotated[list[TextReport], Body(examples=[_TEXT_EXAMPLE])], uow: UowDep, account: AccountDep,
-    state: StateDep,
+    body: Annotated[list[TextReport], Body(examples=[_TEXT_EXAMPLE])], account: AccountDep, state: StateDep
 ) -> Response:
-    return render(await reports.report_texts(uow, account, body, state.settings))
+    return render(await state.transact(lambda uow: reports.report_texts(uow, account, body, state.settings)))
 
 
 async def report_image_tags(
     body: Annotated[list[ImageReport], Body(examples=[_IMAGE_EXAMPLE])], account: AccountDep, state: StateDep
 ) -> Response:
-    # No request-wide unit of work: the service commits two short ones around the images' fetching.
+    # The service commits two short units of work around the images' fetching.
     return render(await reports.report_images(state, account, body))
 
 

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from gateway.deps import AccountDep, UowDep
+from gateway.deps import AccountDep, StateDep
 from gateway.routes.common import api_router, post, render
 from gateway.schemas import CreateTagBody, DeleteTagBody, DeleteTagOut, TagOutFull, UpdateTagBody
 from gateway.service import tags
 
 
-async def create_tag(body: CreateTagBody, uow: UowDep, account: AccountDep) -> Response:
-    return render(await tags.create_tag(uow, account, body))
+async def create_tag(body: CreateTagBody, state: StateDep, account: AccountDep) -> Response:
+    return render(await state.transact(lambda uow: tags.create_tag(uow, account, body)))
 
 
-async def update_tag(body: UpdateTagBody, uow: UowDep, account: AccountDep) -> Response:
-    return render(await tags.update_tag(uow, account, body))
+async def update_tag(body: UpdateTagBody, state: StateDep, account: AccountDep) -> Response:
+    return render(await state.transact(lambda uow: tags.update_tag(uow, account, body)))
 
 
-async def delete_tag(body: DeleteTagBody, uow: UowDep, account: AccountDep) -> Response:
-    return render(await tags.delete_tag(uow, account, body.tag_id))
+async def delete_tag(body: DeleteTagBody, state: StateDep, account: AccountDep) -> Response:
+    return render(await state.transact(lambda uow: tags.delete_tag(uow, account, body.tag_id)))
 
 
 def router() -> APIRouter:

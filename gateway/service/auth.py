@@ -43,8 +43,7 @@ async def authenticate(state: AppState, header: str | None, address: str) -> int
         state.addresses.check(address)
 
     async def lookup() -> int | None:
-        async with state.unit_of_work() as uow:
-            return await uow.repo.account_for_token_hash(token_hash)
+        return await state.transact(lambda uow: uow.repo.account_for_token_hash(token_hash))
 
     account_id = await state.tokens.get_or_load(token_hash, lookup)
     if account_id is None:

@@ -46,8 +46,9 @@ def compact_labels(labels: Sequence[tuple[int, bool]]) -> str:
 async def _datasets_of_tags(
     uow: UnitOfWork, account_id: int, tag_ids: Sequence[int], kind: str
 ) -> dict[int, Dataset]:
-    """Dataset of each tag (NotFound for a tag this account lacks); fixes or checks each dataset's kind."""
-    found = await uow.repo.tags_of_account(account_id, tag_ids)
+    """Dataset of each tag (NotFound for a tag this account lacks); fixes or checks each dataset's kind.
+    The tags stay locked against deletion until the unit of work ends."""
+    found = await uow.repo.tags_of_account(account_id, tag_ids, "reference")
     for tag_id in tag_ids:
         if tag_id not in found:
             raise tag_not_found(tag_id)
@@ -146,10 +147,10 @@ async def report_images(state: AppState, account_id: int, reports: Sequence[Imag
     """
     check_count(reports, "reports", state.settings)
     # Two units of work, so that no pooled connection is held while vision_service fetches and embeds:
-    # the first resolves the tags (and fixes a new dataset's kind), the second stores what came back.
-    async with state.unit_of_work() as uow:
-        datasets = await _datasets_of_tags(uow, account_id, [r.tag_id for r in reports], "image")
-        await uow.commit()
+    # the first resolves the tags (and fixes a new dataset's kind), the second checks them again (a tag may
+    # have been deleted meanwhile) and stores what came back.
+    tag_ids = [r.tag_id for r in reports]
+    datasets = await state.transact(lambda uow: _datasets_of_tags(uow, account_id, tag_ids, "image"))
     first, embedded = await _embed_all(state.bus, [r.image_url for r in reports], state.settings)
     labels: list[_Label] = []
     items: dict[tuple[int, str], dict[str, Any]] = {}
@@ -169,11 +170,14 @@ async def report_images(state: AppState, account_id: int, reports: Sequence[Imag
         })
         vectors.setdefault(key, item.vector)
         labels.append(_Label(dataset_id, item.sha256, report.tag_id, report.positive))
-    async with state.unit_of_work() as uow:
+
+    async def store(uow: UnitOfWork) -> list[ReportOut]:
+        await _datasets_of_tags(uow, account_id, tag_ids, "image")
         out, item_ids = await _store(uow, labels, items)
         await uow.repo.add_embeddings([
             {"item_id": item_ids[key], "model_id": first.model_id, "dim": first.dim, "vector": vector}
             for key, vector in sorted(vectors.items())
         ])
-        await uow.commit()
-    return out
+        return out
+
+    return await state.transact(store)

@@ -12,6 +12,7 @@ from gateway.schemas import ImageTagsOut, MediaItem, TagOut, TagTextsBody, TextT
 from gateway.service.checks import check_count, check_media_count, check_text
 from gateway.service.datasets import fix_kind, load_dataset, wrong_kind
 from gateway.state import AppState
+from gateway.uow import UnitOfWork
 from shared.errors import Internal
 from shared.schemas.inference import (
     UNKNOWN_TAG_ID,
@@ -57,12 +58,14 @@ async def prepare(state: AppState, account_id: int, name: str, kind: str) -> tup
 
 async def _load_view(state: AppState, account_id: int, name: str, kind: str) -> DatasetView:
     """Read the view; a dataset used for the first time takes ``kind`` (the caller checks it after)."""
-    async with state.unit_of_work() as uow:
+
+    async def read(uow: UnitOfWork) -> DatasetView:
         dataset = await load_dataset(uow.repo, account_id, name)
         fixed = await fix_kind(uow, dataset, kind)
         tags = tuple(TagRef(id=t.id, title=t.title) for t in await uow.repo.active_tags(dataset.id))
-        await uow.commit()
-    return DatasetView(dataset.id, fixed, HeadRef(dataset_id=dataset.id, version=dataset.head_version), tags)
+        return DatasetView(dataset.id, fixed, HeadRef(dataset_id=dataset.id, version=dataset.head_version), tags)
+
+    return await state.transact(read)
 
 
 def count_predictions(counter: PredictionCounter, tag_lists: Iterable[Sequence[ScoredTag]]) -> None:

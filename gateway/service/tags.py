@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.repository import Repository
+from gateway.repository import Repository, TagLock
 from gateway.schemas import CreateTagBody, DeleteTagOut, TagOutFull, UpdateTagBody
 from gateway.uow import UnitOfWork
 from shared.db.models import Dataset, Tag
@@ -13,8 +13,8 @@ def tag_not_found(tag_id: int) -> NotFound:
     return NotFound(f"tag {tag_id} not found", code="tag_not_found")
 
 
-async def load_tag(repo: Repository, account_id: int, tag_id: int) -> tuple[Tag, Dataset]:
-    found = (await repo.tags_of_account(account_id, [tag_id])).get(tag_id)
+async def load_tag(repo: Repository, account_id: int, tag_id: int, lock: TagLock) -> tuple[Tag, Dataset]:
+    found = (await repo.tags_of_account(account_id, [tag_id], lock)).get(tag_id)
     if found is None:
         raise tag_not_found(tag_id)
     return found
@@ -32,7 +32,7 @@ async def create_tag(uow: UnitOfWork, account_id: int, body: CreateTagBody) -> T
 
 
 async def update_tag(uow: UnitOfWork, account_id: int, body: UpdateTagBody) -> TagOutFull:
-    tag, dataset = await load_tag(uow.repo, account_id, body.tag_id)
+    tag, dataset = await load_tag(uow.repo, account_id, body.tag_id, "change")
     if body.dataset is not None and body.dataset != dataset.name:
         raise NotFound(f"tag {body.tag_id} not found in dataset '{body.dataset}'", code="tag_not_found")
     if body.title is not None or body.active is not None:
@@ -41,7 +41,7 @@ async def update_tag(uow: UnitOfWork, account_id: int, body: UpdateTagBody) -> T
 
 
 async def delete_tag(uow: UnitOfWork, account_id: int, tag_id: int) -> DeleteTagOut:
-    tag, dataset = await load_tag(uow.repo, account_id, tag_id)
+    tag, dataset = await load_tag(uow.repo, account_id, tag_id, "delete")
     deleted = await uow.repo.delete_tag(tag.id)
     uow.dataset_changed(dataset.id)
     return DeleteTagOut(dataset=dataset.name, deleted_reports=deleted)
