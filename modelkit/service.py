@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
@@ -17,6 +18,7 @@ from modelkit.heads import Head
 from modelkit.metrics import Metrics
 from shared.errors import Unavailable
 from shared.schemas.inference import HeadRef
+from shared.settings import InferenceSettings
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +43,24 @@ class HeadModelMismatch(Unavailable):
     code = "head_model_mismatch"
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How the dynamic batcher merges requests (KASHF_MAX_BATCH / _WAIT_MS / _QUEUE) and model calls at once."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 4.0
+    max_queue: int = 1024
+    workers: int = 1
+    metrics: Metrics | None = None
+
+    @classmethod
+    def of(cls, settings: InferenceSettings, workers: int) -> Batching:
+        return cls(settings.max_batch, settings.max_wait_ms, settings.max_queue, workers)
+
+
+DEFAULT_BATCHING = Batching()
+
+
 class BatchedModelService(Generic[In]):
     """Owns the batcher: ``workers`` model calls at once (``modelkit.onnx.layout``)."""
 
@@ -51,20 +71,16 @@ class BatchedModelService(Generic[In]):
         encode_batch: Callable[[list[In]], Sequence[np.ndarray]],
         *,
         name: str,
-        max_batch: int,
-        max_wait_ms: float,
-        max_queue: int,
-        metrics: Metrics | None,
+        batching: Batching,
         pool_workers: int = 0,
-        workers: int = 1,
     ) -> None:
         self.encoder = encoder
         self.heads = heads
         self._pool_workers = pool_workers
         self._pool: ThreadPoolExecutor | None = None
         self.batcher: DynamicBatcher[In, np.ndarray] = DynamicBatcher(
-            encode_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-            workers=workers, name=name, metrics=metrics,
+            encode_batch, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
+            max_queue=batching.max_queue, workers=batching.workers, name=name, metrics=batching.metrics,
         )
         self._name = name
 

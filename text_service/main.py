@@ -9,6 +9,7 @@ from modelkit.heads import HeadCache
 from modelkit.onnx.layout import load_model, model_layout
 from modelkit.onnx.text import TextEncoder
 from modelkit.runtime import Readiness, run_service
+from modelkit.service import Batching
 from shared.bus import Bus, ensure_streams
 from shared.settings import TextServiceSettings
 from text_service import handlers
@@ -22,10 +23,7 @@ async def setup(settings: TextServiceSettings, bus: Bus, encoder: Encoder | None
     if encoder is None:
         encoder = await asyncio.to_thread(load_model, TextEncoder, settings.text_model_dir, settings.device, layout)
     await ensure_streams(bus.js)  # the heads bucket must exist before the first tag request
-    service = TextService(
-        encoder, HeadCache(bus.js), max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-        max_queue=settings.max_queue, workers=layout.workers,
-    )
+    service = TextService(encoder, HeadCache(bus.js), batching=Batching.of(settings, layout.workers))
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)
     readiness = Readiness()

@@ -8,8 +8,7 @@ import numpy as np
 import structlog
 
 from modelkit.heads import tag_vectors
-from modelkit.metrics import Metrics
-from modelkit.service import BatchedModelService, HeadSource
+from modelkit.service import DEFAULT_BATCHING, BatchedModelService, Batching, HeadSource
 from shared.schemas.inference import ItemResult, TagReply, TagTextsRequest
 from shared.textnorm import normalize_text
 from text_service.model import Encoder
@@ -25,14 +24,9 @@ class TextService(BatchedModelService[str]):
         encoder: Encoder,
         heads: HeadSource,
         *,
-        max_batch: int = 32,
-        max_wait_ms: float = 4.0,
-        max_queue: int = 1024,
-        workers: int = 1,
-        metrics: Metrics | None = None,
+        batching: Batching = DEFAULT_BATCHING,
     ) -> None:
-        super().__init__(encoder, heads, self._encode_batch, name="text", max_batch=max_batch,
-                         max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics, workers=workers)
+        super().__init__(encoder, heads, self._encode_batch, name="text", batching=batching)
         self.encoder: Encoder = encoder
 
     def _encode_batch(self, texts: list[str]) -> Sequence[np.ndarray]:

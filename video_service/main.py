@@ -10,6 +10,7 @@ from modelkit.heads import HeadCache
 from modelkit.onnx.image import ImageEncoder
 from modelkit.onnx.layout import load_model, model_layout
 from modelkit.runtime import Readiness, run_service
+from modelkit.service import Batching
 from shared.bus import Bus, ensure_streams
 from shared.bus.blobs import BlobStore
 from shared.bus.video_jobs import VideoJobStore
@@ -53,9 +54,7 @@ async def setup(settings: VideoServiceSettings, bus: Bus, encoder: Encoder | Non
         encoder, HeadCache(bus.js), fetcher, blobs,
         limits=video_limits(settings), max_video_bytes=settings.max_video_bytes,
         sync_video_seconds=settings.sync_video_seconds, active_videos=settings.active_videos,
-        frame_batch=settings.frame_batch, max_batch=settings.max_batch,
-        max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, tmp_dir=settings.tmp_dir,
-        workers=layout.workers,
+        frame_batch=settings.frame_batch, tmp_dir=settings.tmp_dir, batching=Batching.of(settings, layout.workers),
     )
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)

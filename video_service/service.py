@@ -23,8 +23,7 @@ import structlog
 
 from modelkit.fetch import Fetcher
 from modelkit.heads import Head, tag_vectors
-from modelkit.metrics import Metrics
-from modelkit.service import BatchedModelService, HeadSource
+from modelkit.service import DEFAULT_BATCHING, BatchedModelService, Batching, HeadSource
 from shared.errors import BadRequest, TooLarge, Unavailable
 from shared.schemas.inference import ScoredTag, TagRef
 from shared.schemas.media import MediaInput, TagVideoReply, TagVideoRequest, VideoFrame
@@ -81,16 +80,11 @@ class VideoService(BatchedModelService[np.ndarray]):
         sync_video_seconds: float,
         active_videos: int = 2,
         frame_batch: int = 16,
-        max_batch: int = 32,
-        max_wait_ms: float = 4.0,
-        max_queue: int = 1024,
         tmp_dir: Path | None = None,
-        workers: int = 1,
-        metrics: Metrics | None = None,
+        batching: Batching = DEFAULT_BATCHING,
     ) -> None:
-        super().__init__(encoder, heads, self._encode_batch, name="video", max_batch=max_batch,
-                         max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics,
-                         pool_workers=active_videos, workers=workers)
+        super().__init__(encoder, heads, self._encode_batch, name="video", batching=batching,
+                         pool_workers=active_videos)
         self.encoder: Encoder = encoder
         self.fetcher = fetcher
         self.blobs = blobs

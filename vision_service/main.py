@@ -13,6 +13,7 @@ from modelkit.onnx.image import ImageEncoder
 from modelkit.onnx.layout import load_model, model_layout
 from modelkit.onnx.manifest import ImagePreprocessing, load_manifest
 from modelkit.runtime import Readiness, run_service
+from modelkit.service import Batching
 from shared.bus import Bus, ensure_streams
 from shared.bus.blobs import BlobStore
 from shared.settings import VisionServiceSettings
@@ -54,8 +55,7 @@ async def setup(settings: VisionServiceSettings, bus: Bus, encoder: Encoder | No
         encoder, HeadCache(bus.js), fetcher, uploads,
         max_image_bytes=settings.max_image_bytes, max_image_pixels=settings.max_image_pixels,
         min_side=_needed_side(pre), copy_resample=_resample(pre),
-        decode_workers=settings.decode_workers, max_batch=settings.max_batch,
-        max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, workers=layout.workers,
+        decode_workers=settings.decode_workers, batching=Batching.of(settings, layout.workers),
     )
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)

@@ -18,8 +18,7 @@ from PIL import Image
 
 from modelkit.fetch import Fetcher
 from modelkit.heads import Head, tag_vectors
-from modelkit.metrics import Metrics
-from modelkit.service import BatchedModelService, HeadSource
+from modelkit.service import DEFAULT_BATCHING, BatchedModelService, Batching, HeadSource
 from shared.errors import BadRequest, KashfError, TooLarge, Unavailable
 from shared.schemas.inference import ItemResult, TagRef, TagReply, pack_vectors
 from shared.schemas.media import (
@@ -110,17 +109,12 @@ class VisionService(BatchedModelService[np.ndarray]):
         copy_resample: Image.Resampling = Image.Resampling.BILINEAR,
         decode_workers: int = 2,
         max_inflight: int = 16,
-        max_batch: int = 32,
-        max_wait_ms: float = 4.0,
-        max_queue: int = 1024,
         zero_shot_scale: float = ZERO_SHOT_LOGIT_SCALE,
         zero_shot_floor: float = ZERO_SHOT_FLOOR,
-        workers: int = 1,
-        metrics: Metrics | None = None,
+        batching: Batching = DEFAULT_BATCHING,
     ) -> None:
-        super().__init__(encoder, heads, self._encode_batch, name="image", max_batch=max_batch,
-                         max_wait_ms=max_wait_ms, max_queue=max_queue, metrics=metrics,
-                         pool_workers=decode_workers, workers=workers)
+        super().__init__(encoder, heads, self._encode_batch, name="image", batching=batching,
+                         pool_workers=decode_workers)
         self.encoder: Encoder = encoder
         self.fetcher = fetcher
         self.blobs = blobs
