@@ -87,7 +87,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         redoc_url=None,
     )
     http_errors.install(app)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        body_timeout_s=settings.body_timeout_s,
+        body_min_rate=settings.body_min_rate,
+    )
     for area in (tagging, reports, tags, datasets, video_jobs, health):
         app.include_router(area.router())
     return app
