@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from shared import natsauth
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -48,15 +52,29 @@ def nats_server_binary() -> str:
     return found
 
 
-def start_nats(store_dir: Path, port: int | None = None, *, quiet: bool = True) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a JetStream-enabled nats-server on loopback; returns the process and its URL."""
+def nats_passwords() -> dict[str, str]:
+    """A fresh password for every service's NATS user and for ``admin``."""
+    return {user: secrets.token_urlsafe(18) for user in (*natsauth.SERVICES, "admin")}
+
+
+def start_nats(store_dir: Path, port: int | None = None, *, quiet: bool = True,
+               passwords: Mapping[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a JetStream-enabled nats-server on loopback; returns the process and its URL.
+
+    With ``passwords`` every service has its own user and permissions (``shared.natsauth``); the URL is admin's."""
     port = port or free_port()
     store_dir.mkdir(parents=True, exist_ok=True)
     cmd = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
+    if passwords:
+        config = store_dir / "nats.conf"
+        config.touch(mode=0o600)
+        config.write_text(natsauth.server_config(passwords, port=port, store_dir=str(store_dir)), encoding="utf-8")
+        cmd = [nats_server_binary(), "-c", str(config)]
     out = subprocess.DEVNULL if quiet else None
     proc = subprocess.Popen(cmd, stdout=out, stderr=out)
     wait_port("127.0.0.1", port)
-    return proc, f"nats://127.0.0.1:{port}"
+    url = f"nats://127.0.0.1:{port}"
+    return proc, natsauth.with_user(url, "admin", passwords["admin"]) if passwords else url
 
 
 async def _pg_answers(url: str) -> bool:

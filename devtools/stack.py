@@ -23,6 +23,7 @@ from typing import IO
 import httpx
 
 from devtools import servers
+from shared import natsauth
 from shared.db.migrate import upgrade
 
 SERVICES = ("text_service", "vision_service", "video_service", "trainer", "gateway")
@@ -48,6 +49,8 @@ class Stack:
     env: Mapping[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
     echo: bool = True
+    # Per-service NATS passwords when the server enforces shared.natsauth (each service connects as itself).
+    nats_passwords: Mapping[str, str] | None = None
     procs: dict[str, Process] = field(default_factory=dict)
 
     @property
@@ -55,7 +58,10 @@ class Stack:
         return f"http://127.0.0.1:{self.gateway_port}"
 
     def service_env(self, name: str, health_port: int) -> dict[str, str]:
-        env = {**os.environ, **self.env, "DATABASE_URL": self.database_url, "NATS_URL": self.nats_url,
+        nats_url = self.nats_url
+        if self.nats_passwords:
+            nats_url = natsauth.with_user(nats_url, name, self.nats_passwords[name])
+        env = {**os.environ, **self.env, "DATABASE_URL": self.database_url, "NATS_URL": nats_url,
                "KASHF_HEALTH_PORT": str(health_port), "KASHF_HEALTH_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
         if name == "gateway":
             env["PORT"] = str(self.gateway_port)

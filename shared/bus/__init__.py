@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -37,6 +38,7 @@ from shared.errors import (
     from_wire,
 )
 from shared.logging import CORRELATION_HEADER, bind_correlation_id, current_correlation_id
+from shared.natsauth import inbox_prefix
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +61,8 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> NATS:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
+                # With NATS users (shared.natsauth) each may only read inboxes under its own name.
+                inbox_prefix=inbox_prefix(user) if (user := urlsplit(url).username) else "_INBOX",
             ),
             timeout=connect_timeout * 2,
         )

@@ -18,13 +18,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def stack_servers(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def nats_passwords() -> dict[str, str]:
+    return servers.nats_passwords()
+
+
+@pytest.fixture(scope="session")
+def stack_servers(pg_server: str, nats_passwords: dict[str, str],
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A database and a nats-server of the stack's own: unit tests in the same session subscribe to the
-    same subjects and consume the same streams, and must never meet the stack's services."""
+    same subjects and consume the same streams, and must never meet the stack's services. NATS enforces
+    each service's permissions (shared.natsauth), so every flow here also proves they suffice."""
     name = f"kashf_it_{uuid.uuid4().hex[:10]}"
     database_url = asyncio.run(servers.create_database(pg_server, name))
     upgrade(database_url)
-    proc, nats_url = servers.start_nats(tmp_path_factory.mktemp("stack-nats"))
+    proc, nats_url = servers.start_nats(tmp_path_factory.mktemp("stack-nats"), passwords=nats_passwords)
     yield database_url, nats_url
     proc.terminate()
     proc.wait(timeout=10)
@@ -32,7 +39,8 @@ def stack_servers(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture(scope="session")
-def stack(stack_servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(stack_servers: tuple[str, str], nats_passwords: dict[str, str],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     database_url, nats_url = stack_servers
     models = REPO / "models"
     if not (models / "text").exists():
@@ -40,7 +48,8 @@ def stack(stack_servers: tuple[str, str], tmp_path_factory: pytest.TempPathFacto
     log_dir = tmp_path_factory.mktemp("logs")
     stack = Stack(database_url, nats_url, gateway_port=servers.free_port(), log_dir=log_dir,
                   env={"KASHF_MODELS_DIR": str(models), "KASHF_TRAIN_DEBOUNCE_S": "0.5",
-                       "FETCH_ALLOW_HOSTS": "127.0.0.1,localhost", "KASHF_ENVIRONMENT": "test"})
+                       "FETCH_ALLOW_HOSTS": "127.0.0.1,localhost", "KASHF_ENVIRONMENT": "test"},
+                  nats_passwords=nats_passwords)
     stack.start_all()
     try:
         stack.wait_ready(timeout_s=240)

@@ -1,0 +1,132 @@
+"""What each Kashf process may publish and subscribe to on NATS, and the nats-server config that enforces it.
+
+One user per service. A service's own replies use ``allow_responses`` (it may answer a request it received,
+once), and each process takes its inboxes under ``_INBOX.<service>.`` (``shared.bus.connect``), so no user can
+read another's replies: a model service cannot call another model or write a head; only the trainer writes
+heads, only the gateway (and the trainer's retry of a lost training request) publishes events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from shared import subjects
+
+SERVICES = ("gateway", "text_service", "vision_service", "video_service", "trainer")
+_API = "$JS.API"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+def inbox_prefix(service: str) -> str:
+    """Where ``service``'s replies and JetStream deliveries arrive; only that user may subscribe there."""
+    return f"_INBOX.{service}"
+
+
+def _streams_declared(*streams: str) -> list[str]:
+    # Every process declares what it uses at start (idempotent); it may create or update those, never delete.
+    return [f"{_API}.STREAM.{op}.{s}" for s in streams for op in ("CREATE", "UPDATE", "INFO")]
+
+
+def _read_stream(stream: str) -> list[str]:
+    """Read messages of ``stream`` by sequence or subject, and through a consumer of its own."""
+    return [
+        f"{_API}.STREAM.MSG.GET.{stream}", f"{_API}.DIRECT.GET.{stream}", f"{_API}.DIRECT.GET.{stream}.>",
+        f"{_API}.CONSUMER.CREATE.{stream}", f"{_API}.CONSUMER.CREATE.{stream}.>",
+        f"{_API}.CONSUMER.DELETE.{stream}.>", f"{_API}.CONSUMER.INFO.{stream}.>",
+    ]
+
+
+def _objects(bucket: str, *, write: bool) -> list[str]:
+    stream = f"OBJ_{bucket}"
+    allowed = [*_streams_declared(stream), *_read_stream(stream), f"$JS.FC.{stream}.>"]
+    if write:  # put and delete: chunks and metadata, then purge of the replaced chunks
+        allowed += [f"$O.{bucket}.>", f"{_API}.STREAM.PURGE.{stream}"]
+    return allowed
+
+
+def _pull(stream: str, durable: str) -> list[str]:
+    """Bind a durable pull consumer, fetch, and acknowledge (ack, nak, term, progress)."""
+    return [
+        f"{_API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}", f"{_API}.CONSUMER.CREATE.{stream}.{durable}",
+        f"{_API}.CONSUMER.CREATE.{stream}.{durable}.>", f"{_API}.CONSUMER.INFO.{stream}.{durable}",
+        f"{_API}.CONSUMER.MSG.NEXT.{stream}.{durable}", f"$JS.ACK.{stream}.{durable}.>",
+    ]
+
+
+def _video_jobs(*, submit: bool) -> list[str]:
+    kv = f"KV_{subjects.VIDEO_JOBS_BUCKET}"
+    allowed = [*_streams_declared(subjects.VIDEO_JOBS_STREAM, kv), *_read_stream(kv),
+               f"$KV.{subjects.VIDEO_JOBS_BUCKET}.>"]
+    if submit:
+        allowed.append(subjects.VIDEO_JOBS_SUBJECT)
+    else:
+        allowed += _pull(subjects.VIDEO_JOBS_STREAM, subjects.VIDEO_JOBS_DURABLE)
+    return allowed
+
+
+def _common(service: str) -> list[str]:
+    return [f"{_API}.INFO", f"{_API}.STREAM.NAMES", *_streams_declared(subjects.EVENTS_STREAM),
+            *_objects(subjects.HEADS_BUCKET, write=service == "trainer"),
+            # Uploads: the gateway puts them, the trainer puts kept copies to embed, video deletes a job's.
+            *_objects(subjects.BLOBS_BUCKET, write=service in ("gateway", "trainer", "video_service"))]
+
+
+def permissions() -> dict[str, Permissions]:
+    """Each service's allow lists (anything not listed is denied)."""
+    models = [s.name for s in (subjects.TEXT_EMBED, subjects.TEXT_TAG, subjects.VISION_EMBED, subjects.VISION_TAG,
+                               subjects.VIDEO_TAG, subjects.TEXT_MODEL_INFO, subjects.IMAGE_MODEL_INFO)]
+    serves = {
+        "text_service": [subjects.TEXT_EMBED.name, subjects.TEXT_TAG.name, subjects.TEXT_MODEL_INFO.name],
+        "vision_service": [subjects.VISION_EMBED.name, subjects.VISION_TAG.name, subjects.IMAGE_MODEL_INFO.name],
+        "video_service": [subjects.VIDEO_TAG.name],
+    }
+    publish = {
+        "gateway": [*models, "kashf.events.>", subjects.DATASETS_CHANGED, *_video_jobs(submit=True)],
+        "trainer": [subjects.TEXT_EMBED.name, subjects.VISION_EMBED.name, subjects.TEXT_MODEL_INFO.name,
+                    subjects.IMAGE_MODEL_INFO.name, subjects.DATASETS_CHANGED, subjects.TRAIN_EVENT + ".>",
+                    *_pull(subjects.EVENTS_STREAM, subjects.TRAINER_DURABLE)],
+        "video_service": _video_jobs(submit=False),
+    }
+    subscribe = {"gateway": [subjects.DATASETS_CHANGED], **serves}
+    return {
+        service: Permissions(
+            publish=tuple(dict.fromkeys([*_common(service), *publish.get(service, [])])),
+            subscribe=tuple(dict.fromkeys([f"{inbox_prefix(service)}.>", *subscribe.get(service, [])])),
+        )
+        for service in SERVICES
+    }
+
+
+def with_user(url: str, user: str, password: str) -> str:
+    """``url`` with ``user:password@`` in place of any credentials it carries."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{quote(user)}:{quote(password)}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def server_config(passwords: Mapping[str, str], *, port: int, store_dir: str, host: str = "127.0.0.1",
+                  extra: Iterable[str] = ()) -> str:
+    """A nats-server config: JetStream, one user per service with its permissions and password, and an
+    ``admin`` user with every permission when ``passwords`` names one (operators, tests)."""
+    users: list[dict[str, object]] = [{"user": "admin", "password": passwords["admin"]}] if "admin" in passwords else []
+    for service, allowed in permissions().items():
+        users.append({
+            "user": service,
+            "password": passwords[service],
+            "permissions": {"publish": {"allow": list(allowed.publish)},
+                            "subscribe": {"allow": list(allowed.subscribe)},
+                            "allow_responses": True},
+        })
+    # JSON is valid nats-server configuration syntax.
+    lines = [f"listen: {json.dumps(f'{host}:{port}')}", f"jetstream: {{store_dir: {json.dumps(store_dir)}}}",
+             *extra, f"authorization: {json.dumps({'users': users})}"]
+    return "\n".join(lines) + "\n"

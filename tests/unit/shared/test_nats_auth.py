@@ -1,0 +1,137 @@
+"""NATS users: each service may do what it does, and nothing a compromised pod of it could abuse."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import nats
+import nats.errors
+import numpy as np
+import pytest
+
+from devtools import servers
+from modelkit.heads import Head, load_head, store_head
+from shared import natsauth, subjects
+from shared.bus import Bus, ensure_streams
+from shared.bus.blobs import BlobStore
+
+Server = tuple[str, dict[str, str]]
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    passwords = servers.nats_passwords()
+    proc, admin_url = servers.start_nats(tmp_path_factory.mktemp("nats-auth"), passwords=passwords)
+    yield admin_url, passwords
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def url_of(server: Server, user: str) -> str:
+    return natsauth.with_user(server[0], user, server[1][user])
+
+
+@pytest.fixture
+async def buses(auth_server: Server) -> AsyncIterator[dict[str, Bus]]:
+    out = {user: await Bus.connect(url_of(auth_server, user), user) for user in natsauth.SERVICES}
+    for bus in out.values():
+        await ensure_streams(bus.js)  # every service may declare what it uses, as it does at start
+    yield out
+    for bus in out.values():
+        await bus.nc.close()
+
+
+async def violations(server: Server, user: str, act: Callable[[nats.NATS], Awaitable[object]]) -> list[str]:
+    """Run ``act`` on a fresh connection of ``user``; the permission violations the server reported."""
+    seen: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        seen.append(str(exc))
+
+    nc = await nats.connect(url_of(server, user), error_cb=on_error, inbox_prefix=natsauth.inbox_prefix(user),
+                            allow_reconnect=False)
+    try:
+        await act(nc)
+        await nc.flush()
+        await asyncio.sleep(0.3)  # the server's -ERR arrives after the flush's PONG at the latest
+    finally:
+        await nc.close()
+    return [v for v in seen if "permissions violation" in v.lower()]
+
+
+def _head(version: int) -> Head:
+    return Head(model_id="m@1", version=version, tag_ids=np.array([3]), weights=np.ones((1, 4), np.float32),
+                bias=np.zeros(1, np.float32), calibration=np.array([[1.0, 0.0]], np.float32),
+                thresholds=np.array([0.5], np.float32))
+
+
+async def test_clients_without_a_user_or_with_a_wrong_password_are_refused(auth_server: Server) -> None:
+    bare = auth_server[0].split("://", 1)[0] + "://" + auth_server[0].split("@", 1)[1]
+    for url in (bare, natsauth.with_user(auth_server[0], "text_service", "wrong")):
+        with pytest.raises((nats.errors.Error, OSError)):
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+
+
+async def test_only_the_trainer_writes_heads_and_every_model_service_reads_them(buses: dict[str, Bus]) -> None:
+    await store_head(buses["trainer"].js, 7, _head(1))
+    for reader in ("text_service", "vision_service", "video_service"):
+        assert (await load_head(buses[reader].js, 7, 1)).tag_ids.tolist() == [3]
+
+    async def overwrite(user: str) -> bool:
+        try:
+            await asyncio.wait_for(store_head(buses[user].js, 7, _head(1)), 4)
+        except Exception:  # denied: the publish is never acknowledged (timeout) or refused
+            return False
+        return True
+
+    written = await asyncio.gather(*(overwrite(u) for u in ("gateway", "text_service", "vision_service",
+                                                            "video_service")))
+    assert written == [False] * 4
+
+
+async def test_uploads_go_from_the_gateway_to_the_services_that_read_them(buses: dict[str, Bus]) -> None:
+    key = await BlobStore(buses["gateway"].js).put(b"\xff\xd8\xff" + b"jpeg" * 100)
+    for reader in ("vision_service", "video_service"):
+        assert (await BlobStore(buses[reader].js).get(key, 10_000)).startswith(b"\xff\xd8\xff")
+    await BlobStore(buses["video_service"].js).delete([key])
+
+
+async def test_model_subjects_are_served_only_by_their_service_and_called_only_by_gateway_and_trainer(
+    auth_server: Server,
+) -> None:
+    async def call(nc: nats.NATS) -> None:
+        await nc.publish(subjects.TEXT_TAG.name, b"{}")
+
+    async def serve(nc: nats.NATS) -> None:
+        await nc.subscribe(subjects.TEXT_TAG.name, queue="text_service")
+
+    async def publish_event(nc: nats.NATS) -> None:
+        await nc.publish(subjects.report_subject(1), b"{}")
+
+    async def read_gateway_replies(nc: nats.NATS) -> None:
+        await nc.subscribe(f"{natsauth.inbox_prefix('gateway')}.>")
+
+    async def delete_stream(nc: nats.NATS) -> None:
+        await nc.publish(f"$JS.API.STREAM.DELETE.{subjects.EVENTS_STREAM}", b"")
+
+    for user in ("text_service", "vision_service", "video_service"):
+        assert await violations(auth_server, user, call), user  # a model pod cannot call other models
+        assert await violations(auth_server, user, publish_event), user
+        assert await violations(auth_server, user, read_gateway_replies), user
+    for user in ("gateway", "vision_service", "trainer"):
+        assert await violations(auth_server, user, serve), user  # nobody else can answer text requests
+    for user in natsauth.SERVICES:
+        assert await violations(auth_server, user, delete_stream), user
+    assert not await violations(auth_server, "gateway", call)
+    assert not await violations(auth_server, "text_service", serve)
+    assert not await violations(auth_server, "gateway", publish_event)
+
+
+def test_the_config_names_every_service_once_with_its_inbox() -> None:
+    config = natsauth.server_config({u: "pw" for u in (*natsauth.SERVICES, "admin")}, port=4222, store_dir="/s")
+    for service, allowed in natsauth.permissions().items():
+        assert config.count(f'"user": "{service}"') == 1
+        assert allowed.subscribe[0] == f"_INBOX.{service}.>"
+        assert not any(s.startswith("_INBOX.") and not s.startswith(f"_INBOX.{service}.") for s in allowed.subscribe)
+    assert '"allow_responses": true' in config
