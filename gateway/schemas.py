@@ -1,22 +1,34 @@
 """The public API's request and response bodies, with the reference's examples for /docs. List and text
 lengths are limits that are settings (413 from the services, naming the setting), not schema rules (422).
-Services answer with the response models; a field marked ``Absent`` is left out of the JSON when None."""
+Services answer with the response models; a field marked ``Absent`` is left out of the JSON when None.
+The JSON schema states every rule the server enforces, also those it answers 400 (so clients can trust it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from shared.schemas.media import MediaInput
 
-DatasetName = Field(min_length=1, max_length=200, description="the dataset's name, unique per account")
-Title = Field(min_length=1, max_length=500)
+# Postgres text holds no NUL: a string with one is refused (422, see ``_Body``), as this pattern says.
+NO_NUL: dict[str, Any] = {"pattern": r"^[^\u0000]*$"}
+Text = Annotated[str, Field(json_schema_extra=NO_NUL)]
+Name = Annotated[str, Field(min_length=1, max_length=200, json_schema_extra=NO_NUL)]
+TitleText = Annotated[str, Field(min_length=1, max_length=500, json_schema_extra=NO_NUL)]
+DatasetName = Field(description="the dataset's name, unique per account")
+# An empty list is refused with 400 (SPEC), not by the schema parser: the bound is stated for clients only.
+NON_EMPTY: dict[str, Any] = {"minItems": 1}
+NonEmpty = Field(json_schema_extra=NON_EMPTY)
 
-
-# Ids are Postgres bigints: anything outside is a schema error (422), not a database error.
-TagId = Annotated[int, Field(ge=0, le=2**63 - 1)]
+# Ids are Postgres bigints: anything outside is a schema error (422), not a database error. Stated as int64
+# rather than a maximum, which FastAPI's OpenAPI model would print as a float (2**63, one too many).
+TagId = Annotated[
+    int, Field(ge=0, le=2**63 - 1), WithJsonSchema({"type": "integer", "format": "int64", "minimum": 0})
+]
+# A finite number of seconds, at most a day (video_service caps what it analyses lower, by its own setting).
+Seconds = Annotated[float, Field(allow_inf_nan=False, le=86_400, json_schema_extra={"minimum": 0})]
 
 
 def _unstorable(text: str) -> str | None:
@@ -77,8 +89,8 @@ class TagTextsBody(_Body):
         }
     )
 
-    dataset: str = DatasetName
-    contents: list[str]
+    dataset: Name = DatasetName
+    contents: list[Text] = NonEmpty
 
 
 class TagImagesBody(_Body):
@@ -90,23 +102,24 @@ class TagImagesBody(_Body):
         }
     )
 
-    dataset: str = DatasetName
-    image_urls: list[str]
+    dataset: Name = DatasetName
+    image_urls: list[Text] = NonEmpty
 
 
 class VideoParams(_Body):
-    dataset: str = DatasetName
+    # Lower bounds are 400s (SPEC: "negative every_ms"), checked by shared.schemas.media.check_video_params.
+    dataset: Name = DatasetName
     every_ms: int = Field(
-        1000, le=86_400_000, description="sample one frame every this many milliseconds of video time"
+        1000, le=86_400_000, json_schema_extra={"minimum": 1},
+        description="sample one frame every this many milliseconds of video time",
     )
-    duration: float | None = Field(
-        None, description="analyse only the first seconds; absent or 0: whole video"
-    )
+    duration: Seconds | None = Field(None, description="analyse only the first seconds; absent or 0: whole video")
     min_frame_diff: float = Field(
-        0, description="mean absolute difference (0-255) to the last analysed frame"
+        0, json_schema_extra={"minimum": 0, "maximum": 255},
+        description="mean absolute difference (0-255) to the last analysed frame",
     )
     async_: bool = Field(
-        False, alias="async",
+        False, alias="async", strict=True,
         description="answer at once with a job_id; poll POST /api/video_job/ for the result (long videos)",
     )
 
@@ -129,19 +142,19 @@ class TagVideoBody(VideoParams):
         }
     )
 
-    video_urls: list[str]
+    video_urls: list[Text] = NonEmpty
 
 
 class DatasetBody(_Body):
     model_config = ConfigDict(json_schema_extra={"examples": [{"dataset": "iran"}]})
 
-    dataset: str = DatasetName
+    dataset: Name = DatasetName
 
 
 class DatasetInfoBody(DatasetBody):
     model_config = ConfigDict(json_schema_extra={"examples": [{"dataset": "iran", "tags": True}]})
 
-    tags: bool = True
+    tags: bool = Field(True, strict=True)
 
 
 class CreateDatasetBody(DatasetBody):
@@ -149,7 +162,7 @@ class CreateDatasetBody(DatasetBody):
         json_schema_extra={"examples": [{"dataset": "iran", "title": "لحظه", "kind": "image"}]}
     )
 
-    title: str | None = Field(None, min_length=1, max_length=500, description="defaults to the name")
+    title: TitleText | None = Field(None, description="defaults to the name")
     kind: Literal["text", "image"] | None = Field(
         None, description="absent: fixed by the first report or tagging"
     )
@@ -162,7 +175,7 @@ class ListDatasetsBody(_Body):
 class CreateTagBody(DatasetBody):
     model_config = ConfigDict(json_schema_extra={"examples": [{"dataset": "iran", "title": "New Place"}]})
 
-    title: str = Title
+    title: TitleText
 
 
 class UpdateTagBody(_Body):
@@ -174,12 +187,10 @@ class UpdateTagBody(_Body):
         }
     )
 
-    dataset: str | None = Field(
-        None, min_length=1, max_length=200, description="when given, must hold the tag"
-    )
+    dataset: Name | None = Field(None, description="when given, must hold the tag")
     tag_id: TagId
-    title: str | None = Field(None, min_length=1, max_length=500)
-    active: bool | None = None
+    title: TitleText | None = None
+    active: bool | None = Field(None, strict=True)
 
 
 class DeleteTagBody(_Body):
@@ -197,9 +208,9 @@ class TextReport(_Body):
         }
     )
 
-    content: str
+    content: Text
     tag_id: TagId
-    positive: bool
+    positive: bool = Field(strict=True)
 
 
 class ImageReport(_Body):
@@ -216,9 +227,9 @@ class ImageReport(_Body):
         }
     )
 
-    image_url: str
+    image_url: Text
     tag_id: TagId
-    positive: bool
+    positive: bool = Field(strict=True)
 
 
 # Requests, as the services take them
@@ -238,7 +249,7 @@ class VideoJobBody(BaseModel):
         extra="ignore", json_schema_extra={"examples": [{"job_id": "vj0f6c1a9e5b7d4c2e8a3b1f0d9c7e5a42"}]}
     )
 
-    job_id: str = Field(min_length=1, max_length=100)
+    job_id: Text = Field(min_length=1, max_length=100)
 
 
 # Responses

@@ -56,13 +56,14 @@ def render(answer: BaseModel | Sequence[BaseModel]) -> Response:
     return Response(body, media_type="application/json")
 
 
-def parse_body(model: type[M], raw: bytes | dict[str, Any]) -> M:
-    """Validate a body the route reads itself, failing the way FastAPI's own parsing does (422)."""
+def parse_body(model: type[M], raw: bytes | dict[str, Any], *, strict: bool | None = None) -> M:
+    """Validate a body the route reads itself, failing the way FastAPI's own parsing does (422);
+    ``strict=False`` relaxes the fields that are strict in JSON (form values are all strings)."""
     if raw == b"":
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
     try:
         if isinstance(raw, bytes):
             return model.model_validate_json(raw)
-        return model.model_validate(raw)
+        return model.model_validate(raw, strict=strict)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Response
 
 from gateway.deps import AccountDep, StateDep
 from gateway.routes.common import api_router, post, render
-from gateway.schemas import ImageReport, ReportOut, TextReport
+from gateway.schemas import NON_EMPTY, ImageReport, ReportOut, TextReport
 from gateway.service import reports
 
 _TEXT_EXAMPLE = [{"content": "پیشنهاد میکنم از این بخرید خیلی عالیه.", "tag_id": 39, "positive": True}]
@@ -22,15 +22,15 @@ _IMAGE_EXAMPLE = [
 ]
 
 
-async def report_text_tags(
-    body: Annotated[list[TextReport], Body(examples=[_TEXT_EXAMPLE])], account: AccountDep, state: StateDep
-) -> Response:
+TextReports = Annotated[list[TextReport], Body(examples=[_TEXT_EXAMPLE], json_schema_extra=NON_EMPTY)]
+ImageReports = Annotated[list[ImageReport], Body(examples=[_IMAGE_EXAMPLE], json_schema_extra=NON_EMPTY)]
+
+
+async def report_text_tags(body: TextReports, account: AccountDep, state: StateDep) -> Response:
     return render(await state.transact(lambda uow: reports.report_texts(uow, account, body, state.settings)))
 
 
-async def report_image_tags(
-    body: Annotated[list[ImageReport], Body(examples=[_IMAGE_EXAMPLE])], account: AccountDep, state: StateDep
-) -> Response:
+async def report_image_tags(body: ImageReports, account: AccountDep, state: StateDep) -> Response:
     # The service commits two short units of work around the images' fetching.
     return render(await reports.report_images(state, account, body))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 
 from gateway.deps import AccountDep, StateDep, app_state
@@ -24,13 +22,9 @@ from gateway.schemas import (
 from gateway.service import tagging, video_jobs, videos
 from shared.schemas.media import MediaInput
 
-# The form fields of a video upload besides the files (for the body's OpenAPI and its parsing).
-_VIDEO_FIELDS: dict[str, Any] = {
-    "every_ms": {"type": "integer"},
-    "duration": {"type": "number"},
-    "min_frame_diff": {"type": "number"},
-    "async": {"type": "boolean"},
-}
+# The form fields of uploads besides the files (for the body's OpenAPI and its parsing).
+_IMAGE_FIELDS = ("dataset",)
+_VIDEO_FIELDS = ("dataset", "every_ms", "duration", "min_frame_diff", "async")
 
 
 async def tag_texts(body: TagTextsBody, account: AccountDep, request: Request) -> Response:
@@ -46,7 +40,7 @@ async def tag_images(request: Request, account: AccountDep, state: StateDep) -> 
         return render(await tagging.tag_images(state, account, body.dataset, urls))
     form = await read_form(request, state.settings)
     try:
-        dataset = parse_body(DatasetBody, form_fields(form, ("dataset",))).dataset
+        dataset = parse_body(DatasetBody, form_fields(form, _IMAGE_FIELDS)).dataset
         uploads = await upload(state, form, "image_file", state.settings.max_image_bytes, "KASHF_MAX_IMAGE_BYTES")
     finally:
         await form.close()
@@ -66,7 +60,8 @@ async def tag_video_frames(request: Request, account: AccountDep, state: StateDe
         return render(await videos.tag_videos(state, account, body, urls))
     form = await read_form(request, state.settings)
     try:
-        params = parse_body(VideoParams, form_fields(form, ("dataset", *_VIDEO_FIELDS)))
+        # Form values are strings ("true", "25"): parsed leniently, where JSON bodies are strict.
+        params = parse_body(VideoParams, form_fields(form, _VIDEO_FIELDS), strict=False)
         videos.check_video_params(params)  # before anything is uploaded
         uploads = await upload(state, form, "video_file", state.settings.max_video_bytes, "KASHF_MAX_VIDEO_BYTES")
     finally:
@@ -85,7 +80,7 @@ def router() -> APIRouter:
     post(r, "/api/tag_texts", tag_texts, list[TextTagsOut], "Tag texts with the dataset's active tags")
     post(r, "/api/tag_images", tag_images, list[ImageTagsOut],
          "Tag images by URL (JSON) or upload (multipart image_file parts)",
-         openapi_extra=body_doc(TagImagesBody, "image_file", {}))
+         openapi_extra=body_doc(TagImagesBody, "image_file", _IMAGE_FIELDS))
     post(r, "/api/tag_video_frames", tag_video_frames, list[VideoTagsOut],
          "Tag sampled video frames by URL (JSON) or upload (multipart video_file parts)",
          openapi_extra=body_doc(TagVideoBody, "video_file", _VIDEO_FIELDS))

@@ -22,21 +22,22 @@ _INLINE_FILE_BYTES = 256 * 1024
 _INLINE_TOTAL_BYTES = 512 * 1024
 
 
-def body_doc(model: type[Any], upload_field: str, extra_fields: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI for a body that is JSON or multipart/form-data."""
+def body_doc(model: type[Any], upload_field: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    """OpenAPI for a body that is JSON or multipart/form-data; the form ``fields`` are the JSON body's."""
+    schema = model.model_json_schema()
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": model.model_json_schema()},
+                "application/json": {"schema": schema},
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
                         "required": ["dataset", upload_field],
                         "properties": {
-                            "dataset": {"type": "string"},
-                            upload_field: {"type": "array", "items": {"type": "string", "format": "binary"}},
-                            **extra_fields,
+                            **{name: schema["properties"][name] for name in fields},
+                            upload_field: files,
                         },
                     }
                 },
