@@ -171,5 +171,7 @@ class TrainerSettings(DatabaseSettings):
 
     debounce_s: float = Field(3.0, validation_alias=_alias("KASHF_TRAIN_DEBOUNCE_S"))
     max_deliver: int = Field(5, validation_alias=_alias("KASHF_TRAIN_MAX_DELIVER"))
-    ack_wait_s: float = Field(60.0, validation_alias=_alias("KASHF_TRAIN_ACK_WAIT_S"))
+    # The heartbeat (every ack_wait/3) keeps a long refit's events; a crashed trainer's come back this soon.
+    ack_wait_s: float = Field(15.0, validation_alias=_alias("KASHF_TRAIN_ACK_WAIT_S"))
     cv_folds: int = Field(5, validation_alias=_alias("KASHF_CV_FOLDS"))
+    stall_s: float = Field(120.0, validation_alias=_alias("KASHF_TRAIN_STALL_S"))

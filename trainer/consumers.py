@@ -1,6 +1,7 @@
 """JetStream transport of the trainer: report and train events through ``shared.bus.pull.PullWorker``.
 
-Events are debounced per dataset into one refit (train requests at once); its outcome settles them all."""
+Events are debounced per dataset into one refit (train requests at once); its outcome settles them all.
+Events arriving during a refit make one batch for the next; a dataset another replica refits is waited for."""
 
 from __future__ import annotations
 
@@ -38,12 +39,14 @@ async def announce_new_head(bus: Bus, dataset_id: int) -> None:
     await bus.broadcast(subjects.DATASETS_CHANGED, DatasetsChanged(dataset_ids=[dataset_id]))
 
 
-def _parse(msg: Msg) -> tuple[int, bool]:
-    """The dataset id and whether the event asks for a refit at once; raises on a poison message."""
+def _parse(msg: Msg) -> tuple[int, bool, bool]:
+    """The dataset id, whether the event asks for a refit at once, and whether even with nothing changed
+    (an operator's retrain); raises on a poison message."""
     if msg.subject.startswith(subjects.REPORT_EVENT + "."):
-        return ReportEvent.model_validate_json(msg.data).dataset_id, False
+        return ReportEvent.model_validate_json(msg.data).dataset_id, False, False
     if msg.subject.startswith(subjects.TRAIN_EVENT + "."):
-        return TrainRequest.model_validate_json(msg.data).dataset_id, True
+        request = TrainRequest.model_validate_json(msg.data)
+        return request.dataset_id, True, request.reason == "retrain"
     raise ValueError(f"unexpected subject {msg.subject}")
 
 
@@ -60,6 +63,7 @@ class _Batch:
 
     first_at: float
     deadline: float
+    force: bool = False
     deliveries: list[Delivery] = field(default_factory=list)
     done: asyncio.Future[None] = field(default_factory=_outcome)
 
@@ -71,6 +75,13 @@ class _Dataset:
     waiting: _Batch | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+
+
+def _settle_failed(dataset: _Dataset, batch: _Batch, exc: Exception) -> None:
+    if dataset.waiting is batch:
+        dataset.waiting = None
+    if not batch.done.done():
+        batch.done.set_exception(exc)
 
 
 class TrainerConsumer:
@@ -89,6 +100,7 @@ class TrainerConsumer:
         retry_delay_s: float = 5.0,
         max_debounce_s: float | None = None,
         max_held: int = 1000,
+        busy_retry_s: float = 1.0,
         metrics: Metrics | None = None,
     ) -> None:
         self.bus = bus
@@ -97,6 +109,7 @@ class TrainerConsumer:
         self.debounce_s = debounce_s
         self.max_debounce_s = max_debounce_s if max_debounce_s is not None else max(10 * debounce_s, 30.0)
         self.durable = durable
+        self.busy_retry_s = busy_retry_s
         config = PullConfig(
             stream=subjects.EVENTS_STREAM, durable=durable,
             subjects=(f"{subjects.REPORT_EVENT}.*", f"{subjects.TRAIN_EVENT}.*"),
@@ -128,7 +141,7 @@ class TrainerConsumer:
             dataset.wake.set()
 
     async def _handle(self, delivery: Delivery) -> None:
-        dataset_id, urgent = _parse(delivery.msg)
+        dataset_id, urgent, force = _parse(delivery.msg)
         now = time.monotonic()
         dataset = self._datasets.setdefault(dataset_id, _Dataset())
         batch = dataset.waiting
@@ -139,6 +152,7 @@ class TrainerConsumer:
             batch.deadline = min(now + self.debounce_s, batch.first_at + self.max_debounce_s)
         if urgent:
             batch.deadline = now
+        batch.force = batch.force or force
         batch.deliveries.append(delivery)
         dataset.wake.set()
         if dataset.task is None or dataset.task.done():
@@ -146,20 +160,25 @@ class TrainerConsumer:
         await asyncio.shield(batch.done)
 
     async def _run(self, dataset_id: int, dataset: _Dataset) -> None:
-        while dataset.waiting is not None:
-            batch = dataset.waiting
+        while (batch := dataset.waiting) is not None:
             await self._until_due(dataset, batch)
-            dataset.waiting = None  # events from now on join the next batch
             try:
                 if self.worker.stopping.is_set():
                     raise HandBack()  # shutting down: the held events go back at once
-                await self._refit(dataset_id, batch)
+                async with self._slots, self.trainer.claim(dataset_id) as ours:
+                    if not ours:
+                        # Another replica refits this dataset: the batch (and events joining it) waits for
+                        # it, its events held, and then most often finds nothing left to change.
+                        log.debug("refit_busy_elsewhere", dataset_id=dataset_id, events=len(batch.deliveries))
+                        batch.deadline = time.monotonic() + self.busy_retry_s
+                        continue
+                    dataset.waiting = None  # events from now on join the next batch
+                    await self._refit(dataset_id, batch)
             except Exception as exc:
-                if not batch.done.done():
-                    batch.done.set_exception(exc)
-            finally:
-                if not batch.done.done():
-                    batch.done.set_exception(HandBack())  # cancelled mid-refit
+                _settle_failed(dataset, batch, exc)
+            except asyncio.CancelledError:
+                _settle_failed(dataset, batch, HandBack())  # cancelled mid-refit: its events go back at once
+                raise
         self._datasets.pop(dataset_id, None)
 
     async def _until_due(self, dataset: _Dataset, batch: _Batch) -> None:
@@ -174,13 +193,13 @@ class TrainerConsumer:
     async def _refit(self, dataset_id: int, batch: _Batch) -> None:
         started = time.perf_counter()
         try:
-            async with self._slots:
-                outcome = await self.trainer.refit(dataset_id)
+            outcome = await self.trainer.refit(dataset_id, force=batch.force)
         except Exception as exc:
             batch.done.set_exception(await self._failed(dataset_id, batch, exc))
             return
         self.metrics.training_runs.labels(outcome=outcome.state).inc()
-        self.metrics.training_seconds.observe(time.perf_counter() - started)
+        if outcome.state != "unchanged":
+            self.metrics.training_seconds.observe(time.perf_counter() - started)
         if outcome.state == "missing":
             log.info("dataset_missing_acked", dataset_id=dataset_id, events=len(batch.deliveries))
         batch.done.set_result(None)

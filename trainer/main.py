@@ -8,7 +8,6 @@ import functools
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from modelkit.heads import store_head
 from modelkit.runtime import Readiness, run_service
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
@@ -16,7 +15,9 @@ from shared.settings import TrainerSettings
 from trainer.consumers import TrainerConsumer
 from trainer.embedder import BusEmbedder
 from trainer.fitting import FitConfig
+from trainer.heads import ObjectStoreHeads
 from trainer.service import Trainer
+from trainer.sweeper import StallSweeper
 
 
 async def database_reachable(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:
@@ -35,19 +36,21 @@ async def setup(settings: TrainerSettings, bus: Bus) -> Readiness:
     """Declare the stream, then start pulling: a refit runs only once both the bus and Postgres answer."""
     await ensure_streams(bus.js)
     engine = make_engine(settings.database_url, pool_size=4)
-    trainer = Trainer(
-        make_sessionmaker(engine), BusEmbedder(bus), functools.partial(store_head, bus.js),
-        config=FitConfig(cv_folds=settings.cv_folds),
-    )
+    sessions = make_sessionmaker(engine)
+    trainer = Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js),
+                      config=FitConfig(cv_folds=settings.cv_folds))
     consumer = TrainerConsumer(
         bus, trainer, debounce_s=settings.debounce_s, max_deliver=settings.max_deliver,
         ack_wait_s=settings.ack_wait_s,
     )
     await consumer.start()
+    sweeper = StallSweeper(bus, sessions, durable=consumer.durable, stall_s=settings.stall_s)
+    sweeper.start()
     readiness = Readiness()
     readiness.add_check("postgres", functools.partial(database_reachable, engine))
     readiness.add_check("consumer", lambda: consumer.running)
     # Before the bus drains: a running refit can still ack, held messages go back at once.
+    readiness.before_drain(sweeper.stop)
     readiness.before_drain(functools.partial(consumer.stop, settings.drain_timeout_s))
     readiness.on_shutdown(engine.dispose)
     return readiness

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,11 +42,63 @@ class TagRow:
     active: bool
 
 
+@dataclass(frozen=True)
+class LiveHead:
+    """The dataset's current head: its version, where its blob is, and what it was fitted from."""
+
+    version: int
+    object_name: str
+    fingerprint: str | None
+
+
+# Advisory lock keys: a dataset's refit locks its (positive) id; the stall sweep this negative key.
+SWEEP_LOCK = -1
+
+
+async def try_lock(session: AsyncSession, key: int) -> bool:
+    """Take a transaction-scoped advisory lock unless another session holds it: it is released when the
+    session's transaction ends or its connection drops (a crashed trainer holds nothing)."""
+    return bool(await session.scalar(select(func.pg_try_advisory_xact_lock(key))))
+
+
 async def get_dataset(session: AsyncSession, dataset_id: int, *, lock: bool = False) -> Dataset | None:
     query = select(Dataset).where(Dataset.id == dataset_id)
     if lock:
-        query = query.with_for_update()
+        # FOR NO KEY UPDATE: reports and items keep being inserted meanwhile (their foreign key check
+        # takes a key-share lock, which FOR UPDATE would block for the whole head upload).
+        query = query.with_for_update(key_share=True)
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def live_head(session: AsyncSession, dataset: Dataset) -> LiveHead | None:
+    if dataset.head_version is None:
+        return None
+    row = (await session.execute(
+        select(HeadVersion.object_name, HeadVersion.fingerprint)
+        .where(HeadVersion.dataset_id == dataset.id, HeadVersion.version == dataset.head_version)
+    )).one_or_none()
+    return None if row is None else LiveHead(dataset.head_version, row.object_name, row.fingerprint)
+
+
+async def keep_head(session: AsyncSession, dataset_id: int, version: int) -> bool:
+    """The dataset is trained by its current head (still ``version``); False if another head replaced it."""
+    kept = await session.scalar(
+        update(Dataset).where(Dataset.id == dataset_id, Dataset.head_version == version)
+        .values(state="trained", state_reason=None).returning(Dataset.id)
+    )
+    return kept is not None
+
+
+async def stalled_datasets(session: AsyncSession, older_than_s: float, limit: int = 1000) -> list[int]:
+    """Datasets ``waiting`` since longer than ``older_than_s`` (or with no request time recorded)."""
+    since = func.now() - timedelta(seconds=older_than_s)
+    rows = await session.scalars(
+        select(Dataset.id)
+        .where(Dataset.state == "waiting", or_(Dataset.train_requested_at.is_(None),
+                                               Dataset.train_requested_at < since))
+        .order_by(Dataset.id).limit(limit)
+    )
+    return list(rows)
 
 
 async def dataset_tags(session: AsyncSession, dataset_id: int) -> list[TagRow]:
@@ -115,12 +168,13 @@ async def save_fit(
     model_id: str,
     object_name: str,
     report_count: int,
+    fingerprint: str,
     evaluation: Mapping[str, Any],
     tags: Mapping[int, tuple[float | None, Mapping[str, Any]]],
 ) -> None:
     """Record a new head: its version row, the dataset's state and figures, each tag's threshold and figures."""
     session.add(HeadVersion(dataset_id=dataset_id, version=version, model_id=model_id, object_name=object_name,
-                            report_count=report_count))
+                            report_count=report_count, fingerprint=fingerprint))
     await session.execute(
         update(Dataset).where(Dataset.id == dataset_id).values(
             state="trained", state_reason=None, head_version=version, evaluation=dict(evaluation),

@@ -160,4 +160,6 @@ class HeadVersion(Base):
     model_id: Mapped[str] = mapped_column(String(200))
     object_name: Mapped[str] = mapped_column(String(200))
     report_count: Mapped[int] = mapped_column(Integer)
+    # sha256 of what the fit read (model, reports, tags): equal on the next request means nothing changed.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())

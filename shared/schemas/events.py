@@ -17,7 +17,8 @@ class ReportEvent(Message):
 
 class TrainRequest(Message):
     dataset_id: int
-    reason: Literal["api", "reports", "model_change"] = "api"
+    # retrain: refit even if nothing changed (kashf-admin retrain-all); requeued: by the trainer's stall sweeper.
+    reason: Literal["api", "reports", "model_change", "retrain", "requeued"] = "api"
     request_id: str = ""
 
 

@@ -1,8 +1,11 @@
-"""Fixtures of the trainer tests: the session database emptied, a bus with the events stream emptied."""
+"""Fixtures of the trainer tests: the session database emptied, a bus with the events stream emptied,
+test text models on the bus, trainer consumers stopped after the test."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -10,6 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.subjects import EVENTS_STREAM
+from tests.unit.trainer.helpers import Responder, TextModel
+from trainer.consumers import TrainerConsumer
+from trainer.embedder import BusEmbedder
+from trainer.fitting import FitConfig
+from trainer.heads import ObjectStoreHeads
+from trainer.service import Trainer
 
 
 @pytest.fixture
@@ -32,3 +41,40 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
     await bus.js.purge_stream(EVENTS_STREAM)
     yield bus
     await bus.close(5)
+
+
+@pytest.fixture
+async def start_responder(nats_url: str) -> AsyncIterator[Responder]:
+    started: list[Bus] = []
+
+    async def start() -> Bus:
+        responder = await Bus.connect(nats_url, "test-embed-responder")
+        await TextModel().serve(responder)
+        started.append(responder)
+        return responder
+
+    yield start
+    for responder in started:
+        await responder.close(5)
+
+
+@pytest.fixture
+async def make_consumer(bus: Bus, sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Any]:
+    """``await make_consumer(durable=..., heads=...)``: a started TrainerConsumer (a trainer replica)."""
+    consumers: list[TrainerConsumer] = []
+
+    async def make(**overrides: Any) -> TrainerConsumer:
+        trainer = Trainer(sessions, BusEmbedder(overrides.pop("bus", bus)),
+                          overrides.pop("heads", ObjectStoreHeads(bus.js)), config=FitConfig(cv_folds=3))
+        options: dict[str, Any] = {"debounce_s": 0.3, "max_deliver": 5, "ack_wait_s": 5.0,
+                                   "durable": f"trainer-test-{uuid.uuid4().hex[:8]}", "retry_delay_s": 0.3}
+        options |= overrides
+        consumer = TrainerConsumer(options.pop("consumer_bus", bus), trainer, **options)
+        await consumer.start()
+        consumers.append(consumer)
+        return consumer
+
+    yield make
+    for consumer in consumers:
+        await consumer.stop(5)
+

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import uuid
 import zlib
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -14,11 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.bus import Bus
 from shared.db.models import Account, DataItem, Dataset, Report, Tag
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest, ModelInfoReply, ModelInfoRequest
-from shared.subjects import TEXT_EMBED, TEXT_MODEL_INFO
+from shared.subjects import EVENTS_STREAM, TEXT_EMBED, TEXT_MODEL_INFO
 
 MODEL_ID = "test-embedder@1"
 DIM = 24
 GROUPS = ("sport", "food", "music")
+
+Responder = Callable[[], Awaitable[Bus]]  # starts a TextModel on its own connection
 
 
 def embed_one(text: str) -> np.ndarray:
@@ -91,3 +94,12 @@ async def wait_state(sessions: async_sessionmaker[AsyncSession], dataset_id: int
         await asyncio.sleep(0.1)
 
 
+async def wait_settled(bus: Bus, durable: str, timeout_s: float = 20.0) -> None:
+    """Until the consumer holds no event: every one acked or terminated, so no further refit can come."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        info = await bus.js.consumer_info(EVENTS_STREAM, durable)
+        if info.num_ack_pending == 0 and info.num_pending == 0:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"events still held: {info}"
+        await asyncio.sleep(0.1)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import io
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats.js.errors
@@ -21,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from modelkit.heads import Head, load_head, store_head, tag_vectors
+from modelkit.heads import Head, load_head, tag_vectors
 from modelkit.metrics import create_metrics
 from shared.bus import Bus
 from shared.db.models import Account, DataItem, Dataset, Embedding, HeadVersion, Report, Tag
@@ -36,50 +34,10 @@ from shared.subjects import (
     report_subject,
     train_subject,
 )
-from tests.unit.trainer.helpers import MODEL_ID, TextModel, embed_one, seed, wait_state
-from trainer.consumers import TrainerConsumer
-from trainer.embedder import BusEmbedder
+from tests.unit.trainer.helpers import MODEL_ID, Responder, embed_one, seed, wait_settled, wait_state
 from trainer.fitting import FitConfig, fit_head
 from trainer.fitting import Report as FitReport
-from trainer.service import Trainer
-
-Responder = Callable[[], Awaitable[Bus]]
-
-
-@pytest.fixture
-async def start_responder(nats_url: str) -> AsyncIterator[Responder]:
-    started: list[Bus] = []
-
-    async def start() -> Bus:
-        responder = await Bus.connect(nats_url, "test-embed-responder")
-        await TextModel().serve(responder)
-        started.append(responder)
-        return responder
-
-    yield start
-    for responder in started:
-        await responder.close(5)
-
-
-@pytest.fixture
-async def make_consumer(bus: Bus, sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Any]:
-    consumers: list[TrainerConsumer] = []
-
-    async def make(**overrides: Any) -> TrainerConsumer:
-        trainer = Trainer(sessions, BusEmbedder(overrides.pop("bus", bus)),
-                          overrides.pop("store", functools.partial(store_head, bus.js)),
-                          config=FitConfig(cv_folds=3))
-        options: dict[str, Any] = {"debounce_s": 0.3, "max_deliver": 5, "ack_wait_s": 5.0,
-                                   "durable": f"trainer-test-{uuid.uuid4().hex[:8]}", "retry_delay_s": 0.3}
-        options |= overrides
-        consumer = TrainerConsumer(options.pop("consumer_bus", bus), trainer, **options)
-        await consumer.start()
-        consumers.append(consumer)
-        return consumer
-
-    yield make
-    for consumer in consumers:
-        await consumer.stop(5)
+from trainer.heads import ObjectStoreHeads
 
 
 async def recompute(sessions: async_sessionmaker[AsyncSession], dataset_id: int) -> tuple[Any, list[int]]:
@@ -97,17 +55,6 @@ async def recompute(sessions: async_sessionmaker[AsyncSession], dataset_id: int)
     reports = [FitReport(items.index(r.item_id), r.tag_id, r.positive) for r in rows]
     result = fit_head(matrix, reports, tag_ids, FitConfig(cv_folds=3))
     return result, sorted(active)
-
-
-async def wait_settled(bus: Bus, durable: str, timeout_s: float = 20.0) -> None:
-    """Until the consumer holds no event: every one acked or terminated, so no further refit can come."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        info = await bus.js.consumer_info(EVENTS_STREAM, durable)
-        if info.num_ack_pending == 0 and info.num_pending == 0:
-            return
-        assert asyncio.get_running_loop().time() < deadline, f"events still held: {info}"
-        await asyncio.sleep(0.1)
 
 
 async def terminations(bus: Bus, durable: str) -> asyncio.Queue[dict[str, Any]]:
@@ -223,40 +170,6 @@ async def test_missing_embedder_is_retried_then_succeeds(
     assert dataset.state == "trained" and dataset.head_version == 1
 
 
-async def test_crash_mid_training_is_redelivered_and_completes(
-    nats_url: str, bus: Bus, sessions: async_sessionmaker[AsyncSession], start_responder: Responder,
-    make_consumer: Any,
-) -> None:
-    await start_responder()
-    dataset_id, _ = await seed(sessions)
-    durable = f"trainer-crash-{uuid.uuid4().hex[:8]}"
-    doomed = await Bus.connect(nats_url, "doomed-trainer")
-    reached = asyncio.Event()
-
-    async def hang(dataset_id: int, head: Head) -> str:
-        reached.set()
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-    first = TrainerConsumer(
-        doomed, Trainer(sessions, BusEmbedder(doomed), hang, config=FitConfig(cv_folds=3)),
-        debounce_s=0.1, max_deliver=5, ack_wait_s=2.0, durable=durable,
-    )
-    await first.start()
-    await bus.publish_event(train_subject(dataset_id), TrainRequest(dataset_id=dataset_id), msg_id=uuid.uuid4().hex)
-    await asyncio.wait_for(reached.wait(), 20)
-    # The crash: the connection dies with the message unacked, so nothing can be handed back.
-    await doomed.nc.close()
-    await first.stop(0.1)
-    async with sessions() as s:
-        crashed = await s.get(Dataset, dataset_id)
-        assert crashed is not None and crashed.state == "training"
-
-    await make_consumer(durable=durable)
-    dataset = await wait_state(sessions, dataset_id, {"trained", "failed"})
-    assert dataset.state == "trained" and dataset.head_version == 1
-
-
 async def test_a_refit_that_raises_a_bug_fails_the_dataset_and_terms_its_events(
     bus: Bus, sessions: async_sessionmaker[AsyncSession], start_responder: Responder, make_consumer: Any,
 ) -> None:
@@ -265,10 +178,11 @@ async def test_a_refit_that_raises_a_bug_fails_the_dataset_and_terms_its_events(
     durable = f"trainer-bug-{uuid.uuid4().hex[:8]}"
     terminated = await terminations(bus, durable)
 
-    async def broken_store(dataset_id: int, head: Head) -> str:
-        raise ValueError("a bug in storing heads")
+    class BrokenHeads(ObjectStoreHeads):
+        async def put(self, dataset_id: int, head: Head) -> str:
+            raise ValueError("a bug in storing heads")
 
-    await make_consumer(durable=durable, store=broken_store)
+    await make_consumer(durable=durable, heads=BrokenHeads(bus.js))
     await bus.publish_event(train_subject(dataset_id), TrainRequest(dataset_id=dataset_id), msg_id=uuid.uuid4().hex)
     failed = await wait_state(sessions, dataset_id, {"failed", "trained"})
     assert failed.state == "failed" and failed.state_reason == "ValueError: a bug in storing heads"
@@ -285,11 +199,12 @@ async def test_stop_hands_held_events_back_at_once(
     dataset_id, tags = await seed(sessions)
     durable = f"trainer-stop-{uuid.uuid4().hex[:8]}"
 
-    async def no_store(dataset_id: int, head: Head) -> str:
-        raise AssertionError("a stopping consumer hands its held events back instead of refitting")
+    class NoHeads(ObjectStoreHeads):
+        async def put(self, dataset_id: int, head: Head) -> str:
+            raise AssertionError("a stopping consumer hands its held events back instead of refitting")
 
     # A long debounce holds the report; a long ack_wait means only a nak brings it back soon.
-    first = await make_consumer(durable=durable, debounce_s=60.0, ack_wait_s=30.0, store=no_store)
+    first = await make_consumer(durable=durable, debounce_s=60.0, ack_wait_s=30.0, heads=NoHeads(bus.js))
     event = ReportEvent(dataset_id=dataset_id, item_id=1, tag_id=tags["sport"], positive=True, report_id=1)
     await bus.publish_event(report_subject(dataset_id), event, msg_id=uuid.uuid4().hex)
     deadline = asyncio.get_running_loop().time() + 10

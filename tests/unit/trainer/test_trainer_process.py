@@ -1,4 +1,5 @@
-"""`python -m trainer` as a real process: readiness, a train request served end to end, graceful SIGTERM."""
+"""`python -m trainer` as a real process: readiness, a train request served end to end, a lost one requeued,
+graceful SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from devtools import servers
 from modelkit.heads import load_head
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
+from shared.db.models import Dataset
 from shared.schemas.events import DatasetsChanged, TrainRequest
-from shared.subjects import DATASETS_CHANGED, EVENTS_STREAM, train_subject
+from shared.subjects import DATASETS_CHANGED, EVENTS_STREAM, TRAINER_DURABLE, train_subject
 from tests.unit.trainer.helpers import MODEL_ID, TextModel, seed, wait_state
 
 pytestmark = pytest.mark.integration  # starts the real service process
@@ -48,7 +51,7 @@ def trainer_process(clean_db: str, nats_url: str, tmp_path: Path) -> Iterator[Ru
     port = servers.free_port()
     env = {**os.environ, "DATABASE_URL": clean_db, "NATS_URL": nats_url, "KASHF_HEALTH_HOST": "127.0.0.1",
            "KASHF_HEALTH_PORT": str(port), "KASHF_TRAIN_DEBOUNCE_S": "0.2", "KASHF_DRAIN_TIMEOUT_S": "5",
-           "KASHF_CV_FOLDS": "3"}
+           "KASHF_CV_FOLDS": "3", "KASHF_TRAIN_STALL_S": "1"}
     log = tmp_path / "trainer.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "trainer"], cwd=REPO, env=env, stdout=out,
@@ -101,6 +104,16 @@ async def test_trainer_process_trains_and_stops_cleanly(
         # Gateways learn of the new head at once (they cache the dataset's head version).
         await asyncio.wait_for(heard.wait(), 5)
         assert [m.dataset_ids for m in announced] == [[dataset_id]]
+        # A crashed replica's events come back after ack_wait, 15 s by default (was 60).
+        info = await client.js.consumer_info(EVENTS_STREAM, TRAINER_DURABLE)
+        assert info.config.ack_wait == 15.0
+
+        # A request lost on its way (the dataset says waiting, no event anywhere) is requeued and served.
+        lost, _ = await seed(sessions)
+        async with sessions.begin() as s:
+            await s.execute(update(Dataset).where(Dataset.id == lost).values(state="waiting"))
+        requeued = await wait_state(sessions, lost, {"trained", "failed"})
+        assert requeued.state == "trained", requeued.state_reason
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 15) == 0, tail(log)
     finally:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import functools
+import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from modelkit.heads import load_head, store_head
+from modelkit.heads import load_head
 from shared.bus import Bus
-from shared.db.models import Dataset, Embedding
+from shared.db.models import DataItem, Dataset, Embedding, HeadVersion, Report, Tag
+from shared.subjects import HEADS_BUCKET
 from tests.unit.trainer.helpers import TextModel, seed
 from trainer.embedder import BusEmbedder
 from trainer.fitting import FitConfig
+from trainer.heads import ObjectStoreHeads
 from trainer.service import ModelChanged, Trainer
 
 
@@ -29,7 +31,7 @@ async def text_model(nats_url: str) -> AsyncIterator[TextModel]:
 
 @pytest.fixture
 def trainer(bus: Bus, sessions: async_sessionmaker[AsyncSession]) -> Trainer:
-    return Trainer(sessions, BusEmbedder(bus), functools.partial(store_head, bus.js), config=FitConfig(cv_folds=3))
+    return Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js), config=FitConfig(cv_folds=3))
 
 
 async def embeddings_by_model(sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
@@ -59,7 +61,7 @@ async def test_each_refit_asks_the_model_so_an_upgrade_refits_on_the_new_one(
     dataset_id, _ = await seed(sessions)
     first = await trainer.refit(dataset_id)
     assert (first.state, first.version, first.embedded) == ("trained", 1, 15)
-    again = await trainer.refit(dataset_id)
+    again = await trainer.refit(dataset_id, force=True)
     assert (again.version, again.embedded) == (2, 0)  # stored embeddings of the same model are reused
 
     text_model.info_model = text_model.embed_model = "model-b"
@@ -78,3 +80,60 @@ async def test_a_dataset_that_is_gone_is_reported_missing(
 ) -> None:
     outcome = await trainer.refit(987654)
     assert outcome.state == "missing" and outcome.version is None
+
+
+async def head_versions(sessions: async_sessionmaker[AsyncSession], dataset_id: int) -> list[int]:
+    async with sessions() as s:
+        return sorted(await s.scalars(select(HeadVersion.version).where(HeadVersion.dataset_id == dataset_id)))
+
+
+async def test_a_refit_with_nothing_changed_keeps_the_head_and_any_change_fits_again(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], text_model: TextModel, trainer: Trainer,
+) -> None:
+    dataset_id, tags = await seed(sessions)
+    assert (await trainer.refit(dataset_id)).version == 1
+    async with sessions.begin() as s:  # a train request marked it waiting
+        dataset = await s.get(Dataset, dataset_id)
+        assert dataset is not None
+        dataset.state = "waiting"
+
+    kept = await trainer.refit(dataset_id)
+    assert (kept.state, kept.version, kept.embedded) == ("unchanged", 1, 0)
+    async with sessions() as s:
+        row = await s.get(Dataset, dataset_id)
+    assert row is not None and (row.state, row.state_reason, row.head_version) == ("trained", None, 1)
+    assert await head_versions(sessions, dataset_id) == [1]
+
+    # Each input of a fit counts: a new report, a report's sign, a tag's active flag, the model.
+    async with sessions.begin() as s:
+        text = "sport one more sentence"
+        item = DataItem(dataset_id=dataset_id, kind="text", content=text,
+                        content_hash=hashlib.sha256(text.encode()).hexdigest())
+        s.add(item)
+        await s.flush()
+        s.add(Report(dataset_id=dataset_id, item_id=item.id, tag_id=tags["sport"], positive=True))
+    assert (await trainer.refit(dataset_id)).version == 2
+    async with sessions.begin() as s:
+        report = (await s.scalars(select(Report).where(Report.item_id == item.id))).one()
+        report.positive = False
+    assert (await trainer.refit(dataset_id)).version == 3
+    async with sessions.begin() as s:
+        tag = await s.get(Tag, tags["music"])
+        assert tag is not None
+        tag.active = True
+    assert (await trainer.refit(dataset_id)).version == 4
+    assert (await trainer.refit(dataset_id)).state == "unchanged"
+    text_model.info_model = text_model.embed_model = "model-b"
+    assert (await trainer.refit(dataset_id)).version == 5
+    assert await head_versions(sessions, dataset_id) == [1, 2, 3, 4, 5]
+
+
+async def test_a_head_lost_from_the_store_is_fitted_again_even_with_nothing_changed(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], text_model: TextModel, trainer: Trainer,
+) -> None:
+    dataset_id, _ = await seed(sessions)
+    assert (await trainer.refit(dataset_id)).version == 1
+    await bus.js.delete_object_store(HEADS_BUCKET)  # the object store was lost or wiped
+    again = await trainer.refit(dataset_id)
+    assert (again.state, again.version) == ("trained", 2)
+    assert (await load_head(bus.js, dataset_id, 2)).model_id == "model-a"
