@@ -145,9 +145,14 @@ def _up(args: argparse.Namespace) -> int:
     handles: list[object] = []
     nats_proc = None
     nats_url = os.environ.get("NATS_URL")
+    passwords = servers.nats_passwords() if os.environ.get("KASHF_NATS_AUTH", "") not in ("", "0") else None
     if not nats_url:
-        nats_proc, nats_url = servers.start_nats(state / "nats")
-        print(f"started nats-server (JetStream) at {nats_url}", flush=True)
+        nats_proc, nats_url = servers.start_nats(state / "nats", passwords=passwords)
+        users = " with a user per service (shared/natsauth.py)" if passwords else ""
+        print(f"started nats-server (JetStream) at {nats_url.rsplit('@', 1)[-1]}{users}", flush=True)
+    elif passwords:
+        print("KASHF_NATS_AUTH applies to the embedded nats-server only; using NATS_URL as given", flush=True)
+        passwords = None
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
         server, handle = servers.postgres_server(state / "postgres")
@@ -161,7 +166,7 @@ def _up(args: argparse.Namespace) -> int:
     stack_env.parent.mkdir(parents=True, exist_ok=True)
     stack_env.touch(mode=0o600)
     stack_env.write_text(f"DATABASE_URL={database_url}\nNATS_URL={nats_url}\n", encoding="utf-8")
-    stack = Stack(database_url, nats_url, gateway_port=int(os.environ.get("PORT", "8000")))
+    stack = Stack(database_url, nats_url, gateway_port=int(os.environ.get("PORT", "8000")), nats_passwords=passwords)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:

@@ -22,9 +22,11 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_stack_up_prints_url_and_token_then_stops_cleanly(database_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("nats_auth", [False, True], ids=["open-nats", "nats-users"])
+def test_stack_up_prints_url_and_token_then_stops_cleanly(database_url: str, tmp_path: Path, nats_auth: bool) -> None:
     port = servers.free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "PORT": str(port), "KASHF_MODELS_DIR": str(REPO / "models")}
+    env = {**os.environ, "DATABASE_URL": database_url, "PORT": str(port), "KASHF_MODELS_DIR": str(REPO / "models"),
+           "KASHF_NATS_AUTH": "1" if nats_auth else "0"}
     env.pop("NATS_URL", None)  # so it starts its own nats-server from the wheel
     proc = subprocess.Popen([sys.executable, "-m", "devtools.stack", "up", "--state-dir", str(tmp_path / "state")],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -52,6 +54,10 @@ def test_stack_up_prints_url_and_token_then_stops_cleanly(database_url: str, tmp
         r = httpx.post(f"http://127.0.0.1:{port}/api/create_tag/", headers={"Authorization": f"Token {token}"},
                        json={"dataset": "demo", "title": "first tag"}, timeout=30)
         assert r.status_code == 200 and r.json()["title"] == "first tag", r.text
+        assert ("with a user per service" in output) == nats_auth
+        r = httpx.post(f"http://127.0.0.1:{port}/api/tag_texts/", headers={"Authorization": f"Token {token}"},
+                       json={"dataset": "demo", "contents": ["سلام"]}, timeout=60)  # gateway -> text_service
+        assert r.status_code == 200 and r.json()[0]["content"] == "سلام", r.text
         # The operator command, run with no settings beside the running stack, finds the stack's database.
         admin_env = {k: v for k, v in env.items() if k != "DATABASE_URL"}
         admin_env["KASHF_STATE_DIR"] = str(tmp_path / "state")

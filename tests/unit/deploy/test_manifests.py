@@ -178,8 +178,10 @@ def test_config_and_secret_references_resolve(render: Render, target: str) -> No
                     assert source["configMapRef"]["name"] in config_maps, key
             for var in c.get("env", []):
                 ref = var.get("valueFrom", {})
-                if "secretKeyRef" in ref:
+                if "secretKeyRef" in ref and not ref["secretKeyRef"].get("optional"):
                     assert ref["secretKeyRef"]["name"] in secrets | expected_outside, f"{key}: {var['name']}"
+                elif "secretKeyRef" in ref:  # optional: only the per-service NATS logins (NATS users)
+                    assert (ref["secretKeyRef"]["name"], var["name"]) == ("kashf-nats", "NATS_URL"), key
                 if "configMapKeyRef" in ref:
                     assert ref["configMapKeyRef"]["name"] in config_maps, f"{key}: {var['name']}"
     if target == "dev":
