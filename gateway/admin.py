@@ -1,6 +1,6 @@
-"""``kashf-admin``: operator commands for API tokens (never created over the public API): create-token
-ACCOUNT (the account too if needed; the token is the last line printed), list-tokens [ACCOUNT], revoke-token
-PREFIX_OR_ID (one token). It commits its own session: tokens publish no event and change no dataset view."""
+"""``kashf-admin``: operator commands. API tokens (never created over the public API): create-token ACCOUNT
+(the token is the last line printed), list-tokens [ACCOUNT], revoke-token PREFIX_OR_ID. retrain-all: rebuild
+every dataset's head from Postgres (e.g. after losing the object store)."""
 # With no DATABASE_URL it reads the file a running `make up` writes (.kashf/stack.env), so it talks to
 # that stack's database; environment variables always win over the file.
 
@@ -10,15 +10,22 @@ import argparse
 import asyncio
 import os
 import sys
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.infra.outbox import OutboxEvent, OutboxPublisher
 from gateway.repository import Repository, TokenRow
 from gateway.service.auth import create_token
+from shared.bus import Bus, connect
 from shared.db.engine import make_engine, make_sessionmaker
+from shared.errors import Unavailable
+from shared.schemas.events import TrainRequest
 from shared.settings import GatewaySettings
+from shared.subjects import train_subject
 
 
 def _row(token: TokenRow) -> str:
@@ -27,9 +34,51 @@ def _row(token: TokenRow) -> str:
     return f"{token.id}\t{token.account}\t{token.prefix}\t{created}\t{revoked}"
 
 
+async def retrain_all(sessions: async_sessionmaker[AsyncSession], settings: GatewaySettings) -> int:
+    """Mark every dataset with reports waiting and queue a forced TrainRequest for it through the outbox
+    (durable: a running gateway publishes what this cannot); then publish them now if NATS answers."""
+    async with sessions() as session:
+        repo = Repository(session)
+        dataset_ids = await repo.datasets_with_reports()
+        run = uuid.uuid4().hex[:12]
+        events = [OutboxEvent(train_subject(d), f"train-{d}", TrainRequest(dataset_id=d, reason="retrain",
+                                                                          request_id=f"retrain-all-{run}"))
+                  for d in dataset_ids]
+        outbox_ids = await repo.next_outbox_ids(len(events)) if events else []
+        for dataset_id in dataset_ids:
+            await repo.mark_waiting(dataset_id)
+        await repo.add_outbox([event.row(oid) for oid, event in zip(outbox_ids, events, strict=True)])
+        await session.commit()
+    print(f"queued {len(dataset_ids)} datasets for retraining")
+    published = await _publish(sessions, settings, outbox_ids)
+    if published < len(outbox_ids):
+        print(f"{len(outbox_ids) - published} requests are still in the outbox: a running gateway publishes "
+              f"them (every KASHF_OUTBOX_SWEEP_S)", file=sys.stderr)
+    return 0
+
+
+async def _publish(sessions: async_sessionmaker[AsyncSession], settings: GatewaySettings, ids: list[int]) -> int:
+    if not ids:
+        return 0
+    try:
+        bus = Bus(await connect(settings.nats_url, "kashf-admin", connect_timeout=2.0))
+    except Unavailable:
+        return 0
+    try:
+        publisher = OutboxPublisher(sessions, bus, sweep_s=settings.outbox_sweep_s)
+        published = 0
+        for start in range(0, len(ids), 200):
+            published += await publisher.publish(ids[start:start + 200])
+        return published
+    finally:
+        await bus.close(2.0)
+
+
 async def _run(args: argparse.Namespace, settings: GatewaySettings) -> int:
     engine = make_engine(settings.database_url, pool_size=1)
     try:
+        if args.cmd == "retrain-all":
+            return await retrain_all(make_sessionmaker(engine), settings)
         async with make_sessionmaker(engine)() as session:
             repo = Repository(session)
             if args.cmd == "create-token":
@@ -93,11 +142,12 @@ def load_settings() -> GatewaySettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kashf-admin", description="Kashf API token administration")
+    parser = argparse.ArgumentParser(prog="kashf-admin", description="Kashf administration: API tokens, retraining")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("create-token", help="create a token (and the account if needed)").add_argument("account")
     sub.add_parser("list-tokens", help="list tokens").add_argument("account", nargs="?")
     sub.add_parser("revoke-token", help="revoke a token by id or prefix").add_argument("token")
+    sub.add_parser("retrain-all", help="queue a refit of every dataset with reports (rebuilds lost heads)")
     args = parser.parse_args(argv)
     settings = load_settings()
     try:

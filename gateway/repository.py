@@ -143,6 +143,11 @@ class Repository:
             .values(state="waiting", state_reason=None, train_requested_at=func.now())
         )
 
+    async def datasets_with_reports(self) -> list[int]:
+        """Ids of every account's datasets that have reports (an operator's retrain-all, never the API)."""
+        reported = select(Report.id).where(Report.dataset_id == Dataset.id).exists()
+        return list(await self.session.scalars(select(Dataset.id).where(reported).order_by(Dataset.id)))
+
     async def dataset_counts(self, dataset_id: int) -> tuple[int, int]:
         """(reports, data items) of the dataset."""
         reports = (

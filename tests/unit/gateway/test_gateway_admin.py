@@ -1,4 +1,5 @@
-"""``kashf-admin``: the printed token works against the API; a revoked one stops working."""
+"""``kashf-admin``: the printed token works against the API; a revoked one stops working; retrain-all rebuilds
+every head from Postgres, also when NATS cannot be reached (through the outbox)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,25 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from devtools import servers
+from modelkit.heads import load_head
+from shared.bus import Bus
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.db.models import Account, Dataset
+from shared.subjects import EVENTS_STREAM, HEADS_BUCKET
 from tests.unit.gateway.harness import PEPPER, Gateway, eventually, sql
+from tests.unit.trainer.helpers import MODEL_ID, TextModel, seed
+from trainer.consumers import TrainerConsumer
+from trainer.embedder import BusEmbedder
+from trainer.fitting import FitConfig
+from trainer.heads import ObjectStoreHeads
+from trainer.service import Trainer
 
 
-async def admin(database_url: str, *args: str) -> tuple[int, str, str]:
+async def admin(database_url: str, *args: str, nats_url: str | None = None) -> tuple[int, str, str]:
     env = {**os.environ, "DATABASE_URL": database_url, "KASHF_TOKEN_PEPPER": PEPPER}
+    if nats_url is not None:
+        env["NATS_URL"] = nats_url
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -69,8 +84,6 @@ async def _create_list_and_revoke(gw: Gateway) -> None:
 async def test_admin_uses_a_running_dev_stack_and_explains_a_wrong_database_in_one_line(
     pg_server: str, database_url: str, tmp_path: Any
 ) -> None:
-    from devtools import servers
-
     async def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.admin", *args, env=env, cwd=tmp_path,
@@ -100,3 +113,53 @@ async def test_admin_uses_a_running_dev_stack_and_explains_a_wrong_database_in_o
     missing = empty.rsplit("/", 1)[0] + "/kashf_never_made"
     code, _, err = await run({**base, "DATABASE_URL": missing}, "list-tokens")
     assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+async def test_retrain_all_rebuilds_every_head_after_the_object_store_is_lost(gw: Gateway, nats_url: str) -> None:
+    url = gw.settings.database_url
+    engine = make_engine(url, pool_size=4)
+    sessions = make_sessionmaker(engine)
+    first, _ = await seed(sessions)
+    second, _ = await seed(sessions)
+    async with sessions.begin() as s:  # a dataset without reports has nothing to train
+        account = Account(name="empty")
+        s.add(account)
+        await s.flush()
+        s.add(Dataset(account_id=account.id, name="nothing", title="nothing", kind="text"))
+
+    bus = await Bus.connect(nats_url, "test-retrain-all")
+    await bus.js.purge_stream(EVENTS_STREAM)
+    await TextModel().serve(bus)
+    trainer = Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js), config=FitConfig(cv_folds=3))
+    consumer = TrainerConsumer(bus, trainer, debounce_s=0.1, max_deliver=5, ack_wait_s=5.0,
+                               durable=f"trainer-admin-{os.getpid()}")
+    await consumer.start()
+
+    async def heads_at(version: int) -> bool:
+        rows = await sql(url, "SELECT state, head_version FROM dataset WHERE id = ANY($1::bigint[])", [first, second])
+        return all((r["state"], r["head_version"]) == ("trained", version) for r in rows)
+
+    try:
+        code, out, err = await admin(url, "retrain-all", nats_url=nats_url)
+        assert code == 0, err
+        assert "queued 2 datasets" in out and "outbox" not in err
+        assert await eventually(lambda: heads_at(1), timeout_s=30)
+
+        await bus.js.delete_object_store(HEADS_BUCKET)  # every head blob is gone; Postgres still has it all
+        code, out, err = await admin(url, "retrain-all", nats_url=nats_url)
+        assert code == 0 and "queued 2 datasets" in out, err
+        assert await eventually(lambda: heads_at(2), timeout_s=30)
+        for dataset_id in (first, second):
+            assert (await load_head(bus.js, dataset_id, 2)).model_id == MODEL_ID
+
+        # NATS unreachable from where the operator runs it: the requests wait in the outbox, durable, and
+        # the running gateway's sweep publishes them.
+        code, out, err = await admin(url, "retrain-all", nats_url=f"nats://127.0.0.1:{servers.free_port()}")
+        assert code == 0 and "queued 2 datasets" in out and "2 requests are still in the outbox" in err
+        assert await eventually(lambda: heads_at(3), timeout_s=30)
+        unpublished = await sql(url, "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
+        assert unpublished[0]["n"] == 0
+    finally:
+        await consumer.stop(5)
+        await bus.close(5)
+        await engine.dispose()
