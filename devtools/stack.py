@@ -133,6 +133,36 @@ class Stack:
             self.stop(name)
 
 
+@dataclass
+class Supervisor:
+    """Restarts a service that exits, as Kubernetes would: after 1, 2, 4 ... up to 30 s; the delay starts
+    again at 1 s once the service has stayed up for a minute."""
+
+    stack: Stack
+    max_delay_s: float = 30.0
+    healthy_after_s: float = 60.0
+    _delay: dict[str, float] = field(default_factory=dict)
+    _due: dict[str, float] = field(default_factory=dict)
+    _started: dict[str, float] = field(default_factory=dict)
+
+    def check(self, now: float) -> None:
+        for name in self.stack.services:
+            proc = self.stack.procs.get(name)
+            if proc is not None and proc.popen.poll() is None:
+                if now - self._started.get(name, now) >= self.healthy_after_s:
+                    self._delay.pop(name, None)
+                continue
+            if proc is not None:  # it just exited: schedule the restart
+                delay = min(self._delay.get(name, 0.5) * 2, self.max_delay_s)
+                self._delay[name], self._due[name] = delay, now + delay
+                print(f"{name} exited with {proc.popen.returncode}; restarting in {delay:g} s", flush=True)
+                self.stack.procs.pop(name)
+            elif now >= self._due.get(name, now):
+                print(f"restarting {name}", flush=True)
+                self.stack.start(name)
+                self._started[name] = now
+
+
 def create_token(database_url: str, account: str) -> str:
     out = subprocess.run([sys.executable, "-m", "gateway.admin", "create-token", account],
                          env={**os.environ, "DATABASE_URL": database_url}, check=True,
@@ -176,12 +206,10 @@ def _up(args: argparse.Namespace) -> int:
         print(f"API token for account 'dev':\n{token}\n", flush=True)
         print(f"try: curl -H 'Authorization: Token {token}' -H 'Content-Type: application/json' "
               f"-d '{{\"dataset\": \"demo\", \"title\": \"first tag\"}}' {stack.url}/api/create_tag/", flush=True)
+        supervisor = Supervisor(stack)
         while not stopping.is_set():
-            for proc in list(stack.procs.values()):
-                if proc.popen.poll() is not None:
-                    print(f"{proc.name} exited with {proc.popen.returncode}; stopping", flush=True)
-                    stopping.set()
-            stopping.wait(1.0)
+            supervisor.check(time.monotonic())
+            stopping.wait(0.5)
     except KeyboardInterrupt:
         pass
     finally:

@@ -58,6 +58,19 @@ def test_stack_up_prints_url_and_token_then_stops_cleanly(database_url: str, tmp
         r = httpx.post(f"http://127.0.0.1:{port}/api/tag_texts/", headers={"Authorization": f"Token {token}"},
                        json={"dataset": "demo", "contents": ["سلام"]}, timeout=60)  # gateway -> text_service
         assert r.status_code == 200 and r.json()[0]["content"] == "سلام", r.text
+        # A crashed service is restarted (as Kubernetes would) and says so; tagging works again.
+        text = next(c for c in psutil.Process(proc.pid).children(recursive=True)
+                    if "text_service" in " ".join(c.cmdline()))
+        text.kill()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            again = httpx.post(f"http://127.0.0.1:{port}/api/tag_texts/", headers={"Authorization": f"Token {token}"},
+                               json={"dataset": "demo", "contents": ["دوباره"]}, timeout=60)
+            if any(line.startswith("restarting text_service") for line in lines) and again.status_code == 200:
+                break
+            time.sleep(0.5)
+        assert any(re.match(r"text_service exited with -9; restarting in 1 s", line) for line in lines), lines[-20:]
+        assert again.status_code == 200, again.text
         # The operator command, run with no settings beside the running stack, finds the stack's database.
         admin_env = {k: v for k, v in env.items() if k != "DATABASE_URL"}
         admin_env["KASHF_STATE_DIR"] = str(tmp_path / "state")
