@@ -9,6 +9,7 @@ A tag is predicted when ``p`` reaches its threshold; how ``p`` is computed: belo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 from collections import OrderedDict
@@ -19,13 +20,17 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 import numpy as np
+import structlog
 from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
 
 from modelkit.metrics import Metrics, default_metrics
 from shared import subjects
+from shared.bus.streams import declare_object_store, heads_config
 from shared.errors import Internal, Unavailable
 from shared.schemas.inference import UNKNOWN_TAG_ID, UNKNOWN_TITLE, HeadRef, ScoredTag, TagRef
+
+log = structlog.get_logger(__name__)
 
 ZERO_SHOT_THRESHOLD = 0.5
 FORMAT_VERSION = 2  # 2 added "exclusive" and "none_logit" to the meta record; format 1 blobs still load
@@ -181,7 +186,8 @@ async def _bucket(js: JetStreamContext, *, create: bool) -> ObjectStore:
     except nats.js.errors.BucketNotFoundError:
         if not create:
             raise
-        return await js.create_object_store(subjects.HEADS_BUCKET)
+        # Only if it was deleted since the processes started: the next start applies the replicas setting.
+        return await declare_object_store(js, heads_config(), None)
 
 
 async def store_head(js: JetStreamContext, dataset_id: int, head: Head) -> str:
@@ -194,6 +200,37 @@ async def store_head(js: JetStreamContext, dataset_id: int, head: Head) -> str:
     except (TimeoutError, nats.errors.Error, OSError) as exc:
         raise Unavailable("head store unavailable") from exc
     return name
+
+
+async def prune_heads(js: JetStreamContext, dataset_id: int, live_version: int, keep: int) -> list[str]:
+    """Delete the dataset's heads older than ``live_version - keep``; returns the names deleted, oldest first.
+
+    Best effort (a failure is logged; the next prune finishes the job); versions above the live one are never
+    touched."""
+    # Versions are numbered 1, 2, ... and deleted oldest first, so what is left of the old ones is always an
+    # unbroken run ending just below the kept ones: probing down from there finds all of it.
+    deleted: list[str] = []
+    try:
+        store = await _bucket(js, create=False)
+        oldest = newest = live_version - keep - 1
+        while oldest >= 1 and await _exists(store, object_name(dataset_id, oldest)):
+            oldest -= 1
+        for version in range(oldest + 1, newest + 1):
+            name = object_name(dataset_id, version)
+            with contextlib.suppress(nats.js.errors.ObjectNotFoundError):
+                await store.delete(name)
+            deleted.append(name)
+    except (nats.js.errors.BucketNotFoundError, TimeoutError, nats.errors.Error, OSError) as exc:
+        log.warning("head_prune_failed", dataset_id=dataset_id, deleted=len(deleted), error=type(exc).__name__)
+    return deleted
+
+
+async def _exists(store: ObjectStore, name: str) -> bool:
+    try:
+        await store.get_info(name)
+    except nats.js.errors.ObjectNotFoundError:  # never stored, or deleted
+        return False
+    return True
 
 
 async def load_head(js: JetStreamContext, dataset_id: int, version: int) -> Head:

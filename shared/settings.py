@@ -38,6 +38,9 @@ class CommonSettings(BaseSettings):
     drain_timeout_s: float = Field(20.0, validation_alias=_alias("KASHF_DRAIN_TIMEOUT_S"))
     max_video_bytes: int = Field(200 * 2**20, validation_alias=_alias("KASHF_MAX_VIDEO_BYTES"))
     max_image_bytes: int = Field(20 * 2**20, validation_alias=_alias("KASHF_MAX_IMAGE_BYTES"))
+    # Servers of a JetStream cluster that keep each stream, KV and object store (heads, events, uploads, video
+    # jobs); 3 survives losing one server. Applied to existing ones at start (shared.bus.streams).
+    jetstream_replicas: int = Field(1, ge=1, le=5, validation_alias=_alias("KASHF_JETSTREAM_REPLICAS"))
 
     @property
     def text_model_dir(self) -> Path:
@@ -175,3 +178,5 @@ class TrainerSettings(DatabaseSettings):
     ack_wait_s: float = Field(15.0, validation_alias=_alias("KASHF_TRAIN_ACK_WAIT_S"))
     cv_folds: int = Field(5, validation_alias=_alias("KASHF_CV_FOLDS"))
     stall_s: float = Field(120.0, validation_alias=_alias("KASHF_TRAIN_STALL_S"))
+    # Head versions kept per dataset besides the live one (modelkit.heads.prune_heads); older blobs are deleted.
+    head_versions_kept: int = Field(3, ge=0, validation_alias=_alias("KASHF_HEAD_VERSIONS_KEPT"))

@@ -106,6 +106,7 @@ async def tag_texts(state: AppState, account_id: int, body: TagTextsBody) -> lis
                     TagTextsRequest(head=head, tags=tags, texts=chunk),
                     TagReply,
                     timeout_s=settings.text_timeout_s,
+                    idempotent=True,  # a replica that dies holding it is noticed; another one answers
                 )
                 for chunk in _chunks(body.contents)
             )
@@ -126,7 +127,7 @@ async def tag_images(
     check_media_count(images, "image", settings)
     head, tags = await prepare(state, account_id, dataset, "image")
     request = TagImagesRequest(head=head, tags=tags, images=[image.ref for image in images])
-    reply = await bus.request(VISION_TAG, request, TagReply, timeout_s=settings.vision_timeout_s)
+    reply = await bus.request(VISION_TAG, request, TagReply, timeout_s=settings.vision_timeout_s, idempotent=True)
     _check_items(reply.items, len(images), VISION_TAG.queue)
     count_predictions(state.predictions, (item.tags for item in reply.items))
     return [

@@ -53,7 +53,8 @@ async def tag_videos(
     timeout_s = state.settings.video_timeout_s
     try:
         replies = await asyncio.gather(
-            *(state.bus.request(VIDEO_TAG, request, TagVideoReply, timeout_s=timeout_s) for request in requests)
+            *(state.bus.request(VIDEO_TAG, request, TagVideoReply, timeout_s=timeout_s, idempotent=True)
+              for request in requests)
         )
     except Timeout as exc:
         raise Timeout(f"{exc.detail}; for long videos send \"async\": true and poll POST /api/video_job/") from exc

@@ -1,7 +1,8 @@
 """The NATS bus: request/reply with explicit timeouts, one error mapping, queue-group services.
 
 Durable pull consumers: ``shared.bus.pull``; the upload store: ``shared.bus.blobs``; video jobs:
-``shared.bus.video_jobs``.
+``shared.bus.video_jobs``; streams and their replicas: ``shared.bus.streams``; heartbeats, silence and
+retries of requests: ``shared.bus.requester``.
 
 Errors cross the wire as headers (``Kashf-Error-Status``, ``Kashf-Error-Code``) with the detail as
 body, so a service's ``KashfError`` reaches the gateway's client unchanged.
@@ -11,28 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 import nats
 import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
+from shared.bus.requester import HEARTBEAT, HEARTBEAT_S, PROGRESS, Requester
+from shared.bus.streams import ensure_streams
 from shared.errors import (
     Internal,
     InvalidInput,
     KashfError,
     Overloaded,
-    Timeout,
     TooLarge,
     Unavailable,
     from_wire,
@@ -47,10 +47,16 @@ ERROR_CODE = "Kashf-Error-Code"
 
 Req = TypeVar("Req", bound=BaseModel)
 Rep = TypeVar("Rep", bound=BaseModel)
+# Every reply says that its responder sends heartbeats (shared.bus.requester).
+_REPLY_HEADERS = {HEARTBEAT: "1"}
+_PROGRESS_HEADERS = {PROGRESS: "1"}
+
+__all__ = ["Bus", "connect", "ensure_streams"]
 
 
-async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> NATS:
-    """Connect, retrying forever on later disconnects (the client buffers while reconnecting)."""
+async def connect(url: str, name: str, *, connect_timeout: float = 5.0,
+                  disconnected: Callable[[], Awaitable[None]] | None = None) -> NATS:
+    """Connect, retrying forever on later disconnects; ``disconnected`` is called each time the link drops."""
     try:
         # With unlimited reconnects nats-py also retries the *first* connect forever: bound it.
         return await asyncio.wait_for(
@@ -63,6 +69,11 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> NATS:
                 allow_reconnect=True,
                 # With NATS users (shared.natsauth) each may only read inboxes under its own name.
                 inbox_prefix=inbox_prefix(user) if (user := urlsplit(url).username) else "_INBOX",
+                disconnected_cb=disconnected,
+                # A server that vanished without closing the link (host or network down) is noticed after
+                # about three intervals (nats-py's default of 2 minutes would mean 4 to 6 minutes).
+                ping_interval=5,
+                max_outstanding_pings=2,
             ),
             timeout=connect_timeout * 2,
         )
@@ -70,41 +81,24 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> NATS:
         raise Unavailable("message bus unreachable") from exc
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Declare the events stream and object stores once; safe to call from every process."""
-    config = StreamConfig(
-        name=subjects.EVENTS_STREAM,
-        subjects=subjects.EVENTS_SUBJECTS,
-        storage=StorageType.FILE,
-        duplicate_window=600.0,
-    )
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        await js.update_stream(config)
-    for bucket in (subjects.HEADS_BUCKET,):
-        with contextlib.suppress(nats.js.errors.BadRequestError):
-            await js.create_object_store(bucket)
-    with contextlib.suppress(nats.js.errors.BadRequestError):
-        await js.create_object_store(subjects.BLOBS_BUCKET, config=_blob_config())
-
-
-def _blob_config() -> nats.js.api.ObjectStoreConfig:
-    return nats.js.api.ObjectStoreConfig(bucket=subjects.BLOBS_BUCKET, ttl=subjects.BLOBS_TTL_S)
-
-
 class Bus:
     """Typed request/reply over one NATS connection."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, requests: Requester | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        # Without the connection's disconnected callback (see connect), requests still fail at once while it is
+        # down, but those in flight when it drops wait for silence or their timeout.
+        self._requests = requests or Requester()
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._working: dict[str, float] = {}  # reply subject -> when taken, of requests that asked for heartbeats
+        self._heartbeats: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(cls, url: str, name: str) -> Bus:
-        return cls(await connect(url, name))
+        requests = Requester()
+        return cls(await connect(url, name, disconnected=requests.connection_lost), requests)
 
     async def request(
         self,
@@ -113,26 +107,18 @@ class Bus:
         reply_type: type[Rep],
         *,
         timeout_s: float | None = None,
+        idempotent: bool = False,
     ) -> Rep:
-        """Send one request and parse the reply, mapping every failure to a ``KashfError``."""
+        """Send one request and parse the reply, mapping every failure to a ``KashfError``.
+
+        ``idempotent``: asking twice does no harm, so a request a dead replica held is sent again (not 503)."""
         headers = {}
         cid = current_correlation_id()
         if cid:
             headers[CORRELATION_HEADER] = cid
         timeout = timeout_s if timeout_s is not None else subject.timeout_s
-        try:
-            msg = await self.nc.request(
-                subject.name, message.model_dump_json().encode(), timeout=timeout, headers=headers
-            )
-        except nats.errors.NoRespondersError as exc:
-            raise Unavailable(f"{subject.queue} is not running") from exc
-        except nats.errors.TimeoutError as exc:
-            raise Timeout(f"{subject.queue} did not answer within {timeout:g} s") from exc
-        except nats.errors.MaxPayloadError as exc:
-            raise InvalidInput("request too large for the message bus") from exc
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                nats.errors.StaleConnectionError, OSError) as exc:
-            raise Unavailable("message bus unavailable") from exc
+        msg = await self._requests.request(self.nc, subject, message.model_dump_json().encode(), headers, timeout,
+                                           idempotent=idempotent)
         if msg.headers and ERROR_STATUS in msg.headers:
             raise from_wire(int(msg.headers[ERROR_STATUS]), msg.headers.get(ERROR_CODE, "internal"),
                             msg.data.decode(errors="replace"))
@@ -152,12 +138,16 @@ class Bus:
         starts a task; past the slots the request is answered "overloaded" at once.
         """
         slots = asyncio.Semaphore(concurrency)
+        if self._heartbeats is None:
+            self._heartbeats = asyncio.create_task(self._send_heartbeats(), name="bus-heartbeats")
 
         async def on_msg(msg: Msg) -> None:
             if slots.locked():
                 await self._reply_error(msg, Overloaded(f"{subject.queue} is at its concurrency limit"))
                 return
             await slots.acquire()
+            if msg.reply and msg.headers and HEARTBEAT in msg.headers:
+                self._working[msg.reply] = time.monotonic()
             task = asyncio.create_task(self._handle(msg, request_type, handler, slots))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -174,36 +164,49 @@ class Bus:
         handler: Callable[[Req], Awaitable[BaseModel]],
         slots: asyncio.Semaphore,
     ) -> None:
+        error: KashfError | None = None
         try:
             bind_correlation_id((msg.headers or {}).get(CORRELATION_HEADER))
             try:
                 request = request_type.model_validate_json(msg.data)
                 reply = await handler(request)
             except ValidationError as exc:
-                await self._reply_error(msg, InvalidInput(f"bad request message: {exc.error_count()} errors"))
-                return
+                error = InvalidInput(f"bad request message: {exc.error_count()} errors")
             except KashfError as exc:
-                await self._reply_error(msg, exc)
-                return
+                error = exc
             except Exception:
                 log.exception("handler_failed", subject=msg.subject)
-                await self._reply_error(msg, Internal("internal error in model service"))
-                return
-            if msg.reply:
+                error = Internal("internal error in model service")
+            self._working.pop(msg.reply, None)  # no heartbeat after the reply
+            if error is not None:
+                await self._reply_error(msg, error)
+            elif msg.reply:
                 try:
-                    await self.nc.publish(msg.reply, reply.model_dump_json().encode())
+                    await self.nc.publish(msg.reply, reply.model_dump_json().encode(), headers=_REPLY_HEADERS)
                 except nats.errors.MaxPayloadError:
                     await self._reply_error(msg, TooLarge("reply over the message bus payload limit; "
                                                           "send fewer items per request"))
         finally:
+            self._working.pop(msg.reply, None)
             slots.release()
 
     async def _reply_error(self, msg: Msg, exc: KashfError) -> None:
         if not msg.reply:
             return
-        headers = {ERROR_STATUS: str(exc.status), ERROR_CODE: exc.error_code}
+        headers = {ERROR_STATUS: str(exc.status), ERROR_CODE: exc.error_code, **_REPLY_HEADERS}
         with contextlib.suppress(nats.errors.Error):
             await self.nc.publish(msg.reply, exc.detail.encode(), headers=headers)
+
+    async def _send_heartbeats(self) -> None:
+        """Tell each requester still waiting, about once a second, that its request is being worked on."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            # Requests taken in the last half interval get their first heartbeat at the next round.
+            due = time.monotonic() - HEARTBEAT_S / 2
+            for reply, taken in list(self._working.items()):
+                if taken <= due:
+                    with contextlib.suppress(nats.errors.Error, OSError):
+                        await self.nc.publish(reply, b"", headers=_PROGRESS_HEADERS)
 
     async def publish_event(self, subject: str, message: BaseModel, *, msg_id: str) -> None:
         """Publish to JetStream with a dedup id; raises Unavailable when the stream does not ack."""
@@ -242,10 +245,16 @@ class Bus:
                 await sub.drain()  # type: ignore[no-untyped-call]
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=drain_timeout_s)
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeats
         if not self.nc.is_closed:
             # nats-py cannot drain a connection holding a pull subscription (it waits for its whole
             # drain timeout), and by now our handlers are done: bound the wait, then close.
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await asyncio.wait_for(self.nc.drain(), timeout=5.0)
             if not self.nc.is_closed:
-                await self.nc.close()
+                # Closing flushes what is buffered: with the server gone, to a dead socket.
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await self.nc.close()

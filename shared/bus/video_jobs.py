@@ -13,6 +13,7 @@ from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageT
 from nats.js.kv import KeyValue
 
 from shared import subjects
+from shared.bus.streams import declare_key_value, declare_stream
 from shared.errors import Overloaded, TooLarge, Unavailable
 from shared.schemas.video_jobs import VideoJobRecord, VideoJobRequest
 
@@ -28,34 +29,32 @@ class VideoJobNames:
     bucket: str = subjects.VIDEO_JOBS_BUCKET
     max_msgs: int = subjects.VIDEO_JOBS_MAX_MSGS
 
+    def stream_config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.stream, subjects=[self.subject], retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE, max_age=subjects.VIDEO_JOBS_TTL_S, max_msgs=self.max_msgs,
+            discard=DiscardPolicy.NEW, duplicate_window=600.0,
+        )
+
+    def bucket_config(self) -> KeyValueConfig:
+        return KeyValueConfig(bucket=self.bucket, history=1, ttl=subjects.VIDEO_JOBS_TTL_S, storage=StorageType.FILE)
+
 
 class VideoJobStore:
     """Job records by id and the queue of job messages; store failures raise ``Unavailable``."""
 
-    def __init__(self, js: JetStreamContext, names: VideoJobNames | None = None) -> None:
+    def __init__(self, js: JetStreamContext, names: VideoJobNames | None = None, *,
+                 replicas: int | None = None) -> None:
         self.js = js
         self.names = names or VideoJobNames()
+        self.replicas = replicas  # None: existing ones keep their copies (shared.bus.streams)
         self._kv: KeyValue | None = None
 
     async def ensure(self) -> None:
         """Declare the stream and the bucket; idempotent (the gateway and every video_service call it)."""
-        names = self.names
-        stream = StreamConfig(
-            name=names.stream, subjects=[names.subject], retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE, max_age=subjects.VIDEO_JOBS_TTL_S, max_msgs=names.max_msgs,
-            discard=DiscardPolicy.NEW, duplicate_window=600.0,
-        )
-        bucket = KeyValueConfig(bucket=names.bucket, history=1, ttl=subjects.VIDEO_JOBS_TTL_S,
-                                storage=StorageType.FILE)
         try:
-            try:
-                await self.js.add_stream(stream)
-            except nats.js.errors.BadRequestError:
-                await self.js.update_stream(stream)
-            try:
-                self._kv = await self.js.create_key_value(bucket)
-            except nats.js.errors.BadRequestError:
-                self._kv = await self.js.key_value(names.bucket)
+            await declare_stream(self.js, self.names.stream_config(), self.replicas)
+            self._kv = await declare_key_value(self.js, self.names.bucket_config(), self.replicas)
         except _UNAVAILABLE as exc:
             raise Unavailable("video job store unavailable") from exc
 
