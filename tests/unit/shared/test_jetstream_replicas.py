@@ -1,0 +1,188 @@
+"""Every stream, KV and object store Kashf declares gets KASHF_JETSTREAM_REPLICAS copies, existing ones too;
+on a real three-server JetStream cluster a stored head survives losing the server that led its bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pytest
+from nats.js import JetStreamContext
+
+from devtools import servers
+from modelkit.heads import Head, load_head, store_head
+from shared import subjects
+from shared.bus import Bus, ensure_streams
+from shared.bus.streams import JetStreamSetupError, blobs_config, events_config, heads_config
+from shared.bus.video_jobs import VideoJobNames, VideoJobStore
+from shared.settings import CommonSettings
+
+T = TypeVar("T")
+KASHF_STREAMS = (subjects.EVENTS_STREAM, f"OBJ_{subjects.HEADS_BUCKET}", f"OBJ_{subjects.BLOBS_BUCKET}")
+
+
+def _video_names() -> VideoJobNames:
+    name = uuid.uuid4().hex[:8]
+    return VideoJobNames(stream=f"TEST_JOBS_{name}", subject=f"test.jobs.{name}", bucket=f"test-jobs-{name}")
+
+
+def _video_streams(names: VideoJobNames) -> tuple[str, str]:
+    return names.stream, f"KV_{names.bucket}"
+
+
+async def _replicas(js: JetStreamContext, stream: str) -> int | None:
+    return (await js.stream_info(stream)).config.num_replicas
+
+
+def test_the_setting_reaches_every_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KASHF_JETSTREAM_REPLICAS", "3")
+    replicas = CommonSettings().jetstream_replicas
+    assert replicas == 3
+    assert events_config(replicas).num_replicas == 3
+    assert heads_config(replicas).replicas == 3 and heads_config(replicas).bucket == subjects.HEADS_BUCKET
+    blobs = blobs_config(replicas)
+    assert blobs.replicas == 3 and blobs.ttl == subjects.BLOBS_TTL_S  # the uploads' expiry is kept
+    monkeypatch.setenv("KASHF_JETSTREAM_REPLICAS", "0")
+    with pytest.raises(ValueError, match="KASHF_JETSTREAM_REPLICAS"):
+        CommonSettings()
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(nats_url, "test-replicas")
+    yield bus
+    await bus.close(1)
+
+
+async def test_one_server_keeps_one_copy_and_refuses_three_by_name(bus: Bus) -> None:
+    await ensure_streams(bus.js, replicas=1)
+    names = _video_names()
+    await VideoJobStore(bus.js, names, replicas=1).ensure()
+    for stream in (*KASHF_STREAMS, *_video_streams(names)):
+        assert await _replicas(bus.js, stream) == 1, stream
+    # Three are what is asked for: a lone server refuses, and the error says which setting to change.
+    with pytest.raises(JetStreamSetupError, match=r"KASHF_EVENTS with replicas=3 .*non-clustered"):
+        await ensure_streams(bus.js, replicas=3)
+    with pytest.raises(JetStreamSetupError, match=r"replicas=3 \(KASHF_JETSTREAM_REPLICAS\)"):
+        await VideoJobStore(bus.js, _video_names(), replicas=3).ensure()
+    assert await _replicas(bus.js, subjects.EVENTS_STREAM) == 1  # nothing half-changed
+
+
+# A real JetStream cluster: three nats-servers on loopback, routed to each other.
+
+
+class Cluster:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.client_ports = [servers.free_port() for _ in range(3)]
+        self.route_ports = [servers.free_port() for _ in range(3)]
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def url(self, node: str) -> str:
+        return f"nats://127.0.0.1:{self.client_ports[int(node[1:])]}"
+
+    def start(self) -> None:
+        routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.route_ports)
+        for i, (client, route) in enumerate(zip(self.client_ports, self.route_ports, strict=True)):
+            conf = self.root / f"n{i}.conf"
+            conf.write_text(
+                f'server_name: "n{i}"\nlisten: "127.0.0.1:{client}"\n'
+                f'jetstream {{ store_dir: "{self.root / f"store{i}"}" }}\n'
+                f'cluster {{ name: "kashf-test", listen: "127.0.0.1:{route}", routes: [{routes}] }}\n',
+                encoding="utf-8",
+            )
+            self.procs[f"n{i}"] = subprocess.Popen(
+                [servers.nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in self.client_ports:
+            servers.wait_port("127.0.0.1", port)
+
+    def kill(self, node: str) -> None:
+        self.procs[node].kill()
+        self.procs[node].wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+async def _until_ok(call: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -> T:
+    """Await ``call()`` until it succeeds: a cluster elects a JetStream leader in a few seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await call()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
+def _head(version: int) -> Head:
+    return Head(model_id="m", version=version, tag_ids=np.array([7], dtype=np.int64),
+                weights=np.ones((1, 3), dtype=np.float32), bias=np.zeros(1, dtype=np.float32),
+                calibration=np.array([[1.0, 0.0]], dtype=np.float32), thresholds=np.array([0.5], dtype=np.float32))
+
+
+async def test_three_copies_on_a_cluster_survive_losing_the_leader(cluster: Cluster) -> None:
+    bus = await Bus.connect(cluster.url("n0"), "test-cluster")
+    await _until_ok(lambda: ensure_streams(bus.js))  # as an older release left them: one copy
+    names = _video_names()
+    await VideoJobStore(bus.js, names).ensure()
+    await store_head(bus.js, 41, _head(1))
+    for stream in (*KASHF_STREAMS, *_video_streams(names)):
+        assert await _replicas(bus.js, stream) == 1
+
+    await ensure_streams(bus.js, replicas=3)  # existing ones are scaled in place, their data kept
+    await VideoJobStore(bus.js, names, replicas=3).ensure()
+    await ensure_streams(bus.js)  # a process without the setting leaves the copies alone
+    await VideoJobStore(bus.js, names).ensure()
+    heads_stream = f"OBJ_{subjects.HEADS_BUCKET}"
+    for stream in (*KASHF_STREAMS, *_video_streams(names)):
+        assert await _replicas(bus.js, stream) == 3, stream
+        await _until_ok(lambda stream=stream: _two_followers(bus.js, stream))
+    await store_head(bus.js, 42, _head(5))
+    await bus.close(1)
+
+    leader = await _until_ok(lambda: _leader(cluster.url("n0"), heads_stream))
+    survivor = next(node for node in cluster.procs if node != leader)
+    cluster.kill(leader)
+    survivor_bus = await Bus.connect(cluster.url(survivor), "test-cluster-survivor")
+    head = await _until_ok(lambda: load_head(survivor_bus.js, 42, 5))
+    assert head.version == 5 and head.tag_ids.tolist() == [7]
+    older = await _until_ok(lambda: load_head(survivor_bus.js, 41, 1))  # stored before the scale-up
+    assert older.version == 1
+    await survivor_bus.close(1)
+
+
+async def _two_followers(js: JetStreamContext, stream: str) -> None:
+    """The stream's copies are in place: a leader and two followers that have caught up with it."""
+    info = await js.stream_info(stream)
+    assert info.cluster is not None and info.cluster.leader, stream
+    followers = info.cluster.replicas or []
+    assert len(followers) == 2 and all(peer.current for peer in followers), (stream, followers)
+
+
+async def _leader(url: str, stream: str) -> str:
+    bus = await Bus.connect(url, "test-cluster-info")
+    try:
+        info = await bus.js.stream_info(stream)
+    finally:
+        await bus.close(1)
+    assert info.cluster is not None and info.cluster.leader
+    return info.cluster.leader
