@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import BigInteger, Integer, and_, cast, column, func, literal, or_, select, table, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -53,6 +53,7 @@ class LiveHead:
 
 # Advisory lock keys: a dataset's refit locks its (positive) id; the stall sweep this negative key.
 SWEEP_LOCK = -1
+_LOCKS = table("pg_locks", column("locktype"), column("classid"), column("objid"), column("objsubid"))
 
 
 async def try_lock(session: AsyncSession, key: int) -> bool:
@@ -89,15 +90,21 @@ async def keep_head(session: AsyncSession, dataset_id: int, version: int) -> boo
     return kept is not None
 
 
+def _refitting() -> Any:
+    """Some session holds the dataset's refit lock (a bigint key shows as classid, objid, objsubid 1)."""
+    key = cast(_LOCKS.c.classid, BigInteger).op("<<")(literal(32, Integer)).op("|")(cast(_LOCKS.c.objid, BigInteger))
+    return select(_LOCKS.c.locktype).where(
+        _LOCKS.c.locktype == "advisory", _LOCKS.c.objsubid == 1, key == Dataset.id).exists()
+
+
 async def stalled_datasets(session: AsyncSession, older_than_s: float, limit: int = 1000) -> list[int]:
-    """Datasets ``waiting`` since longer than ``older_than_s`` (or with no request time recorded)."""
+    """Datasets ``waiting`` since longer than ``older_than_s`` (or with no request time recorded), and
+    datasets left ``training`` that no trainer refits (one crashed and its events ran out of deliveries)."""
     since = func.now() - timedelta(seconds=older_than_s)
-    rows = await session.scalars(
-        select(Dataset.id)
-        .where(Dataset.state == "waiting", or_(Dataset.train_requested_at.is_(None),
-                                               Dataset.train_requested_at < since))
-        .order_by(Dataset.id).limit(limit)
-    )
+    waiting = and_(Dataset.state == "waiting",
+                   or_(Dataset.train_requested_at.is_(None), Dataset.train_requested_at < since))
+    orphaned = and_(Dataset.state == "training", ~_refitting())
+    rows = await session.scalars(select(Dataset.id).where(or_(waiting, orphaned)).order_by(Dataset.id).limit(limit))
     return list(rows)
 
 

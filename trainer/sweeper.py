@@ -1,5 +1,5 @@
-"""Lost training requests: a dataset left ``waiting`` past a bound with no event of its own still to be
-handled by the trainer's durable consumer gets its TrainRequest published again (reason "requeued")."""
+"""Lost training requests: a dataset left ``waiting`` past a bound (or ``training`` with no trainer on it) and
+no event of its own still to be handled by the trainer's durable consumer gets a TrainRequest again."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def create_sweep_metrics(registry: CollectorRegistry) -> SweepMetrics:
     return SweepMetrics(
         requeued=Counter("kashf_train_requeued", "Training requests published again by the stall sweeper",
                          registry=registry),
-        stalled=Gauge("kashf_train_stalled_datasets", "Datasets waiting for training past KASHF_TRAIN_STALL_S",
-                      registry=registry),
+        stalled=Gauge("kashf_train_stalled_datasets",
+                      "Datasets waiting past KASHF_TRAIN_STALL_S, or left training by no trainer", registry=registry),
     )
 
 
@@ -43,7 +43,7 @@ def default_sweep_metrics() -> SweepMetrics:
 
 
 class StallSweeper:
-    """Every ``stall_s / 4`` compares the datasets waiting past ``stall_s`` with the consumer's progress."""
+    """Every ``stall_s / 4`` compares the stalled datasets with the consumer's progress (reason "requeued")."""
 
     def __init__(self, bus: Bus, sessions: async_sessionmaker[AsyncSession], *, durable: str, stall_s: float,
                  metrics: SweepMetrics | None = None) -> None:

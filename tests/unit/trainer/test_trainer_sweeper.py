@@ -46,6 +46,11 @@ async def train_requests(bus: Bus, dataset_id: int) -> list[tuple[str, TrainRequ
     return found
 
 
+async def set_state(sessions: async_sessionmaker[AsyncSession], dataset_id: int, state: str) -> None:
+    async with sessions.begin() as s:
+        await s.execute(text("UPDATE dataset SET state = :state WHERE id = :id"), {"state": state, "id": dataset_id})
+
+
 async def test_a_sweep_requeues_a_lost_request_but_not_a_pending_or_recent_one(
     bus: Bus, sessions: async_sessionmaker[AsyncSession], start_responder: Responder, make_consumer: Any,
 ) -> None:
@@ -53,6 +58,8 @@ async def test_a_sweep_requeues_a_lost_request_but_not_a_pending_or_recent_one(
     lost, _ = await seed(sessions)
     pending, _ = await seed(sessions)
     recent, _ = await seed(sessions)
+    orphaned, _ = await seed(sessions)  # left training by a trainer that crashed for good
+    refitting, _ = await seed(sessions)  # training, by a trainer holding its lock
     durable = f"trainer-sweep-{uuid.uuid4().hex[:8]}"
     # The trainer's durable consumer exists, but no trainer pulls yet: the pending request stays pending.
     idle = TrainerConsumer(bus, Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js)), debounce_s=0.1,
@@ -61,23 +68,31 @@ async def test_a_sweep_requeues_a_lost_request_but_not_a_pending_or_recent_one(
     for dataset_id in (lost, pending):
         await mark_waiting(sessions, dataset_id, ago_s=3600)
     await mark_waiting(sessions, recent, ago_s=1)
+    await set_state(sessions, orphaned, "training")
+    await set_state(sessions, refitting, "training")
     await bus.publish_event(train_subject(pending), TrainRequest(dataset_id=pending), msg_id=uuid.uuid4().hex)
 
     registry = CollectorRegistry()
     sweeper = StallSweeper(bus, sessions, durable=durable, stall_s=120, metrics=create_sweep_metrics(registry))
-    assert await sweeper.sweep() == 1
-    [(msg_id, request)] = await train_requests(bus, lost)
-    assert request.reason == "requeued" and msg_id.startswith(f"requeue-{lost}-")
+    trainer = Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js))
+    async with trainer.claim(refitting) as ours:
+        assert ours
+        assert await sweeper.sweep() == 2
+        await set_state(sessions, refitting, "trained")  # its trainer finishes
+    for dataset_id in (lost, orphaned):
+        [(msg_id, request)] = await train_requests(bus, dataset_id)
+        assert request.reason == "requeued" and msg_id.startswith(f"requeue-{dataset_id}-")
     assert len(await train_requests(bus, pending)) == 1  # its own request is still to be delivered
     assert await train_requests(bus, recent) == []  # not yet past the bound
-    assert registry.get_sample_value("kashf_train_requeued_total") == 1
-    assert registry.get_sample_value("kashf_train_stalled_datasets") == 2
-    # A second pass finds the requeued request pending: nothing is published twice.
+    assert await train_requests(bus, refitting) == []  # a trainer is on it
+    assert registry.get_sample_value("kashf_train_requeued_total") == 2
+    assert registry.get_sample_value("kashf_train_stalled_datasets") == 3
+    # A second pass finds the requeued requests pending: nothing is published twice.
     assert await sweeper.sweep() == 0
     assert len(await train_requests(bus, lost)) == 1
 
     await make_consumer(durable=durable)
-    for dataset_id in (lost, pending):
+    for dataset_id in (lost, pending, orphaned):
         dataset = await wait_state(sessions, dataset_id, {"trained", "failed"})
         assert dataset.state == "trained" and dataset.head_version == 1
     await wait_settled(bus, durable)
