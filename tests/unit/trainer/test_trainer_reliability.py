@@ -194,6 +194,27 @@ async def test_events_during_a_refit_make_one_follow_up_which_fits_only_if_somet
     assert (runs(registry, "trained"), runs(registry, "unchanged")) == (3, 1)
 
 
+async def test_a_dataset_another_replica_is_refitting_waits_for_it_and_then_fits_nothing(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], start_responder: Responder, make_consumer: Any,
+) -> None:
+    await start_responder()
+    dataset_id, _ = await seed(sessions)
+    heads = GatedHeads(bus)
+    first = await make_consumer(heads=heads)
+    await request_training(bus, dataset_id)
+    await asyncio.wait_for(heads.reached.wait(), 20)
+    # A second replica gets the same request while the first is mid-refit (here through a durable of its
+    # own, which sees the stream from the start, so the request surely reaches it).
+    registry = CollectorRegistry()
+    second = await make_consumer(metrics=create_metrics(registry))
+    await wait_held(bus, second.durable, 1)
+    heads.gate.set()
+    await wait_settled(bus, first.durable)
+    await wait_settled(bus, second.durable)
+    assert await versions(sessions, dataset_id) == [1]
+    assert (runs(registry, "trained"), runs(registry, "unchanged")) == (0, 1)
+
+
 async def test_a_burst_across_two_replicas_fits_at_most_twice_and_misses_nothing(
     bus: Bus, sessions: async_sessionmaker[AsyncSession], start_responder: Responder, make_consumer: Any,
 ) -> None:
