@@ -66,8 +66,9 @@ class Dataset(Base):
     __tablename__ = "dataset"
     __table_args__ = (
         UniqueConstraint("account_id", "name"),
-        # The trainer's stall sweeper reads waiting datasets only (migration 0003).
+        # The trainer's stall sweeper reads waiting and training datasets only (migrations 0003, 0004).
         Index("ix_dataset_waiting", "id", postgresql_where=text("state = 'waiting'")),
+        Index("ix_dataset_training", "id", postgresql_where=text("state = 'training'")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
