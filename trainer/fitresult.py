@@ -1,0 +1,122 @@
+"""What a fit takes and gives: its knobs, a report, each tag's classifier and the whole head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from modelkit.heads import Head
+from trainer.evaluation import NULL_FIGURES, Counts, micro_average
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Knobs of the fit; defaults chosen on bench/heads.py's tuning splits (seeds 0-19), not its report splits."""
+
+    cv_folds: int = 5
+    # C is on features rescaled to unit RMS norm; weak regularisation ranked best on e5 embeddings.
+    default_c: float = 100.0
+    c_grid: tuple[float, ...] = (10.0, 100.0, 1000.0)
+    grid_min_examples: int = 10  # picking C by CV is noise below this many examples of each class
+    implicit_negatives: bool = True  # items positive for other tags count as negatives
+    implicit_weight: float = 1.0
+    max_iter: int = 1000
+    seed: int = 0
+    # Platt slopes stay bounded on tiny, perfectly separated folds.
+    platt_c: float = 1.0
+    calibration: Literal["pooled", "per_tag"] = "pooled"
+    # "auto": a head of 2+ tags is exclusive (the tags compete, see modelkit.heads) when no item is
+    # reported positive for two of them.
+    exclusive: Literal["auto", "never"] = "auto"
+    # The exclusive head's "none" logit: the out-of-fold choice shrunk toward none_prior by prior_weight
+    # pseudo-examples per tag (with 2 examples the out-of-fold choice is noise: then the top tag wins).
+    none_prior: float = -4.0
+    prior_weight: float = 8.0
+    # Ridge (trainer.ridge) replaces per-tag logistic regression from this many reported items AND
+    # items x tags: below, the per-tag fits take a few seconds at most (bench/refit.py).
+    ridge_min_rows: int = 500
+    ridge_min_cells: int = 20_000
+    # Ridge penalty = alpha x the mean eigenvalue of the fold's Gram matrix; the largest alpha whose
+    # out-of-fold average precision is within ridge_tolerance of the best wins (near-duplicate
+    # reports make CV favour weak penalties, which held-out e5 items did not confirm).
+    ridge_alphas: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+    ridge_default_alpha: float = 0.3
+    ridge_tolerance: float = 0.002
+    # BLAS threads for the per-tag fits: their small products lose more to thread hand-offs than they gain.
+    blas_threads: int | None = 1
+
+
+@dataclass(frozen=True)
+class Report:
+    """One label: the row of the item in the embedding matrix, the tag and its polarity."""
+
+    row: int
+    tag_id: int
+    positive: bool
+
+
+@dataclass(frozen=True)
+class TagFit:
+    """The fitted classifier of one tag, in the space of the raw (L2-normalised) embeddings."""
+
+    tag_id: int
+    weights: np.ndarray  # (dim,)
+    bias: float
+    calibration: tuple[float, float]
+    threshold: float
+    counts: Counts | None  # cross-validated, None when too few reports
+    positives: int
+    negatives: int
+    c: float | None  # regularisation chosen (C, or the ridge alpha); None for the prototype fallback
+    method: str  # "logistic" | "ridge" | "prototype"
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        return self.counts.figures() if self.counts is not None else dict(NULL_FIGURES)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    tags: list[TagFit]
+    dim: int
+    report_count: int
+    skipped: list[int] = field(default_factory=list)  # tags with no positive report: not in the head
+    exclusive: bool = False  # at most one tag per item (no item was reported positive for two tags)
+    none_logit: float = 0.0
+
+    def head(self, model_id: str, version: int) -> Head:
+        k = len(self.tags)
+        return Head(
+            model_id=model_id,
+            version=version,
+            tag_ids=np.array([t.tag_id for t in self.tags], dtype=np.int64),
+            weights=(np.stack([t.weights for t in self.tags]) if k else np.zeros((0, self.dim))).astype(np.float32),
+            bias=np.array([t.bias for t in self.tags], dtype=np.float32),
+            calibration=np.array([t.calibration for t in self.tags], dtype=np.float32).reshape(k, 2),
+            thresholds=np.array([t.threshold for t in self.tags], dtype=np.float32),
+            exclusive=self.exclusive,
+            none_logit=self.none_logit,
+        )
+
+    def dataset_evaluation(self, active: set[int] | None = None) -> dict[str, Any]:
+        """Micro-average over the evaluated (active) tags; null figures when none could be evaluated."""
+        return micro_average(t.counts for t in self.tags if active is None or t.tag_id in active)
+
+
+class NothingToFit(ValueError):
+    """No tag of the dataset has a positive report."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Stage one of a fit, for the tags with both classes: final scores and out-of-fold ones, per column."""
+
+    columns: list[int]  # columns of ``Labels.codes``
+    weights: np.ndarray  # (k, dim), raw embedding space
+    bias: np.ndarray  # (k,)
+    c: list[float]
+    method: str
+    oof: np.ndarray  # (rows, k) out-of-fold scores; NaN outside a tag's training set or without CV
+    folds: np.ndarray  # (rows, k) int8 fold of each row in CV, -1 where none
