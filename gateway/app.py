@@ -19,6 +19,7 @@ from gateway.middleware import RequestContextMiddleware
 from gateway.routes import datasets, health, reports, tagging, tags, video_jobs
 from gateway.state import AppState
 from shared.bus import Bus, ensure_streams
+from shared.bus.video_jobs import VideoJobStore
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.schemas.events import DatasetsChanged
 from shared.settings import GatewaySettings
@@ -41,7 +42,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
         bus = await Bus.connect(settings.nats_url, "gateway")
         try:
-            await ensure_streams(bus.js)
+            await ensure_streams(bus.js, replicas=settings.jetstream_replicas)
+            await VideoJobStore(bus.js, replicas=settings.jetstream_replicas).ensure()
             sessionmaker = make_sessionmaker(engine)
             publisher = OutboxPublisher(sessionmaker, bus, sweep_s=settings.outbox_sweep_s)
             state = AppState(

@@ -1,7 +1,7 @@
 """What each Kashf process may publish and subscribe to on NATS, and the nats-server config that enforces it.
 
 One user per service. A service's own replies use ``allow_responses`` (it may answer a request it received,
-once), and each process takes its inboxes under ``_INBOX.<service>.`` (``shared.bus.connect``), so no user can
+with progress beats before the reply), and each process takes its inboxes under ``_INBOX.<service>.`` (``shared.bus.connect``), so no user can
 read another's replies: a model service cannot call another model or write a head; only the trainer writes
 heads, only the gateway (and the trainer's retry of a lost training request) publishes events.
 """
@@ -125,7 +125,8 @@ def server_config(passwords: Mapping[str, str], *, port: int, store_dir: str, ho
             "password": passwords[service],
             "permissions": {"publish": {"allow": list(allowed.publish)},
                             "subscribe": {"allow": list(allowed.subscribe)},
-                            "allow_responses": True},
+                            # A reply, plus the progress beats of a long request (about one a second).
+                            "allow_responses": {"max": 1000, "expires": "10m"}},
         })
     # JSON is valid nats-server configuration syntax; "$NAME" passwords become references to the server's
     # environment (a Kubernetes Secret), which the syntax writes unquoted.

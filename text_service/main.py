@@ -22,7 +22,8 @@ async def setup(settings: TextServiceSettings, bus: Bus, encoder: Encoder | None
     layout = model_layout(settings.device, settings.model_workers, settings.threads)
     if encoder is None:
         encoder = await asyncio.to_thread(load_model, TextEncoder, settings.text_model_dir, settings.device, layout)
-    await ensure_streams(bus.js)  # the heads bucket must exist before the first tag request
+    # the heads bucket must exist before the first tag request
+    await ensure_streams(bus.js, replicas=settings.jetstream_replicas)
     service = TextService(encoder, HeadCache(bus.js), batching=Batching.of(settings, layout.workers))
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)

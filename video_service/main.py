@@ -47,7 +47,8 @@ async def setup(settings: VideoServiceSettings, bus: Bus, encoder: Encoder | Non
         encoder = await asyncio.to_thread(
             load_model, ImageEncoder, settings.image_model_dir, settings.device, layout
         )
-    await ensure_streams(bus.js)  # heads and uploads buckets must exist before the first request
+    # heads and uploads buckets must exist before the first request
+    await ensure_streams(bus.js, replicas=settings.jetstream_replicas)
     fetcher = Fetcher(fetch_policy(settings))
     blobs = BlobStore(bus.js, media="video", size_setting="KASHF_MAX_VIDEO_BYTES")
     service = VideoService(
@@ -59,7 +60,8 @@ async def setup(settings: VideoServiceSettings, bus: Bus, encoder: Encoder | Non
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)
     jobs = VideoJobRunner(
-        bus.nc, service, blobs, VideoJobStore(bus.js), workers=settings.job_workers,
+        bus.nc, service, blobs, VideoJobStore(bus.js, replicas=settings.jetstream_replicas),
+        workers=settings.job_workers,
         ack_wait_s=settings.job_ack_wait_s, max_deliver=settings.job_max_deliver,
     )
     await jobs.start()

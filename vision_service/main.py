@@ -48,7 +48,8 @@ async def setup(settings: VisionServiceSettings, bus: Bus, encoder: Encoder | No
     if encoder is None:
         encoder = await asyncio.to_thread(load_model, ImageEncoder, settings.image_model_dir, settings.device, layout)
     pre = manifest.preprocessing
-    await ensure_streams(bus.js)  # heads and uploads buckets must exist before the first request
+    # heads and uploads buckets must exist before the first request
+    await ensure_streams(bus.js, replicas=settings.jetstream_replicas)
     fetcher = Fetcher(fetch_policy(settings))
     uploads = BlobStore(bus.js, media="image", size_setting="KASHF_MAX_IMAGE_BYTES")
     service = VisionService(

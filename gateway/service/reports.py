@@ -130,6 +130,7 @@ async def _embed_all(
             EmbedImagesRequest(images=[MediaInput(url=url) for url in chunk], keep_copy=True),
             EmbedImagesReply,
             timeout_s=settings.vision_timeout_s,
+            idempotent=True,  # fetching and embedding again on another replica changes nothing
         )
         for chunk in chunks
     ))

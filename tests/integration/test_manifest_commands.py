@@ -212,11 +212,14 @@ def _plain(url: str) -> str:
 
 def process_env(w: Workload, database_url: str, nats_url: str, port: int | None, home: Path) -> dict[str, str]:
     """The container's environment: the manifest's names, test values where the cluster's differ."""
-    secret_values = {"DATABASE_URL": _plain(database_url), "KASHF_TOKEN_PEPPER": PEPPER}
+    # NATS_URL comes from the optional Secret kashf-nats when NATS has users; here the test's own server.
+    secret_values = {"DATABASE_URL": _plain(database_url), "KASHF_TOKEN_PEPPER": PEPPER, "NATS_URL": nats_url}
     missing = sorted(set(w.secret_env) - set(secret_values))
     assert not missing, f"{w.name}: no test value for secret-backed {missing} ({w.secret_env})"
     env = {**w.env, **{name: secret_values[name] for name in w.secret_env}}
-    local = {"NATS_URL": nats_url, "KASHF_MODELS_DIR": str(REPO / "models"), "KASHF_DEVICE": "cpu"}
+    # The test's nats-server is one node: the production overlays' 3 JetStream replicas need a cluster.
+    local = {"NATS_URL": nats_url, "KASHF_MODELS_DIR": str(REPO / "models"), "KASHF_DEVICE": "cpu",
+             "KASHF_JETSTREAM_REPLICAS": "1"}
     env.update({name: value for name, value in local.items() if name in env})
     if port is not None:
         env[PORT_VAR.get(w.module, "KASHF_HEALTH_PORT")] = str(port)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import nats
@@ -134,4 +135,7 @@ def test_the_config_names_every_service_once_with_its_inbox() -> None:
         assert config.count(f'"user": "{service}"') == 1
         assert allowed.subscribe[0] == f"_INBOX.{service}.>"
         assert not any(s.startswith("_INBOX.") and not s.startswith(f"_INBOX.{service}.") for s in allowed.subscribe)
-    assert '"allow_responses": true' in config
+    users = json.loads(config.split("authorization: ", 1)[1])["users"]
+    assert [u["user"] for u in users] == ["admin", *natsauth.SERVICES]
+    # A reply may follow progress beats (shared.bus heartbeats): more than one message per request.
+    assert all(u["permissions"]["allow_responses"]["max"] >= 200 for u in users[1:])
