@@ -20,7 +20,8 @@ MODEL_INFO = {"text": subjects.TEXT_MODEL_INFO, "image": subjects.IMAGE_MODEL_IN
 
 
 class BusEmbedder:
-    """Embeds items by asking the model services over NATS."""
+    """Embeds items by asking the model services over NATS. Asking twice does no harm, so a request a dead
+    replica held is sent again (to a live one) instead of failing the refit."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
@@ -28,13 +29,14 @@ class BusEmbedder:
 
     async def model(self, kind: str) -> ModelInfoReply:
         """The model a service of ``kind`` runs now, from its model-info subject (no model call)."""
-        return await self.bus.request(MODEL_INFO[kind], ModelInfoRequest(), ModelInfoReply)
+        return await self.bus.request(MODEL_INFO[kind], ModelInfoRequest(), ModelInfoReply, idempotent=True)
 
     async def embed(self, kind: str, items: Sequence[ItemToEmbed]) -> tuple[str, list[np.ndarray | None]]:
         """The model id of the reply and one vector per item, None for an item that could not be embedded."""
         if kind == "text":
             texts = [item.content or "" for item in items]
-            reply = await self.bus.request(subjects.TEXT_EMBED, EmbedTextsRequest(texts=texts), EmbedReply)
+            reply = await self.bus.request(subjects.TEXT_EMBED, EmbedTextsRequest(texts=texts), EmbedReply,
+                                           idempotent=True)
             return reply.model_id, list(reply.array())
         # Kept image bytes travel by object-store key: a message carries at most 1 MiB.
         keys: list[str] = []
@@ -47,7 +49,7 @@ class BusEmbedder:
                 else:
                     inputs.append(MediaInput(url=item.source_url))
             image_reply = await self.bus.request(subjects.VISION_EMBED, EmbedImagesRequest(images=inputs),
-                                                 EmbedImagesReply)
+                                                 EmbedImagesReply, idempotent=True)
         finally:
             await self.blobs.delete(keys)
         vectors: list[np.ndarray | None] = []

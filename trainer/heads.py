@@ -6,19 +6,25 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from modelkit.heads import Head, store_head
+from modelkit.heads import Head, prune_heads, store_head
 from shared import subjects
 from shared.errors import Unavailable
 
 
 class ObjectStoreHeads:
-    """Stores heads (``modelkit.heads.store_head``) and says whether a stored one is still there."""
+    """Stores heads (``modelkit.heads.store_head``), keeps the live one and ``versions_kept`` before it, and
+    says whether a stored one is still there."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, versions_kept: int = 3) -> None:
         self.js = js
+        self.versions_kept = versions_kept
 
     async def put(self, dataset_id: int, head: Head) -> str:
         return await store_head(self.js, dataset_id, head)
+
+    async def prune(self, dataset_id: int, live_version: int) -> None:
+        """Best effort: a failure is logged and the next prune finishes the job."""
+        await prune_heads(self.js, dataset_id, live_version, self.versions_kept)
 
     async def exists(self, object_name: str) -> bool:
         """False when the object or the whole bucket is gone (an object store lost or wiped)."""

@@ -34,10 +34,10 @@ async def database_reachable(engine: AsyncEngine, timeout_s: float = 2.0) -> boo
 
 async def setup(settings: TrainerSettings, bus: Bus) -> Readiness:
     """Declare the stream, then start pulling: a refit runs only once both the bus and Postgres answer."""
-    await ensure_streams(bus.js)
+    await ensure_streams(bus.js, replicas=settings.jetstream_replicas)
     engine = make_engine(settings.database_url, pool_size=4)
     sessions = make_sessionmaker(engine)
-    trainer = Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js),
+    trainer = Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js, settings.head_versions_kept),
                       config=FitConfig(cv_folds=settings.cv_folds))
     consumer = TrainerConsumer(
         bus, trainer, debounce_s=settings.debounce_s, max_deliver=settings.max_deliver,

@@ -43,6 +43,8 @@ class HeadStore(Protocol):
 
     async def put(self, dataset_id: int, head: Head) -> str: ...
 
+    async def prune(self, dataset_id: int, live_version: int) -> None: ...
+
     async def exists(self, object_name: str) -> bool: ...
 
 
@@ -126,6 +128,8 @@ class Trainer:
         used = [r for r in reports if r.item_id in vectors]
         version = await self._commit(dataset_id, model.model_id, tags, result,
                                      fingerprint(model.model_id, used, tags, self.config))
+        # Only once the new head is the one the database points at: a failed commit keeps every version.
+        await self.heads.prune(dataset_id, version)
         log.info("dataset_trained", dataset_id=dataset_id, version=version, model_id=model.model_id,
                  reports=result.report_count, tags=len(result.tags), embedded=embedded)
         return RefitOutcome(dataset_id, "trained", version=version, embedded=embedded, result=result)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from modelkit.heads import load_head
+from modelkit.heads import load_head, object_name
 from shared.bus import Bus
 from shared.db.models import DataItem, Dataset, Embedding, HeadVersion, Report, Tag
 from shared.subjects import HEADS_BUCKET
@@ -137,3 +137,16 @@ async def test_a_head_lost_from_the_store_is_fitted_again_even_with_nothing_chan
     again = await trainer.refit(dataset_id)
     assert (again.state, again.version) == ("trained", 2)
     assert (await load_head(bus.js, dataset_id, 2)).model_id == "model-a"
+
+
+async def test_old_head_versions_are_pruned_once_a_new_head_is_live(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], text_model: TextModel,
+) -> None:
+    trainer = Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js, versions_kept=2),
+                      config=FitConfig(cv_folds=3))
+    dataset_id, _ = await seed(sessions)
+    for version in range(1, 5):
+        assert (await trainer.refit(dataset_id, force=True)).version == version
+    stored = {v: await trainer.heads.exists(object_name(dataset_id, v)) for v in range(1, 5)}
+    assert stored == {1: False, 2: True, 3: True, 4: True}  # the live head and the two before it
+    assert (await load_head(bus.js, dataset_id, 4)).model_id == "model-a"
