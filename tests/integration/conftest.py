@@ -17,24 +17,47 @@ from shared.db.migrate import upgrade
 REPO = Path(__file__).resolve().parents[2]
 
 
+class NatsServer:
+    """The stack's nats-server: a chaos test may kill it and start it again on the same port and store."""
+
+    def __init__(self, store_dir: Path, passwords: dict[str, str]) -> None:
+        self.store_dir, self.passwords = store_dir, passwords
+        self.proc, self.url = servers.start_nats(store_dir, passwords=passwords)
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.proc, _ = servers.start_nats(self.store_dir, self.port, passwords=self.passwords)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def stack_nats(nats_passwords: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    nats = NatsServer(tmp_path_factory.mktemp("stack-nats"), nats_passwords)
+    yield nats
+    nats.stop()
+
+
 @pytest.fixture(scope="session")
 def nats_passwords() -> dict[str, str]:
     return servers.nats_passwords()
 
 
 @pytest.fixture(scope="session")
-def stack_servers(pg_server: str, nats_passwords: dict[str, str],
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def stack_servers(pg_server: str, stack_nats: NatsServer) -> Iterator[tuple[str, str]]:
     """A database and a nats-server of the stack's own: unit tests in the same session subscribe to the
     same subjects and consume the same streams, and must never meet the stack's services. NATS enforces
     each service's permissions (shared.natsauth), so every flow here also proves they suffice."""
     name = f"kashf_it_{uuid.uuid4().hex[:10]}"
     database_url = asyncio.run(servers.create_database(pg_server, name))
     upgrade(database_url)
-    proc, nats_url = servers.start_nats(tmp_path_factory.mktemp("stack-nats"), passwords=nats_passwords)
-    yield database_url, nats_url
-    proc.terminate()
-    proc.wait(timeout=10)
+    yield database_url, stack_nats.url
     asyncio.run(servers.drop_database(pg_server, name))
 
 
