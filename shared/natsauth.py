@@ -93,7 +93,9 @@ def permissions() -> dict[str, Permissions]:
         "gateway": [*models, "kashf.events.>", subjects.DATASETS_CHANGED, *_video_jobs(submit=True)],
         "trainer": [subjects.TEXT_EMBED.name, subjects.VISION_EMBED.name, subjects.TEXT_MODEL_INFO.name,
                     subjects.IMAGE_MODEL_INFO.name, subjects.DATASETS_CHANGED, subjects.TRAIN_EVENT + ".>",
-                    *_pull(subjects.EVENTS_STREAM, subjects.TRAINER_DURABLE)],
+                    *_pull(subjects.EVENTS_STREAM, subjects.TRAINER_DURABLE),
+                    # The stall sweeper reads a dataset's last event to compare it with the ack floor.
+                    f"{_API}.STREAM.MSG.GET.{subjects.EVENTS_STREAM}"],
         "video_service": _video_jobs(submit=False),
     }
     subscribe = {"gateway": [subjects.DATASETS_CHANGED], **serves}

@@ -139,3 +139,12 @@ def test_the_config_names_every_service_once_with_its_inbox() -> None:
     assert [u["user"] for u in users] == ["admin", *natsauth.SERVICES]
     # A reply may follow progress beats (shared.bus heartbeats): more than one message per request.
     assert all(u["permissions"]["allow_responses"]["max"] >= 200 for u in users[1:])
+
+
+async def test_the_trainer_reads_events_by_subject_and_model_services_cannot(auth_server: Server) -> None:
+    async def last_event(nc: nats.NATS) -> None:
+        await nc.publish(f"$JS.API.STREAM.MSG.GET.{subjects.EVENTS_STREAM}", b'{"last_by_subj": "x"}')
+
+    assert not await violations(auth_server, "trainer", last_event)  # the stall sweeper's read
+    for user in ("text_service", "vision_service", "video_service"):
+        assert await violations(auth_server, user, last_event), user
