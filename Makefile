@@ -48,6 +48,7 @@ bench: models
 	$(BIN)/python -m bench.image
 	$(BIN)/python -m bench.video
 	$(BIN)/python -m bench.int8
+	$(BIN)/python -m bench.refit
 
 clean:
 	rm -rf .kashf .pytest_cache .mypy_cache .ruff_cache
