@@ -92,13 +92,10 @@ def best_none_logit(logits: np.ndarray, truth: np.ndarray) -> float:
     hit = truth[np.arange(len(truth)), top]
     positives = int(truth.sum())
     candidates = np.concatenate([[best.min() - 1e-6], np.unique(best) + 1e-6])
-    # Rows at or above each cut (answered), answered right (hit), and below it with no true tag (right
-    # to be unknown), by binary search over sorted logits: linear in rows, not quadratic.
-    def at_or_above(values: np.ndarray) -> np.ndarray:
-        out: np.ndarray = len(values) - np.searchsorted(np.sort(values), candidates, side="left")
-        return out
-
-    answered, tp = at_or_above(best), at_or_above(best[hit])
+    # Per cut: rows answered, rows answered right (hit), rows below it with no true tag (right to be
+    # unknown), by binary search over sorted logits, so linear in rows rather than quadratic.
+    answered = len(best) - np.searchsorted(np.sort(best), candidates, side="left")
+    tp = int(hit.sum()) - np.searchsorted(np.sort(best[hit]), candidates, side="left")
     unknown_right = np.searchsorted(np.sort(best[~truth.any(axis=1)]), candidates, side="left")
     denominator = answered + positives
     f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)

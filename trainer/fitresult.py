@@ -38,8 +38,8 @@ class FitConfig:
     # items x tags: below, the per-tag fits take a few seconds at most (bench/refit.py).
     ridge_min_rows: int = 500
     ridge_min_cells: int = 20_000
-    # Ridge penalty = alpha x the mean eigenvalue of the fold's Gram matrix; the largest alpha whose
-    # out-of-fold average precision is within ridge_tolerance of the best wins (near-duplicate
+    # Ridge penalty = alpha x the mean eigenvalue of the fold's Gram matrix (alphas ascending); the largest
+    # alpha whose out-of-fold average precision is within ridge_tolerance of the best wins (near-duplicate
     # reports make CV favour weak penalties, which held-out e5 items did not confirm).
     ridge_alphas: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
     ridge_default_alpha: float = 0.3
