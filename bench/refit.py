@@ -95,19 +95,29 @@ def quality(head: Head, x_test: np.ndarray, y_test: np.ndarray, tags: int) -> tu
     return top1, macro
 
 
+def peak_mib() -> float:
+    """This process's peak resident memory: VmHWM (ru_maxrss would start from the parent's at fork)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(path: Path, recipe: str) -> None:
     """One fit in this process: print seconds, peak RSS and held-out quality as JSON."""
     data = np.load(path)
     x, y, x_test, y_test = data["x"], data["y"], data["x_test"], data["y_test"]
     tags = int(data["tags"])
     reports = [Report(int(row), int(tag) + 1, True) for row, tag in zip(*np.nonzero(y), strict=True)]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_mib()
     start = time.perf_counter()
     result = fit_head(x, reports, list(range(1, tags + 1)), RECIPES[recipe])
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_mib()
     top1, macro = quality(result.head("bench", 1), x_test, y_test, tags)
-    print(json.dumps({"s": seconds, "peak_mib": peak / 1024, "before_mib": before / 1024, "top1": top1,
+    print(json.dumps({"s": seconds, "peak_mib": peak, "before_mib": before, "top1": top1,
                       "macro": macro, "method": sorted({t.method for t in result.tags})}))
 
 
