@@ -18,6 +18,8 @@ from tests.integration.texts import TRAIN
 pytestmark = pytest.mark.integration
 
 OUTAGE_S = 6.0
+# Each loop sends about 4 requests a second: both together stay under the account's rate (600 a minute).
+PAUSE_S = 0.25
 
 
 async def test_nats_killed_under_load_loses_nothing_and_recovers(
@@ -40,14 +42,14 @@ async def test_nats_killed_under_load_loses_nothing_and_recovers(
                 statuses["report"].append(r.status_code)
                 if r.status_code == 200:
                     acked.append(text)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(PAUSE_S)
 
     async def tag_loop() -> None:
         while not stop.is_set():
             with contextlib.suppress(httpx.TransportError):
                 r = await api.post("/api/tag_texts/", json={"dataset": "nats-chaos", "contents": ["یک متن"]})
                 statuses["tag"].append(r.status_code)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(PAUSE_S)
 
     loops = [asyncio.create_task(report_loop()), asyncio.create_task(tag_loop())]
     try:
@@ -69,7 +71,7 @@ async def test_nats_killed_under_load_loses_nothing_and_recovers(
     for kind, seen in statuses.items():
         assert set(seen) <= {200, 503, 504}, (kind, sorted(set(seen)))  # never a 500, never a hang
     assert 503 in statuses["tag"]  # the outage was seen, and answered as one
-    assert statuses["report"].count(200) == len(acked) and len(acked) > 20
+    assert statuses["report"].count(200) == len(acked) and len(acked) > 10
 
     # Every acknowledged report reaches Postgres and the trainer: train and count.
     r = await api.post("/api/train_dataset/", json={"dataset": "nats-chaos"})
