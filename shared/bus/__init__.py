@@ -51,7 +51,7 @@ Rep = TypeVar("Rep", bound=BaseModel)
 _REPLY_HEADERS = {HEARTBEAT: "1"}
 _PROGRESS_HEADERS = {PROGRESS: "1"}
 
-__all__ = ["Bus", "connect", "ensure_streams"]
+__all__ = ["Bus", "connect", "ensure_streams", "synced"]
 
 
 async def connect(url: str, name: str, *, connect_timeout: float = 5.0,
@@ -79,6 +79,15 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0,
         )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise Unavailable("message bus unreachable") from exc
+
+
+async def synced(nc: NATS) -> None:
+    """Return once the server has processed everything this connection sent so far (a new subscription too).
+
+    nats-py writes flush()'s PING ahead of commands still in its buffer: the first PONG can come back before the
+    server saw a SUB just made (under load, 1 request in 10 then finds no responders); the second cannot."""
+    await nc.flush()
+    await nc.flush()
 
 
 class Bus:
@@ -155,7 +164,7 @@ class Bus:
         self._subs.append(await self.nc.subscribe(subject.name, queue=subject.queue, cb=on_msg))
         # The server knows the subscription once this returns: a service is not ready before a request
         # can reach it (without it, a request right after start-up could find "no responders").
-        await self.nc.flush()
+        await synced(self.nc)
 
     async def _handle(
         self,
@@ -236,7 +245,7 @@ class Bus:
             handler(message)
 
         self._subs.append(await self.nc.subscribe(subject, cb=on_msg))
-        await self.nc.flush()
+        await synced(self.nc)
 
     async def close(self, drain_timeout_s: float = 20.0) -> None:
         """Stop taking requests, let running handlers finish, then drain the connection."""

@@ -13,7 +13,7 @@ import pytest
 from nats.aio.msg import Msg
 from pydantic import BaseModel
 
-from shared.bus import Bus
+from shared.bus import Bus, synced
 from shared.bus.requester import SILENCE_S
 from shared.schemas.inference import ItemResult, ScoredTag, TagReply, TagTextsRequest
 from shared.schemas.media import TagImagesRequest, TagVideoReply, TagVideoRequest, VideoFrame
@@ -72,7 +72,7 @@ async def test_tag_calls_held_by_a_dying_replica_are_answered_by_another(
         taken.append(msg)
 
     await dead.subscribe(subject.name, queue=subject.queue, cb=swallow)
-    await dead.flush()
+    await synced(dead)
 
     async def call() -> tuple[int, float]:
         started = time.perf_counter()
