@@ -1,10 +1,6 @@
 """What each Kashf process may publish and subscribe to on NATS, and the nats-server config that enforces it.
-
-One user per service. A service's own replies use ``allow_responses`` (it may answer a request it received,
-with progress beats before the reply), and each process takes its inboxes under ``_INBOX.<service>.`` (``shared.bus.connect``), so no user can
-read another's replies: a model service cannot call another model or write a head; only the trainer writes
-heads, only the gateway (and the trainer's retry of a lost training request) publishes events.
-"""
+One user per service; replies by ``allow_responses`` (progress beats, then the reply); inboxes under
+``_INBOX.<service>.`` (``shared.bus.connect``), so no user reads another's replies or calls what it should not."""
 
 from __future__ import annotations
 
