@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -120,16 +121,18 @@ def _where(url: str) -> str:
 
 def _one_line_failure(exc: BaseException, url: str) -> str | None:
     """What an operator needs to read when the database is not there or not Kashf's; None: unexpected."""
+    # SQLAlchemy wraps the driver's error in its DBAPI adapter's, which wraps asyncpg's own.
     cause = exc.orig if isinstance(exc, DBAPIError) else exc
-    name = type(cause).__name__ + " " + type(getattr(cause, "__cause__", None)).__name__
-    if "UndefinedTable" in name:
-        return f"{_where(url)} has no Kashf schema: run `python -m shared.db upgrade` with this DATABASE_URL"
-    if "InvalidCatalogName" in name:
-        return f"{_where(url)} does not exist: set DATABASE_URL, or start the stack with `make up`"
-    if isinstance(cause, OSError | TimeoutError) or "Connect" in name or "CannotConnectNow" in name:
-        return f"cannot reach {_where(url)} ({cause}): is Postgres running? (`make up` starts one)"
-    if "InvalidPassword" in name or "InvalidAuthorization" in name:
-        return f"{_where(url)} refused the login: check the user and password in DATABASE_URL"
+    root = cause.__cause__ or cause
+    where = _where(url)
+    if isinstance(root, asyncpg.UndefinedTableError):
+        return f"{where} has no Kashf schema: run `python -m shared.db upgrade` with this DATABASE_URL"
+    if isinstance(root, asyncpg.InvalidCatalogNameError):
+        return f"{where} does not exist: set DATABASE_URL, or start the stack with `make up`"
+    if isinstance(root, OSError | TimeoutError | asyncpg.CannotConnectNowError):
+        return f"cannot reach {where} ({root}): is Postgres running? (`make up` starts one)"
+    if isinstance(root, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        return f"{where} refused the login: check the user and password in DATABASE_URL"
     return None
 
 
