@@ -122,7 +122,7 @@ def _where(url: str) -> str:
 def _one_line_failure(exc: BaseException, url: str) -> str | None:
     """What an operator needs to read when the database is not there or not Kashf's; None: unexpected."""
     # SQLAlchemy wraps the driver's error in its DBAPI adapter's, which wraps asyncpg's own.
-    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    cause = (exc.orig if isinstance(exc, DBAPIError) else None) or exc
     root = cause.__cause__ or cause
     where = _where(url)
     if isinstance(root, asyncpg.UndefinedTableError):
