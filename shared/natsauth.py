@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -112,8 +112,7 @@ def with_user(url: str, user: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def server_config(passwords: Mapping[str, str], *, port: int, store_dir: str, host: str = "127.0.0.1",
-                  extra: Iterable[str] = ()) -> str:
+def server_config(passwords: Mapping[str, str], *, port: int, store_dir: str, host: str = "127.0.0.1") -> str:
     """A nats-server config: JetStream, one user per service with its permissions and password, and an
     ``admin`` user with every permission when ``passwords`` names one (operators, tests)."""
     users: list[dict[str, object]] = [{"user": "admin", "password": passwords["admin"]}] if "admin" in passwords else []
@@ -130,7 +129,7 @@ def server_config(passwords: Mapping[str, str], *, port: int, store_dir: str, ho
     # environment (a Kubernetes Secret), which the syntax writes unquoted.
     authorization = re.sub(r'"(\$[A-Z][A-Z0-9_]*)"', r"\1", json.dumps({"users": users}, indent=1))
     lines = [f"listen: {json.dumps(f'{host}:{port}')}", f"jetstream: {{store_dir: {json.dumps(store_dir)}}}",
-             *extra, f"authorization: {authorization}"]
+             f"authorization: {authorization}"]
     return "\n".join(lines) + "\n"
 
 

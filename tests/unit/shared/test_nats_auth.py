@@ -16,6 +16,7 @@ from modelkit.heads import Head, load_head, store_head
 from shared import natsauth, subjects
 from shared.bus import Bus, ensure_streams
 from shared.bus.blobs import BlobStore
+from shared.errors import Unavailable
 
 Server = tuple[str, dict[str, str]]
 
@@ -79,16 +80,19 @@ async def test_only_the_trainer_writes_heads_and_every_model_service_reads_them(
     for reader in ("text_service", "vision_service", "video_service"):
         assert (await load_head(buses[reader].js, 7, 1)).tag_ids.tolist() == [3]
 
-    async def overwrite(user: str) -> bool:
+    async def write(user: str, dataset_id: int) -> bool:
         try:
-            await asyncio.wait_for(store_head(buses[user].js, 7, _head(1)), 4)
-        except Exception:  # denied: the publish is never acknowledged (timeout) or refused
+            await asyncio.wait_for(store_head(buses[user].js, dataset_id, _head(1)), 4)
+        except (TimeoutError, Unavailable):  # denied: the chunks are never acknowledged
             return False
         return True
 
-    written = await asyncio.gather(*(overwrite(u) for u in ("gateway", "text_service", "vision_service",
-                                                            "video_service")))
+    others = ("gateway", "text_service", "vision_service", "video_service")
+    written = await asyncio.gather(*(write(user, 100 + i) for i, user in enumerate(others)))
     assert written == [False] * 4
+    for i in range(len(others)):  # and nothing of theirs landed in the bucket
+        with pytest.raises(Unavailable, match="not found"):
+            await load_head(buses["trainer"].js, 100 + i, 1)
 
 
 async def test_uploads_go_from_the_gateway_to_the_services_that_read_them(buses: dict[str, Bus]) -> None:
