@@ -11,6 +11,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,32 @@ async def _dead_replica(nats_url: str, subject: Subject, taken: list[int]) -> Bu
     return dead
 
 
+@dataclass
+class Replicas:
+    """A live replica that answers (the values it saw in ``answered``) and a dead one (``taken``), one queue group."""
+
+    subject: Subject
+    live: Bus
+    dead: Bus
+    answered: list[int]
+    taken: list[int]
+
+
+async def _live_and_dead(nats_url: str, client: Bus) -> Replicas:
+    subject = _subject()
+    answered: list[int] = []
+
+    async def echo(ping: Ping) -> Ping:
+        answered.append(ping.n)
+        return ping
+
+    live = await Bus.connect(nats_url, "test-failfast-live")
+    await live.serve(subject, Ping, echo, concurrency=64)
+    assert await client.request(subject, Ping(n=-1), Ping) == Ping(n=-1)  # its responders send heartbeats
+    taken: list[int] = []
+    return Replicas(subject, live, await _dead_replica(nats_url, subject, taken), answered, taken)
+
+
 async def test_request_while_nats_is_down_is_503_at_once(own_nats: tuple[subprocess.Popen[bytes], str]) -> None:
     proc, url = own_nats
     subject = _subject()
@@ -127,18 +154,8 @@ async def test_request_in_flight_when_nats_goes_down_is_503_at_once(
 
 
 async def test_idempotent_requests_held_by_a_dead_replica_go_to_the_live_one(nats_url: str, client: Bus) -> None:
-    subject = _subject()
-    answered: list[int] = []
-
-    async def echo(ping: Ping) -> Ping:
-        answered.append(ping.n)
-        return ping
-
-    live = await Bus.connect(nats_url, "test-failfast-live")
-    await live.serve(subject, Ping, echo, concurrency=64)
-    assert await client.request(subject, Ping(n=-1), Ping) == Ping(n=-1)  # its responders send heartbeats
-    taken: list[int] = []
-    dead = await _dead_replica(nats_url, subject, taken)
+    pair = await _live_and_dead(nats_url, client)
+    subject, live, dead, answered, taken = pair.subject, pair.live, pair.dead, pair.answered, pair.taken
 
     async def timed(n: int) -> tuple[Ping, float]:
         started = time.perf_counter()
@@ -160,18 +177,8 @@ async def test_idempotent_requests_held_by_a_dead_replica_go_to_the_live_one(nat
 
 
 async def test_other_requests_are_not_sent_twice(nats_url: str, client: Bus) -> None:
-    subject = _subject()
-    answered: list[int] = []
-
-    async def echo(ping: Ping) -> Ping:
-        answered.append(ping.n)
-        return ping
-
-    live = await Bus.connect(nats_url, "test-failfast-live")
-    await live.serve(subject, Ping, echo, concurrency=64)
-    await client.request(subject, Ping(n=-1), Ping)
-    taken: list[int] = []
-    dead = await _dead_replica(nats_url, subject, taken)
+    pair = await _live_and_dead(nats_url, client)
+    subject, live, dead, answered, taken = pair.subject, pair.live, pair.dead, pair.answered, pair.taken
 
     async def outcome(n: int) -> tuple[str, float]:
         started = time.perf_counter()
