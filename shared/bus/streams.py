@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import nats.js.errors
 import structlog
@@ -21,6 +22,8 @@ from nats.js.object_store import ObjectStore
 from shared import subjects
 
 log = structlog.get_logger(__name__)
+
+B = TypeVar("B", ObjectStore, KeyValue)
 
 _EXISTS = 10058  # JetStream: "stream name already in use with a different configuration"
 
@@ -67,28 +70,35 @@ async def declare_stream(js: JetStreamContext, config: StreamConfig, replicas: i
 
 async def declare_object_store(js: JetStreamContext, config: ObjectStoreConfig, replicas: int | None) -> ObjectStore:
     """Create the bucket, or use the existing one (its settings kept, but its copies set to ``replicas``)."""
-    assert config.bucket is not None
-    with _refused(config.bucket, replicas):
-        try:
-            return await js.create_object_store(
-                config.bucket, config=dataclasses.replace(config, replicas=replicas or 1))
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != _EXISTS:
-                raise
-        await set_replicas(js, f"OBJ_{config.bucket}", replicas)
-        return await js.object_store(config.bucket)
+    bucket = config.bucket
+    assert bucket is not None
+    return await _declare_bucket(
+        js, bucket, f"OBJ_{bucket}", replicas,
+        lambda: js.create_object_store(bucket, config=dataclasses.replace(config, replicas=replicas or 1)),
+        lambda: js.object_store(bucket),
+    )
 
 
 async def declare_key_value(js: JetStreamContext, config: KeyValueConfig, replicas: int | None) -> KeyValue:
     """Create the bucket, or use the existing one (its settings kept, but its copies set to ``replicas``)."""
-    with _refused(config.bucket, replicas):
+    return await _declare_bucket(
+        js, config.bucket, f"KV_{config.bucket}", replicas,
+        lambda: js.create_key_value(dataclasses.replace(config, replicas=replicas or 1)),
+        lambda: js.key_value(config.bucket),
+    )
+
+
+async def _declare_bucket(js: JetStreamContext, bucket: str, stream: str, replicas: int | None,
+                          create: Callable[[], Awaitable[B]], existing: Callable[[], Awaitable[B]]) -> B:
+    """A KV or object-store bucket (a stream underneath): created, or the existing one scaled and opened."""
+    with _refused(bucket, replicas):
         try:
-            return await js.create_key_value(dataclasses.replace(config, replicas=replicas or 1))
+            return await create()
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != _EXISTS:
                 raise
-        await set_replicas(js, f"KV_{config.bucket}", replicas)
-        return await js.key_value(config.bucket)
+        await set_replicas(js, stream, replicas)
+        return await existing()
 
 
 async def set_replicas(js: JetStreamContext, stream: str, replicas: int | None) -> None:
