@@ -112,8 +112,10 @@ async def test_trainer_killed_mid_training_still_trains(stack: Stack, api: httpx
         if state in ("training", "trained"):
             break
         await asyncio.sleep(0.02)
+    killed = time.monotonic()
     stack.stop("trainer", kill=True)
     stack.start("trainer")
     stack.wait_ready(("trainer",))
     info = await wait_trained(api, "trainer-crash")
     assert info["report_count"] == sum(len(v) for v in TRAIN.values())
+    print(f"\ntrainer SIGKILL mid-refit (state {state}): trained {time.monotonic() - killed:.1f} s after the kill")

@@ -172,6 +172,8 @@ async def test_idempotent_requests_held_by_a_dead_replica_go_to_the_live_one(nat
     for n, (_, took) in enumerate(results):
         # Held by the dead replica, a request costs one silence window (was: the whole 30 s, then 504).
         assert took < (SILENCE_S if n in taken else 0) + MARGIN_S, (n, n in taken, took)
+    slowest = max(took for _, took in results)
+    print(f"\n{len(taken)} of 20 idempotent calls held by a dead replica; all answered, slowest {slowest:.2f} s")
     assert sorted(answered) == [-1, *range(20)]
     await live.close(1)
 
