@@ -83,6 +83,8 @@ class Dataset(Base):
     model_id: Mapped[str | None] = mapped_column(String(200))
     trained_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     train_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Keep the texts and images sent to the tag calls as pool items for suggest_labels (migration 0005).
+    keep_inputs: Mapped[bool] = mapped_column(Boolean, server_default="false")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
@@ -94,7 +96,8 @@ class Tag(Base):
     title: Mapped[str] = mapped_column(String(500))
     active: Mapped[bool] = mapped_column(Boolean, server_default="true")
     predictions: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    threshold: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)  # learned by the live head's fit
+    threshold_override: Mapped[float | None] = mapped_column(Float)  # set by update_tag; wins when set
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
@@ -103,7 +106,11 @@ class DataItem(Base):
     """One text or image of a dataset, stored once (dedup by normalised text or image bytes hash)."""
 
     __tablename__ = "data_item"
-    __table_args__ = (UniqueConstraint("dataset_id", "content_hash"),)
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "content_hash"),
+        # list_items pages newest first by id within a dataset (keyset pagination, migration 0005).
+        Index("ix_data_item_dataset_newest", "dataset_id", text("id DESC")),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(start=1), primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"), index=True)
@@ -113,6 +120,8 @@ class DataItem(Base):
     source_url: Mapped[str | None] = mapped_column(Text)
     media: Mapped[bytes | None] = mapped_column(LargeBinary)  # bounded copy, enough to re-embed
     media_type: Mapped[str | None] = mapped_column(String(64))
+    # "report": reported (or created by a report); "input": kept from a tag call (keep_inputs), until reported.
+    origin: Mapped[str] = mapped_column(String(16), server_default="report")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
@@ -168,4 +177,59 @@ class HeadVersion(Base):
     report_count: Mapped[int] = mapped_column(Integer)
     # sha256 of what the fit read (model, reports, tags): equal on the next request means nothing changed.
     fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # Migration 0005. Live is the version the dataset points at; a held fit lost the promotion gate and
+    # stays held until use_version or a forced train promotes it.
+    held: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # {"recall", "precision", "f1"} percent
+    macro_f1: Mapped[float | None] = mapped_column(Float)  # cross-validated, for the promotion gate
+    # Per tag id (as a string): {"threshold": learned threshold, "evaluation": figures}; restored by use_version.
+    tags: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class Webhook(Base):
+    """An account's subscription to training events, of one dataset or (dataset_id None) all of them."""
+
+    __tablename__ = "webhook"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSONB)
+    secret: Mapped[str] = mapped_column(String(128))  # the HMAC key; shown once, needed to sign
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class WebhookDelivery(Base):
+    """One event to one webhook: written with the fit that caused it, delivered (retried) from JetStream."""
+
+    __tablename__ = "webhook_delivery"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhook.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    state: Mapped[str] = mapped_column(String(16), server_default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class Suggestion(Base):
+    """What to label next, computed by the trainer after each fit from the live head (suggest_labels)."""
+
+    __tablename__ = "suggestion"
+    __table_args__ = (Index("ix_suggestion_dataset_rank", "dataset_id", "rank"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("data_item.id", ondelete="CASCADE"), index=True)
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tag.id", ondelete="CASCADE"), index=True)
+    reason: Mapped[str] = mapped_column(String(16))  # uncertain | suspect
+    probability: Mapped[float] = mapped_column(Float)
+    rank: Mapped[int] = mapped_column(Integer)  # ascending: best first within the dataset
+    version: Mapped[int] = mapped_column(Integer)  # the head version that scored it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
