@@ -20,6 +20,8 @@ class TrainRequest(Message):
     # retrain: refit even if nothing changed (kashf-admin retrain-all); requeued: by the trainer's stall sweeper.
     reason: Literal["api", "reports", "model_change", "retrain", "requeued"] = "api"
     request_id: str = ""
+    # train_dataset {"force": true}: refit even if nothing changed and make the fit live past the promotion gate.
+    force: bool = False
 
 
 class DatasetsChanged(Message):
