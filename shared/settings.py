@@ -102,6 +102,10 @@ class GatewaySettings(DatabaseSettings):
     # (by broadcast from others and the trainer), or after this long if a broadcast was lost (0: no cache).
     dataset_cache_s: float = Field(5.0, validation_alias=_alias("KASHF_DATASET_CACHE_S"))
     db_pool_size: int = Field(20, validation_alias=_alias("KASHF_DB_POOL_SIZE"))
+    # keep_inputs datasets: texts and images of tag calls kept as pool items, the oldest dropped beyond this.
+    max_input_items: int = Field(10_000, ge=0, validation_alias=_alias("KASHF_MAX_INPUT_ITEMS"))
+    # search: a dataset's embeddings held in memory per replica (matrices, least recently used dropped).
+    search_cache_datasets: int = Field(16, ge=0, validation_alias=_alias("KASHF_SEARCH_CACHE_DATASETS"))
     # None: the subject's own timeout (shared/subjects.py).
     text_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_TEXT_TIMEOUT_S"))
     vision_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_VISION_TIMEOUT_S"))
@@ -180,3 +184,10 @@ class TrainerSettings(DatabaseSettings):
     stall_s: float = Field(120.0, validation_alias=_alias("KASHF_TRAIN_STALL_S"))
     # Head versions kept per dataset besides the live one (modelkit.heads.prune_heads); older blobs are deleted.
     head_versions_kept: int = Field(3, ge=0, validation_alias=_alias("KASHF_HEAD_VERSIONS_KEPT"))
+    # suggest_labels (trainer.suggestions.SuggestConfig): no two suggestions of a dataset above this cosine;
+    # how many are kept per dataset; the contradiction (oof probability of the other label) that makes a
+    # report suspect; pool items embedded after one fit at most.
+    suggest_max_cosine: float = Field(0.95, gt=0, le=1, validation_alias=_alias("KASHF_SUGGEST_MAX_COSINE"))
+    suggest_limit: int = Field(200, ge=0, le=10_000, validation_alias=_alias("KASHF_SUGGEST_LIMIT"))
+    suggest_suspect_min: float = Field(0.75, ge=0.5, le=1, validation_alias=_alias("KASHF_SUGGEST_SUSPECT_MIN"))
+    suggest_embed_per_refit: int = Field(2000, ge=0, validation_alias=_alias("KASHF_SUGGEST_EMBED_PER_REFIT"))

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from modelkit.heads import exclusive_probabilities, sigmoid
 from trainer.evaluation import Counts, best_none_logit, best_threshold, count, cross_fitted_counts
 from trainer.fitresult import FitConfig, Scored, TagFit
-from trainer.labels import POSITIVE, Labels
+from trainer.labels import NEGATIVE, POSITIVE, Labels
 
 # A two-parameter map needs no more points than this; above it each class is sampled (balanced class
 # weights keep the fit unbiased), so a 100k x 200 head does not fit 20M points.
@@ -124,12 +124,16 @@ def finish(x: np.ndarray, labels: Labels, scored: Scored, exclusive: bool,
         y_j = y[present, j].astype(np.int64)
         n_pos = int(y_j.sum())
         threshold, counts = 0.5, None
+        oof_rows = oof_probabilities = None
         if has_oof[j]:
             threshold, counts = _counts(probs[present, j], y_j, scored.folds[present, j], exclusive)
+            explicit = np.flatnonzero(np.isin(labels.codes[:, col], (POSITIVE, NEGATIVE))
+                                      & ~np.isnan(scored.oof[:, j]))
+            oof_rows, oof_probabilities = labels.rows[explicit], probs[explicit, j].astype(np.float32)
         fits.append(TagFit(tag_id=labels.tag_ids[col], weights=scored.weights[j], bias=float(scored.bias[j]),
                            calibration=(float(calibrations[j, 0]), float(calibrations[j, 1])), threshold=threshold,
                            counts=counts, positives=n_pos, negatives=len(y_j) - n_pos, c=scored.c[j],
-                           method=scored.method))
+                           method=scored.method, oof_rows=oof_rows, oof_probabilities=oof_probabilities))
     return fits, none_logit
 
 

@@ -71,6 +71,10 @@ class TagFit:
     negatives: int
     c: float | None  # regularisation chosen (C, or the ridge alpha); None for the prototype fallback
     method: str  # "logistic" | "ridge" | "prototype"
+    # Calibrated out-of-fold probabilities at the rows explicitly reported for this tag (positive or
+    # negative), for suggest_labels' suspects (trainer.suggestions); None without cross-validation.
+    oof_rows: np.ndarray | None = None  # (m,) rows of the fit's embedding matrix
+    oof_probabilities: np.ndarray | None = None  # (m,)
 
     @property
     def evaluation(self) -> dict[str, Any]:

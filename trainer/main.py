@@ -17,6 +17,7 @@ from trainer.embedder import BusEmbedder
 from trainer.fitting import FitConfig
 from trainer.heads import ObjectStoreHeads
 from trainer.service import Trainer
+from trainer.suggestions import SuggestConfig
 from trainer.sweeper import StallSweeper
 
 
@@ -38,7 +39,10 @@ async def setup(settings: TrainerSettings, bus: Bus) -> Readiness:
     engine = make_engine(settings.database_url, pool_size=4)
     sessions = make_sessionmaker(engine)
     trainer = Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js, settings.head_versions_kept),
-                      config=FitConfig(cv_folds=settings.cv_folds))
+                      config=FitConfig(cv_folds=settings.cv_folds),
+                      suggest=SuggestConfig(max_cosine=settings.suggest_max_cosine, limit=settings.suggest_limit,
+                                            suspect_min=settings.suggest_suspect_min,
+                                            embed_per_refit=settings.suggest_embed_per_refit))
     consumer = TrainerConsumer(
         bus, trainer, debounce_s=settings.debounce_s, max_deliver=settings.max_deliver,
         ack_wait_s=settings.ack_wait_s,

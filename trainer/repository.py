@@ -8,11 +8,11 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, Integer, and_, cast, column, func, literal, or_, select, table, update
+from sqlalchemy import BigInteger, Integer, and_, cast, column, delete, func, literal, or_, select, table, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import DataItem, Dataset, Embedding, HeadVersion, Report, Tag
+from shared.db.models import DataItem, Dataset, Embedding, HeadVersion, Report, Suggestion, Tag
 
 
 @dataclass(frozen=True)
@@ -194,3 +194,59 @@ async def save_fit(
             .values(threshold=threshold, evaluation=dict(figures))
         )
     await session.flush()
+
+
+# Suggestions (trainer.suggestions): the pool, each tag's threshold in force, the dataset's suggestion rows.
+
+
+async def live_version(session: AsyncSession, dataset_id: int) -> int | None:
+    return await session.scalar(select(Dataset.head_version).where(Dataset.id == dataset_id))
+
+
+async def pool_missing_embedding(session: AsyncSession, dataset_id: int, model_id: str,
+                                 limit: int) -> list[ItemToEmbed]:
+    """Items of the dataset (reported or kept inputs) without an embedding by ``model_id``, newest first."""
+    embedded = select(Embedding.item_id).where(Embedding.model_id == model_id)
+    rows = await session.execute(
+        select(DataItem.id, DataItem.kind, DataItem.content, DataItem.media, DataItem.media_type,
+               DataItem.source_url)
+        .where(DataItem.dataset_id == dataset_id, DataItem.id.not_in(embedded))
+        .order_by(DataItem.id.desc()).limit(limit)
+    )
+    return [ItemToEmbed(id=r.id, kind=r.kind, content=r.content, media=r.media, media_type=r.media_type,
+                        source_url=r.source_url) for r in rows]
+
+
+async def pool_embeddings(session: AsyncSession, dataset_id: int, model_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """Ids (ascending) and (n, dim) float32 embeddings by ``model_id`` of every item of the dataset."""
+    rows = (await session.execute(
+        select(Embedding.item_id, Embedding.dim, Embedding.vector)
+        .join(DataItem, DataItem.id == Embedding.item_id)
+        .where(DataItem.dataset_id == dataset_id, Embedding.model_id == model_id)
+        .order_by(Embedding.item_id)
+    )).all()
+    ids = np.array([r.item_id for r in rows], dtype=np.int64)
+    if not rows:
+        return ids, np.zeros((0, 0), dtype=np.float32)
+    return ids, np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32).reshape(len(rows), rows[0].dim)
+
+
+async def suggest_tags(session: AsyncSession, dataset_id: int) -> dict[int, tuple[bool, float | None]]:
+    """Per tag: whether it is active, and its threshold override (None: the head's own)."""
+    rows = await session.execute(
+        select(Tag.id, Tag.active, Tag.threshold_override).where(Tag.dataset_id == dataset_id)
+    )
+    return {r.id: (bool(r.active), r.threshold_override) for r in rows}
+
+
+async def replace_suggestions(session: AsyncSession, dataset_id: int, version: int,
+                              rows: Sequence[Mapping[str, Any]]) -> bool:
+    """The dataset's suggestions become ``rows``, if ``version`` is still its live head (False otherwise)."""
+    live = await session.scalar(
+        select(Dataset.head_version).where(Dataset.id == dataset_id).with_for_update(key_share=True))
+    if live != version:
+        return False
+    await session.execute(delete(Suggestion).where(Suggestion.dataset_id == dataset_id))
+    if rows:
+        await session.execute(insert(Suggestion).values([dict(r) for r in rows]))
+    return True

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from modelkit.heads import Head
 from shared.errors import Unavailable
 from shared.schemas.inference import ModelInfoReply
-from trainer import repository
+from trainer import repository, suggestions
 from trainer.evaluation import NULL_FIGURES
 from trainer.fitting import FitConfig, FitResult, NothingToFit, Report, fit_head
 from trainer.repository import ItemToEmbed, LiveHead, ReportRow, TagRow
@@ -80,7 +80,9 @@ class Trainer:
     """Refits one dataset at a time; safe to repeat (a redelivered event just refits)."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], embedder: Embedder, heads: HeadStore,
-                 *, config: FitConfig | None = None, text_chunk: int = 32, image_chunk: int = 8) -> None:
+                 *, config: FitConfig | None = None, text_chunk: int = 32, image_chunk: int = 8,
+                 suggest: suggestions.SuggestConfig | None = None) -> None:
+        self.suggest = suggest or suggestions.SuggestConfig()
         self.sessions = sessions
         self.embedder = embedder
         self.heads = heads
@@ -130,6 +132,7 @@ class Trainer:
                                      fingerprint(model.model_id, used, tags, self.config))
         # Only once the new head is the one the database points at: a failed commit keeps every version.
         await self.heads.prune(dataset_id, version)
+        await suggestions.refresh(self, dataset_id, version, model, result, sorted(vectors), self.suggest)
         log.info("dataset_trained", dataset_id=dataset_id, version=version, model_id=model.model_id,
                  reports=result.report_count, tags=len(result.tags), embedded=embedded)
         return RefitOutcome(dataset_id, "trained", version=version, embedded=embedded, result=result)
