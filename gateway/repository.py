@@ -9,11 +9,22 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import case, delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from shared.db.models import Account, ApiToken, DataItem, Dataset, Embedding, Outbox, Report, Tag
+from shared.db.models import (
+    Account,
+    ApiToken,
+    DataItem,
+    Dataset,
+    Embedding,
+    Outbox,
+    Report,
+    Tag,
+    Webhook,
+    WebhookDelivery,
+)
 
 # Row locks on tags: "reference" (FOR KEY SHARE) while reports that point at them are written, "change"
 # (FOR NO KEY UPDATE) to update one, "delete" (FOR UPDATE) to delete one: a delete waits for the reports being
@@ -291,6 +302,49 @@ class Repository:
         for item_id, tag_id, positive in rows.all():
             out[item_id].append((tag_id, positive))
         return out
+
+    # ---------------------------------------------------------------------------------------------------
+    # Webhooks (issue 13): create_webhook, list_webhooks, delete_webhook.
+
+    async def insert_webhook(
+        self, account_id: int, dataset_id: int | None, url: str, events: Sequence[str], secret: str
+    ) -> Webhook:
+        webhook = Webhook(account_id=account_id, dataset_id=dataset_id, url=url, events=list(events), secret=secret)
+        self.session.add(webhook)
+        await self.session.flush()
+        await self.session.refresh(webhook, ["created_at"])
+        return webhook
+
+    async def webhooks(self, account_id: int) -> list[tuple[Webhook, str | None]]:
+        """The account's webhooks, oldest first, each with its dataset's name (None: every dataset)."""
+        rows = await self.session.execute(
+            select(Webhook, Dataset.name)
+            .outerjoin(Dataset, Dataset.id == Webhook.dataset_id)
+            .where(Webhook.account_id == account_id)
+            .order_by(Webhook.id)
+        )
+        return [(webhook, name) for webhook, name in rows.all()]
+
+    async def last_deliveries(self, webhook_ids: Sequence[int]) -> dict[int, WebhookDelivery]:
+        """Each webhook's newest delivery, for those that have one."""
+        if not webhook_ids:
+            return {}
+        rows = await self.session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.webhook_id.in_(list(webhook_ids)))
+            .ext(distinct_on(WebhookDelivery.webhook_id))
+            .order_by(WebhookDelivery.webhook_id, WebhookDelivery.id.desc())
+        )
+        return {d.webhook_id: d for d in rows.all()}
+
+    async def delete_webhook(self, account_id: int, webhook_id: int) -> bool:
+        """Delete the account's webhook (its deliveries go with it); False when it has none of that id."""
+        deleted = await self.session.scalar(
+            delete(Webhook)
+            .where(Webhook.id == webhook_id, Webhook.account_id == account_id)
+            .returning(Webhook.id)
+        )
+        return deleted is not None
 
     # Outbox
 

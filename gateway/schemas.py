@@ -6,6 +6,7 @@ The JSON schema states every rule the server enforces, also those it answers 400
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
@@ -370,3 +371,143 @@ class DeleteTagOut(BaseModel):
 class ReportOut(BaseModel):
     report: str
     id: int
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Webhooks (issue 13): create_webhook, list_webhooks, delete_webhook.
+
+WebhookEvent = Literal["training.finished", "training.failed"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("training.finished", "training.failed")
+WebhookId = TagId  # the same bigint bounds as every other id
+# http(s) only and no private address: checked by the service (400), which names the rule broken.
+WebhookUrl = Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra=NO_NUL)]
+
+
+class CreateWebhookBody(_Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"url": "https://hooks.example.com/kashf", "dataset": "iran"},
+                {"url": "https://hooks.example.com/kashf", "events": ["training.failed"]},
+            ]
+        }
+    )
+
+    url: WebhookUrl = Field(description="http or https URL the events are POSTed to (public hosts, ports 80/443)")
+    dataset: Name | None = Field(None, description="only this dataset's events; all of the account's when absent")
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(WEBHOOK_EVENTS), json_schema_extra=NON_EMPTY,
+        description="training.finished (a fit went live or was held) and/or training.failed",
+    )
+
+
+class ListWebhooksBody(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{}]})
+
+
+class DeleteWebhookBody(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"id": 7}]})
+
+    id: WebhookId
+
+
+class WebhookCreatedOut(BaseModel):
+    """``secret`` signs every delivery (``Kashf-Signature``); it is shown here only, never again."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"id": 7, "url": "https://hooks.example.com/kashf", "events": ["training.finished", "training.failed"],
+                 "secret": "whsec_2b9c0f1e6a4d8b7c3e5f9a1d0c2b4e6f8a0c2e4b6d8f0a1c"},
+            ]
+        }
+    )
+
+    id: int
+    url: str
+    events: list[str]
+    secret: str
+
+
+class WebhookDeliveryOut(BaseModel):
+    """The latest delivery: pending (being retried), delivered (a 2xx answer) or failed (given up)."""
+
+    event: str
+    state: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    at: datetime
+
+
+class WebhookOut(BaseModel):
+    id: int
+    url: str
+    dataset: str | None
+    events: list[str]
+    created: datetime
+    last_delivery: WebhookDeliveryOut | None
+
+
+class DeleteWebhookOut(BaseModel):
+    id: int
+    deleted: bool
+
+
+# What to label next and similar items (suggest_labels, search, update_dataset): issue 14
+
+
+class UpdateDatasetBody(DatasetBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"dataset": "digikala", "title": "نظرات", "keep_inputs": True}]}
+    )
+
+    title: TitleText | None = Field(None, description="absent: unchanged")
+    keep_inputs: bool | None = Field(None, strict=True, description="absent: unchanged")
+
+
+class SuggestLabelsBody(DatasetBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"dataset": "digikala", "tag_id": 39, "limit": 20}]}
+    )
+
+    tag_id: TagId | None = Field(None, description="only this tag's suggestions")
+    limit: int = Field(20, ge=1, le=500)
+
+
+class SuggestionOut(BaseModel):
+    item_id: int
+    content: str | None = Absent
+    image: str | None = Absent  # /api/items/<id>/image
+    reason: Literal["uncertain", "suspect"]
+    tag_id: int
+    probability: int | float
+
+
+class SearchBody(DatasetBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"dataset": "digikala", "text": "ارسال خیلی طول کشید", "limit": 10},
+                {"dataset": "iran", "image_url": "https://media.mehrnews.com/d/2016/08/13/4/2171627.jpg"},
+            ]
+        }
+    )
+
+    text: Text | None = Field(None, description="a text dataset's query (exactly one of text and image_url)")
+    image_url: Text | None = Field(None, description="an image dataset's query, fetched like tag_image_urls")
+    limit: int = Field(10, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchBody:
+        if (self.text is None) == (self.image_url is None):
+            raise ValueError("give exactly one of text and image_url")
+        return self
+
+
+class SearchHitOut(BaseModel):
+    item_id: int
+    score: float  # cosine similarity to the query, rounded to 4 decimals
+    content: str | None = Absent
+    image: str | None = Absent
+    reports: list[tuple[int, bool]]  # [[tag_id, positive], ...]

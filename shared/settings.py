@@ -106,10 +106,19 @@ class GatewaySettings(DatabaseSettings):
     max_input_items: int = Field(10_000, ge=0, validation_alias=_alias("KASHF_MAX_INPUT_ITEMS"))
     # search: a dataset's embeddings held in memory per replica (matrices, least recently used dropped).
     search_cache_datasets: int = Field(16, ge=0, validation_alias=_alias("KASHF_SEARCH_CACHE_DATASETS"))
+    # Webhook URLs (create_webhook) are refused at once when they name a private address or port these do not
+    # allow; the trainer checks them again, resolved, when it delivers (InferenceSettings' FETCH_ALLOW_*).
+    fetch_allow_hosts: str = Field("", validation_alias=_alias("FETCH_ALLOW_HOSTS"))
+    fetch_allow_ports: str = Field("80,443", validation_alias=_alias("FETCH_ALLOW_PORTS"))
     # None: the subject's own timeout (shared/subjects.py).
     text_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_TEXT_TIMEOUT_S"))
     vision_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_VISION_TIMEOUT_S"))
     video_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_VIDEO_TIMEOUT_S"))
+
+    @field_validator("fetch_allow_ports")
+    @classmethod
+    def _ports(cls, value: str) -> str:
+        return InferenceSettings._ports(value)
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> GatewaySettings:
@@ -191,3 +200,19 @@ class TrainerSettings(DatabaseSettings):
     suggest_limit: int = Field(200, ge=0, le=10_000, validation_alias=_alias("KASHF_SUGGEST_LIMIT"))
     suggest_suspect_min: float = Field(0.75, ge=0.5, le=1, validation_alias=_alias("KASHF_SUGGEST_SUSPECT_MIN"))
     suggest_embed_per_refit: int = Field(2000, ge=0, validation_alias=_alias("KASHF_SUGGEST_EMBED_PER_REFIT"))
+    # Webhook deliveries: POSTed under the image fetch rules (FETCH_ALLOW_HOSTS / FETCH_ALLOW_PORTS), retried
+    # after retry_delay_s doubling up to retry_max_delay_s, for retry_for_s after the event; then failed.
+    fetch_allow_hosts: str = Field("", validation_alias=_alias("FETCH_ALLOW_HOSTS"))
+    fetch_allow_ports: str = Field("80,443", validation_alias=_alias("FETCH_ALLOW_PORTS"))
+    webhook_retry_for_s: float = Field(86_400.0, gt=0, validation_alias=_alias("KASHF_WEBHOOK_RETRY_FOR_S"))
+    webhook_retry_delay_s: float = Field(10.0, gt=0, validation_alias=_alias("KASHF_WEBHOOK_RETRY_DELAY_S"))
+    webhook_retry_max_delay_s: float = Field(3600.0, gt=0, validation_alias=_alias("KASHF_WEBHOOK_RETRY_MAX_DELAY_S"))
+    webhook_timeout_s: float = Field(10.0, gt=0, validation_alias=_alias("KASHF_WEBHOOK_TIMEOUT_S"))
+    webhook_concurrency: int = Field(16, ge=1, validation_alias=_alias("KASHF_WEBHOOK_CONCURRENCY"))
+    # Pending deliveries whose message may have been lost are published again after this long past due.
+    webhook_sweep_s: float = Field(60.0, gt=0, validation_alias=_alias("KASHF_WEBHOOK_SWEEP_S"))
+
+    @field_validator("fetch_allow_ports")
+    @classmethod
+    def _ports(cls, value: str) -> str:
+        return InferenceSettings._ports(value)
