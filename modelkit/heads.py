@@ -225,6 +225,22 @@ async def prune_heads(js: JetStreamContext, dataset_id: int, live_version: int, 
     return deleted
 
 
+async def delete_heads(js: JetStreamContext, names: Sequence[str]) -> None:
+    """Delete these head blobs; one already gone counts as deleted. Unavailable when the store cannot be
+    reached (the caller keeps their version rows, so a later retention pass deletes them again)."""
+    if not names:
+        return
+    try:
+        store = await _bucket(js, create=False)
+        for name in names:
+            with contextlib.suppress(nats.js.errors.ObjectNotFoundError):
+                await store.delete(name)
+    except nats.js.errors.BucketNotFoundError:
+        return  # nothing left to delete
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        raise Unavailable("head store unavailable") from exc
+
+
 async def _exists(store: ObjectStore, name: str) -> bool:
     try:
         await store.get_info(name)

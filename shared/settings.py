@@ -193,6 +193,9 @@ class TrainerSettings(DatabaseSettings):
     stall_s: float = Field(120.0, validation_alias=_alias("KASHF_TRAIN_STALL_S"))
     # Head versions kept per dataset besides the live one (modelkit.heads.prune_heads); older blobs are deleted.
     head_versions_kept: int = Field(3, ge=0, validation_alias=_alias("KASHF_HEAD_VERSIONS_KEPT"))
+    # Promotion gate: a fit whose cross-validated macro-F1 is more than this many F1 points (percent) below the
+    # live version's is stored held, not made live (trainer.service.promotion_gate); train with force to promote.
+    promotion_tolerance: float = Field(2.0, ge=0, validation_alias=_alias("KASHF_PROMOTION_TOLERANCE"))
     # suggest_labels (trainer.suggestions.SuggestConfig): no two suggestions of a dataset above this cosine;
     # how many are kept per dataset; the contradiction (oof probability of the other label) that makes a
     # report suspect; pool items embedded after one fit at most.

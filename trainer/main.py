@@ -42,7 +42,8 @@ async def setup(settings: TrainerSettings, bus: Bus) -> Readiness:
                       config=FitConfig(cv_folds=settings.cv_folds),
                       suggest=SuggestConfig(max_cosine=settings.suggest_max_cosine, limit=settings.suggest_limit,
                                             suspect_min=settings.suggest_suspect_min,
-                                            embed_per_refit=settings.suggest_embed_per_refit))
+                                            embed_per_refit=settings.suggest_embed_per_refit),
+                      promotion_tolerance=settings.promotion_tolerance)
     consumer = TrainerConsumer(
         bus, trainer, debounce_s=settings.debounce_s, max_deliver=settings.max_deliver,
         ack_wait_s=settings.ack_wait_s,

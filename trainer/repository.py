@@ -51,6 +51,16 @@ class LiveHead:
     fingerprint: str | None
 
 
+@dataclass(frozen=True)
+class VersionFigures:
+    """What the promotion gate needs of a stored version: its model and cross-validated figures."""
+
+    version: int
+    model_id: str
+    macro_f1: float | None
+    tags: Mapping[str, Any] | None  # str(tag id) -> {"threshold", "evaluation"}
+
+
 # Advisory lock keys: a dataset's refit locks its (positive) id; the stall sweep this negative key.
 SWEEP_LOCK = -1
 _LOCKS = table("pg_locks", column("locktype"), column("classid"), column("objid"), column("objsubid"))
@@ -81,13 +91,57 @@ async def live_head(session: AsyncSession, dataset: Dataset) -> LiveHead | None:
     return None if row is None else LiveHead(dataset.head_version, row.object_name, row.fingerprint)
 
 
-async def keep_head(session: AsyncSession, dataset_id: int, version: int) -> bool:
+async def keep_head(session: AsyncSession, dataset_id: int, version: int, reason: str | None = None) -> bool:
     """The dataset is trained by its current head (still ``version``); False if another head replaced it."""
     kept = await session.scalar(
         update(Dataset).where(Dataset.id == dataset_id, Dataset.head_version == version)
-        .values(state="trained", state_reason=None).returning(Dataset.id)
+        .values(state="trained", state_reason=reason).returning(Dataset.id)
     )
     return kept is not None
+
+
+async def newest_held(session: AsyncSession, dataset: Dataset) -> LiveHead | None:
+    """The newest version above the live one when it is held (the last fit lost the promotion gate)."""
+    row = (await session.execute(
+        select(HeadVersion.version, HeadVersion.object_name, HeadVersion.fingerprint, HeadVersion.held)
+        .where(HeadVersion.dataset_id == dataset.id, HeadVersion.version > (dataset.head_version or 0))
+        .order_by(HeadVersion.version.desc()).limit(1)
+    )).one_or_none()
+    return None if row is None or not row.held else LiveHead(row.version, row.object_name, row.fingerprint)
+
+
+async def version_figures(session: AsyncSession, dataset_id: int, version: int | None) -> VersionFigures | None:
+    if version is None:
+        return None
+    row = (await session.execute(
+        select(HeadVersion.model_id, HeadVersion.macro_f1, HeadVersion.tags)
+        .where(HeadVersion.dataset_id == dataset_id, HeadVersion.version == version)
+    )).one_or_none()
+    return None if row is None else VersionFigures(version, row.model_id, row.macro_f1, row.tags)
+
+
+async def newest_version(session: AsyncSession, dataset_id: int) -> int:
+    """The highest version number the dataset ever stored and still has (0 when none): held fits sit above
+    the live one, so a new version is numbered from this, not from the live one."""
+    newest = await session.scalar(select(func.max(HeadVersion.version)).where(HeadVersion.dataset_id == dataset_id))
+    return int(newest or 0)
+
+
+async def doomed_versions(session: AsyncSession, dataset_id: int, live: int | None, keep: int) -> list[tuple[int, str]]:
+    """(version, object name) of the versions retention deletes: all but the live one, the held ones newer
+    than it, and the ``keep`` newest of the rest. Call with the dataset row locked (no use_version meanwhile)."""
+    rows = (await session.execute(
+        select(HeadVersion.version, HeadVersion.object_name, HeadVersion.held)
+        .where(HeadVersion.dataset_id == dataset_id).order_by(HeadVersion.version.desc())
+    )).all()
+    others = [r for r in rows if r.version != live and not (r.held and live is not None and r.version > live)]
+    return [(r.version, r.object_name) for r in others[keep:]]
+
+
+async def delete_versions(session: AsyncSession, dataset_id: int, versions: Sequence[int]) -> None:
+    if versions:
+        await session.execute(
+            delete(HeadVersion).where(HeadVersion.dataset_id == dataset_id, HeadVersion.version.in_(versions)))
 
 
 def _refitting() -> Any:
@@ -178,10 +232,24 @@ async def save_fit(
     fingerprint: str,
     evaluation: Mapping[str, Any],
     tags: Mapping[int, tuple[float | None, Mapping[str, Any]]],
+    macro_f1: float | None = None,
+    held_reason: str | None = None,
 ) -> None:
-    """Record a new head: its version row, the dataset's state and figures, each tag's threshold and figures."""
-    session.add(HeadVersion(dataset_id=dataset_id, version=version, model_id=model_id, object_name=object_name,
-                            report_count=report_count, fingerprint=fingerprint))
+    """Record a new head: its version row (with its figures, kept for use_version) and, unless it is held
+    (``held_reason``), the dataset's head, state and figures and each tag's threshold and figures."""
+    session.add(HeadVersion(
+        dataset_id=dataset_id, version=version, model_id=model_id, object_name=object_name,
+        report_count=report_count, fingerprint=fingerprint, held=held_reason is not None,
+        evaluation=dict(evaluation), macro_f1=macro_f1,
+        tags={str(tag_id): {"threshold": threshold, "evaluation": dict(figures)}
+              for tag_id, (threshold, figures) in tags.items()},
+    ))
+    if held_reason is not None:
+        # The live head keeps answering; the dataset is trained (by it) and says why the fit waits.
+        await session.execute(
+            update(Dataset).where(Dataset.id == dataset_id).values(state="trained", state_reason=held_reason))
+        await session.flush()
+        return
     await session.execute(
         update(Dataset).where(Dataset.id == dataset_id).values(
             state="trained", state_reason=None, head_version=version, evaluation=dict(evaluation),

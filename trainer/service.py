@@ -1,7 +1,13 @@
 """One dataset's refit: read its reports, embed what lacks an embedding, fit, commit (no transport here).
 
 Every vector of a fit comes from the model its kind's service runs when the refit starts (ModelChanged else).
-A refit whose inputs equal those of the live head (its fingerprint) keeps that head instead."""
+A refit whose inputs equal those of the live head (its fingerprint) keeps that head instead.
+
+Every fit is a numbered ``HeadVersion`` with its figures. The promotion gate (``promotion_gate``) holds a fit
+whose cross-validated macro-F1 is worse than the live version's by more than ``promotion_tolerance`` points:
+it is stored, ``held``, and the live head keeps answering until a forced refit or ``use_version``.
+Retention then deletes the versions (rows and blobs) beyond the live one, newer held ones and the
+``versions_kept`` newest others."""
 
 from __future__ import annotations
 
@@ -15,15 +21,16 @@ from typing import Any, Protocol
 
 import numpy as np
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelkit.heads import Head
-from shared.errors import Unavailable
+from shared.errors import KashfError, Unavailable
 from shared.schemas.inference import ModelInfoReply
 from trainer import repository, suggestions
 from trainer.evaluation import NULL_FIGURES
 from trainer.fitting import FitConfig, FitResult, NothingToFit, Report, fit_head
-from trainer.repository import ItemToEmbed, LiveHead, ReportRow, TagRow
+from trainer.repository import ItemToEmbed, LiveHead, ReportRow, TagRow, VersionFigures
 
 log = structlog.get_logger(__name__)
 
@@ -39,11 +46,14 @@ class Embedder(Protocol):
 
 
 class HeadStore(Protocol):
-    """Where heads go (``trainer.heads.ObjectStoreHeads``): ``put`` returns the object name."""
+    """Where heads go (``trainer.heads.ObjectStoreHeads``): ``put`` returns the object name;
+    ``versions_kept`` old versions are kept besides the live one and newer held ones."""
+
+    versions_kept: int
 
     async def put(self, dataset_id: int, head: Head) -> str: ...
 
-    async def prune(self, dataset_id: int, live_version: int) -> None: ...
+    async def delete(self, names: Sequence[str]) -> None: ...
 
     async def exists(self, object_name: str) -> bool: ...
 
@@ -66,14 +76,67 @@ def fingerprint(model_id: str, reports: Sequence[ReportRow], tags: Sequence[TagR
     return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
 
+TagFigures = Mapping[str, Any]  # str(tag id) -> {"threshold", "evaluation": {"recall", "precision", "f1"}}
+
+
+def promotion_gate(new: TagFigures, live: VersionFigures | None, *, model_id: str, active: set[int],
+                   tolerance: float) -> str | None:
+    """Why a new fit must be held (not made live), or None to promote it.
+
+    Held when its cross-validated macro-F1 is more than ``tolerance`` points below the live version's. Both are
+    taken over the same tags: those active now that both versions could evaluate, so adding (or
+    deactivating) a tag never holds a fit. Each figure is the version's own out-of-fold F1 on the reports it
+    was fitted from, by the same protocol (folds, thresholds chosen on the other folds). Scoring the live
+    head on the new reports instead would not work: it learned most of them (no out-of-fold figure
+    exists for it there), and a label flipped by mistake counts against both heads alike, so the gate
+    could never catch the fit those flipped labels made worse. The question the gate answers is "do the
+    reports as they now stand still teach as good a head as the live one's did?"
+    No gate without a live version, with one of another model (it cannot serve the new model's
+    vectors) or with one fitted before versions carried figures."""
+    if live is None or live.model_id != model_id or not live.tags:
+        return None
+    pairs = []
+    for tag_id in sorted(active):
+        before = (live.tags.get(str(tag_id)) or {}).get("evaluation") or {}
+        after = (new.get(str(tag_id)) or {}).get("evaluation") or {}
+        if before.get("f1") is not None and after.get("f1") is not None:
+            pairs.append((float(before["f1"]), float(after["f1"])))
+    if not pairs:
+        return None
+    live_f1 = sum(b for b, _ in pairs) / len(pairs)
+    new_f1 = sum(a for _, a in pairs) / len(pairs)
+    if new_f1 >= live_f1 - tolerance:
+        return None
+    return (f"the new fit is held: its cross-validated macro-F1 {new_f1:.1f} is {live_f1 - new_f1:.1f} points "
+            f"below live version {live.version}'s {live_f1:.1f} over the {len(pairs)} tags both evaluate "
+            f"(KASHF_PROMOTION_TOLERANCE {tolerance:g}); train with \"force\": true or use_version to promote it")
+
+
+def macro_f1(tags: TagFigures, active: set[int]) -> float | None:
+    """Mean F1 (percent) over the active tags with figures; None when none has any."""
+    f1 = [float(fig["evaluation"]["f1"]) for tag_id, fig in tags.items()
+          if int(tag_id) in active and fig["evaluation"].get("f1") is not None]
+    return round(sum(f1) / len(f1), 2) if f1 else None
+
+
 @dataclass(frozen=True)
 class RefitOutcome:
+    """What one refit did; the webhooks' training events are built from it (keep the fields stable).
+
+    ``state``: trained (a new version, now live) | held (a new version that lost the promotion gate; the
+    live head kept answering; ``reason`` says why) | unchanged (nothing new fitted; ``version`` is the live
+    one) | failed (``reason``) | missing (the dataset is gone). ``evaluation`` is the new version's
+    {"recall", "precision", "f1"} (percent, as dataset_info shows) and ``macro_f1`` its gate figure, for
+    trained and held."""
+
     dataset_id: int
-    state: str  # trained | unchanged (the live head kept) | failed | missing
+    state: str
     version: int | None = None
     reason: str | None = None
     embedded: int = 0
     result: FitResult | None = None
+    evaluation: Mapping[str, Any] | None = None
+    macro_f1: float | None = None
 
 
 class Trainer:
@@ -81,7 +144,8 @@ class Trainer:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], embedder: Embedder, heads: HeadStore,
                  *, config: FitConfig | None = None, text_chunk: int = 32, image_chunk: int = 8,
-                 suggest: suggestions.SuggestConfig | None = None) -> None:
+                 suggest: suggestions.SuggestConfig | None = None, promotion_tolerance: float = 2.0) -> None:
+        self.promotion_tolerance = promotion_tolerance
         self.suggest = suggest or suggestions.SuggestConfig()
         self.sessions = sessions
         self.embedder = embedder
@@ -96,12 +160,14 @@ class Trainer:
             yield await repository.try_lock(session, dataset_id)
 
     async def refit(self, dataset_id: int, *, force: bool = False) -> RefitOutcome:
-        """Fit a new head, unless (``force`` aside) nothing it reads changed since the live head was fitted."""
+        """Fit a new head, unless (``force`` aside) nothing it reads changed since the live head (or the
+        held fit above it) was fitted. ``force`` also makes the new fit live whatever the promotion gate says."""
         async with self.sessions() as session:
             dataset = await repository.get_dataset(session, dataset_id)
             if dataset is None:
                 return RefitOutcome(dataset_id, "missing", reason="dataset does not exist")
             live = await repository.live_head(session, dataset)
+            held = await repository.newest_held(session, dataset)
             reports = await repository.dataset_reports(session, dataset_id)
             tags = await repository.dataset_tags(session, dataset_id)
             kind = dataset.kind
@@ -117,6 +183,11 @@ class Trainer:
             if live is not None and not force and await self._keep(dataset_id, live, inputs):
                 log.info("refit_unchanged", dataset_id=dataset_id, version=live.version)
                 return RefitOutcome(dataset_id, "unchanged", version=live.version)
+            if (live is not None and held is not None and not force
+                    and await self._keep_held(dataset_id, live, held, inputs, model.model_id, tags)):
+                # The same reports would fit the same held head again: the live one keeps answering.
+                log.info("refit_unchanged_held", dataset_id=dataset_id, version=live.version, held=held.version)
+                return RefitOutcome(dataset_id, "unchanged", version=live.version)
             await self.mark(dataset_id, "training", None)
             embedded = await self._embed_missing(dataset_id, kind, model)
             async with self.sessions() as session:
@@ -128,14 +199,22 @@ class Trainer:
         # What this head was fitted from: items that could not be embedded are left out, so a later request
         # finds a difference and tries them again.
         used = [r for r in reports if r.item_id in vectors]
-        version = await self._commit(dataset_id, model.model_id, tags, result,
-                                     fingerprint(model.model_id, used, tags, self.config))
-        # Only once the new head is the one the database points at: a failed commit keeps every version.
-        await self.heads.prune(dataset_id, version)
-        await suggestions.refresh(self, dataset_id, version, model, result, sorted(vectors), self.suggest)
-        log.info("dataset_trained", dataset_id=dataset_id, version=version, model_id=model.model_id,
-                 reports=result.report_count, tags=len(result.tags), embedded=embedded)
-        return RefitOutcome(dataset_id, "trained", version=version, embedded=embedded, result=result)
+        version, held_reason = await self._commit(dataset_id, model.model_id, tags, result,
+                                                  fingerprint(model.model_id, used, tags, self.config), force=force)
+        # Only once the new version is committed: a failed commit keeps every version.
+        await self._retain(dataset_id)
+        if held_reason is None:  # suggestions come from the live head: a held fit leaves them as they are
+            await suggestions.refresh(self, dataset_id, version, model, result, sorted(vectors), self.suggest)
+        active = {t.id for t in tags if t.active}
+        outcome = RefitOutcome(
+            dataset_id, "held" if held_reason else "trained", version=version, reason=held_reason,
+            embedded=embedded, result=result, evaluation=result.dataset_evaluation(active),
+            macro_f1=macro_f1(_tag_figures(tags, result), active),
+        )
+        log.info("dataset_held" if held_reason else "dataset_trained", dataset_id=dataset_id, version=version,
+                 model_id=model.model_id, reports=result.report_count, tags=len(result.tags), embedded=embedded,
+                 macro_f1=outcome.macro_f1)
+        return outcome
 
     async def mark(self, dataset_id: int, state: str, reason: str | None) -> None:
         async with self.sessions.begin() as session:
@@ -150,6 +229,42 @@ class Trainer:
             return False
         async with self.sessions.begin() as session:
             return await repository.keep_head(session, dataset_id, live.version)
+
+    async def _keep_held(self, dataset_id: int, live: LiveHead, held: LiveHead, inputs: str, model_id: str,
+                         tags: Sequence[TagRow]) -> bool:
+        """Keep the live head if the held version above it was fitted from ``inputs`` (and is still stored):
+        refitting would store the same held head again. The dataset says again why it is held."""
+        if held.fingerprint != inputs or not await self.heads.exists(held.object_name):
+            return False
+        async with self.sessions.begin() as session:
+            live_figures = await repository.version_figures(session, dataset_id, live.version)
+            held_figures = await repository.version_figures(session, dataset_id, held.version)
+            reason = promotion_gate(held_figures.tags or {} if held_figures else {}, live_figures,
+                                    model_id=model_id, active={t.id for t in tags if t.active},
+                                    tolerance=self.promotion_tolerance)
+            if reason is None:  # the tolerance changed since: fit again, the gate decides anew
+                return False
+            return await repository.keep_head(session, dataset_id, live.version, f"version {held.version}: {reason}")
+
+    async def _retain(self, dataset_id: int) -> None:
+        """Delete the versions retention gives up, blobs first: if the rows' deletion then fails, the next
+        pass finds them again (a blob already gone counts as deleted), so no blob is ever left orphaned.
+        The dataset row stays locked meanwhile, so use_version cannot make a doomed version live.
+        Best effort: the fit is committed already, a failure here is logged and the next fit retries."""
+        try:
+            async with self.sessions.begin() as session:
+                dataset = await repository.get_dataset(session, dataset_id, lock=True)
+                if dataset is None:
+                    return
+                doomed = await repository.doomed_versions(session, dataset_id, dataset.head_version,
+                                                          self.heads.versions_kept)
+                if not doomed:
+                    return
+                await self.heads.delete([name for _, name in doomed])
+                await repository.delete_versions(session, dataset_id, [v for v, _ in doomed])
+            log.info("head_versions_pruned", dataset_id=dataset_id, versions=[v for v, _ in doomed])
+        except (KashfError, SQLAlchemyError, OSError) as exc:
+            log.warning("head_prune_failed", dataset_id=dataset_id, error=type(exc).__name__)
 
     async def _embed_missing(self, dataset_id: int, kind: str, model: ModelInfoReply) -> int:
         async with self.sessions() as session:
@@ -183,24 +298,39 @@ class Trainer:
         return fit_head(matrix, usable, [t.id for t in tags], self.config)
 
     async def _commit(self, dataset_id: int, model_id: str, tags: Sequence[TagRow], result: FitResult,
-                      inputs: str) -> int:
+                      inputs: str, *, force: bool) -> tuple[int, str | None]:
+        """Store the new version; live unless the promotion gate holds it (``force`` skips the gate).
+        Returns its number and, when held, why."""
         active = {t.id for t in tags if t.active}
-        fitted = {t.tag_id: t for t in result.tags}
-        tag_updates: dict[int, tuple[float | None, Mapping[str, Any]]] = {
-            t.id: ((float(fitted[t.id].threshold), fitted[t.id].evaluation) if t.id in fitted
-                   else (None, dict(NULL_FIGURES)))
-            for t in tags
-        }
+        figures = _tag_figures(tags, result)
         async with self.sessions.begin() as session:
-            # The row lock serialises replicas refitting one dataset, so versions never collide.
+            # The row lock serialises replicas refitting one dataset (and use_version), so versions never
+            # collide and the gate compares with the version live at this commit.
             dataset = await repository.get_dataset(session, dataset_id, lock=True)
             if dataset is None:
                 raise Unsupported("dataset deleted during training")
-            version = (dataset.head_version or 0) + 1
+            # Held versions sit above the live one: number from the newest stored.
+            version = max(dataset.head_version or 0, await repository.newest_version(session, dataset_id)) + 1
+            held_reason = None
+            if not force:
+                live = await repository.version_figures(session, dataset_id, dataset.head_version)
+                held_reason = promotion_gate(figures, live, model_id=model_id, active=active,
+                                             tolerance=self.promotion_tolerance)
             name = await self.heads.put(dataset_id, result.head(model_id, version))
             await repository.save_fit(
                 session, dataset_id=dataset_id, version=version, model_id=model_id, object_name=name,
-                report_count=result.report_count, evaluation=result.dataset_evaluation(active), tags=tag_updates,
-                fingerprint=inputs,
+                report_count=result.report_count, evaluation=result.dataset_evaluation(active),
+                tags={int(tag_id): (fig["threshold"], fig["evaluation"]) for tag_id, fig in figures.items()},
+                fingerprint=inputs, macro_f1=macro_f1(figures, active), held_reason=held_reason,
             )
-        return version
+        return version, held_reason
+
+
+def _tag_figures(tags: Sequence[TagRow], result: FitResult) -> dict[str, dict[str, Any]]:
+    """Per tag of the dataset: the learned threshold and figures of this fit (null ones when not fitted)."""
+    fitted = {t.tag_id: t for t in result.tags}
+    return {
+        str(t.id): ({"threshold": float(fitted[t.id].threshold), "evaluation": fitted[t.id].evaluation}
+                    if t.id in fitted else {"threshold": None, "evaluation": dict(NULL_FIGURES)})
+        for t in tags
+    }

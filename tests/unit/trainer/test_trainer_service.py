@@ -125,7 +125,8 @@ async def test_a_refit_with_nothing_changed_keeps_the_head_and_any_change_fits_a
     assert (await trainer.refit(dataset_id)).state == "unchanged"
     text_model.info_model = text_model.embed_model = "model-b"
     assert (await trainer.refit(dataset_id)).version == 5
-    assert await head_versions(sessions, dataset_id) == [1, 2, 3, 4, 5]
+    # Retention: the live version and the 3 newest others (KASHF_HEAD_VERSIONS_KEPT's default) stay.
+    assert await head_versions(sessions, dataset_id) == [2, 3, 4, 5]
 
 
 async def test_a_head_lost_from_the_store_is_fitted_again_even_with_nothing_changed(
