@@ -21,6 +21,7 @@ from shared.db.models import (
     Embedding,
     Outbox,
     Report,
+    Suggestion,
     Tag,
     Webhook,
     WebhookDelivery,
@@ -30,6 +31,16 @@ from shared.db.models import (
 # (FOR NO KEY UPDATE) to update one, "delete" (FOR UPDATE) to delete one: a delete waits for the reports being
 # written to commit, then deletes them too; reports written after a delete find no tag (404, not an FK error).
 TagLock = Literal["reference", "change", "delete"]
+
+
+@dataclass(frozen=True)
+class SuggestionRow:
+    item_id: int
+    kind: str
+    content: str | None
+    reason: str
+    tag_id: int
+    probability: float
 
 
 @dataclass(frozen=True)
@@ -267,7 +278,8 @@ class Repository:
         # A no-op update on conflict, so RETURNING yields the existing row's id as well.
         stmt = values.on_conflict_do_update(
             index_elements=[DataItem.dataset_id, DataItem.content_hash],
-            set_={"dataset_id": values.excluded.dataset_id},
+            # A kept input (keep_inputs) that gets reported becomes a reported item.
+            set_={"dataset_id": values.excluded.dataset_id, "origin": values.excluded.origin},
         ).returning(DataItem.id, DataItem.dataset_id, DataItem.content_hash)
         result = await self.session.execute(stmt)
         return {(dataset_id, content_hash): item_id for item_id, dataset_id, content_hash in result.all()}
@@ -345,6 +357,87 @@ class Repository:
             .returning(Webhook.id)
         )
         return deleted is not None
+
+    # ---------------------------------------------------------------------------------------------------
+    # What to label next and similar items (issue 14): keep_inputs, suggestions, search.
+
+    async def update_dataset(self, dataset_id: int, title: str | None, keep_inputs: bool | None) -> Dataset:
+        values: dict[str, Any] = {}
+        if title is not None:
+            values["title"] = title
+        if keep_inputs is not None:
+            values["keep_inputs"] = keep_inputs
+        if values:
+            await self.session.execute(update(Dataset).where(Dataset.id == dataset_id).values(**values))
+        dataset = await self.session.get(Dataset, dataset_id, populate_existing=True)
+        assert dataset is not None
+        return dataset
+
+    async def keep_inputs(self, dataset_id: int, rows: Sequence[dict[str, Any]], max_items: int) -> None:
+        """Store tag-call inputs as pool items (an item already there keeps its origin), then drop the
+        dataset's oldest input items beyond ``max_items``."""
+        if rows:
+            await self.session.execute(
+                insert(DataItem).values([{**r, "dataset_id": dataset_id, "origin": "input"} for r in rows])
+                .on_conflict_do_nothing(index_elements=[DataItem.dataset_id, DataItem.content_hash])
+            )
+        beyond = (
+            select(DataItem.id)
+            .where(DataItem.dataset_id == dataset_id, DataItem.origin == "input")
+            .order_by(DataItem.id.desc())
+            .offset(max_items)
+        )
+        await self.session.execute(delete(DataItem).where(DataItem.id.in_(beyond)))
+
+    def _open_suggestion(self) -> Any:
+        """A suggestion nobody answered since it was computed: no report of its pair since (and, for an
+        uncertain item, no positive report of it for any tag: that makes it every other tag's negative)."""
+        answered = select(Report.id).where(
+            Report.item_id == Suggestion.item_id,
+            Report.updated_at >= Suggestion.created_at,
+            or_(Report.tag_id == Suggestion.tag_id, (Suggestion.reason == "uncertain") & Report.positive),
+        )
+        return ~answered.exists()
+
+    async def suggestions(self, dataset_id: int, tag_id: int | None, limit: int) -> list[SuggestionRow]:
+        query = (
+            select(Suggestion.item_id, DataItem.kind, DataItem.content, Suggestion.reason, Suggestion.tag_id,
+                   Suggestion.probability)
+            .join(DataItem, DataItem.id == Suggestion.item_id)
+            .where(Suggestion.dataset_id == dataset_id, self._open_suggestion())
+            .order_by(Suggestion.rank)
+            .limit(limit)
+        )
+        if tag_id is not None:
+            query = query.where(Suggestion.tag_id == tag_id)
+        return [SuggestionRow(*row) for row in (await self.session.execute(query)).all()]
+
+    async def open_suggestions(self, dataset_id: int) -> int:
+        count = await self.session.scalar(
+            select(func.count()).select_from(Suggestion)
+            .where(Suggestion.dataset_id == dataset_id, self._open_suggestion())
+        )
+        return int(count or 0)
+
+    async def embeddings_of_dataset(self, dataset_id: int, model_id: str) -> tuple[list[int], list[bytes], int]:
+        """Ids (ascending), raw float32 vectors and their dim, of the dataset's items embedded by ``model_id``."""
+        rows = (await self.session.execute(
+            select(Embedding.item_id, Embedding.dim, Embedding.vector)
+            .join(DataItem, DataItem.id == Embedding.item_id)
+            .where(DataItem.dataset_id == dataset_id, Embedding.model_id == model_id)
+            .order_by(Embedding.item_id)
+        )).all()
+        return [r.item_id for r in rows], [r.vector for r in rows], (rows[0].dim if rows else 0)
+
+    async def items_by_id(self, dataset_id: int, item_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """(kind, content) of those of ``item_ids`` the dataset still has."""
+        if not item_ids:
+            return {}
+        rows = await self.session.execute(
+            select(DataItem.id, DataItem.kind, DataItem.content)
+            .where(DataItem.dataset_id == dataset_id, DataItem.id.in_(set(item_ids)))
+        )
+        return {r.id: (r.kind, r.content) for r in rows}
 
     # Outbox
 

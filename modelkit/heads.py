@@ -142,10 +142,15 @@ def tag_vectors(
     vectors: np.ndarray,
     active: Sequence[TagRef],
     zero_shot: np.ndarray | None = None,
+    *,
+    top_k: int | None = None,
+    min_probability: float | None = None,
 ) -> list[list[ScoredTag]]:
-    """Per row: every active tag passing its threshold, highest first, else the unknown tag.
+    """Per row: every active tag passing its threshold, highest first (at most ``top_k``), else the unknown tag.
 
-    Tags absent from the head are scored only from ``zero_shot`` (n, len(active)) at threshold 0.5.
+    A tag's threshold is its ``TagRef.threshold`` when set (update_tag), else the head's learned one. Tags
+    absent from the head are scored only from ``zero_shot`` (n, len(active)), at threshold 0.5 unless
+    overridden. ``min_probability`` replaces every threshold for this call; a tag nothing can score never passes.
     """
     x = np.asarray(vectors, dtype=np.float32)
     n = x.shape[0]
@@ -166,12 +171,18 @@ def tag_vectors(
             if not np.isfinite(thresholds[i]):
                 probs[:, i] = zero_shot[:, i]
                 thresholds[i] = ZERO_SHOT_THRESHOLD
+    scored = np.isfinite(thresholds)
+    for i, tag in enumerate(active):
+        if scored[i] and tag.threshold is not None:
+            thresholds[i] = tag.threshold
+    if min_probability is not None:
+        thresholds = np.where(scored, min_probability, np.inf)
     out: list[list[ScoredTag]] = []
     for row in range(n):
         passing = [i for i in range(len(active)) if probs[row, i] >= thresholds[i]]
         passing.sort(key=lambda i: -probs[row, i])
         tags = [ScoredTag(id=active[i].id, title=active[i].title, probability=round(float(probs[row, i]), 2))
-                for i in passing]
+                for i in passing[:top_k]]
         out.append(tags or [unknown_tag()])
     return out
 

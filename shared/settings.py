@@ -104,8 +104,10 @@ class GatewaySettings(DatabaseSettings):
     db_pool_size: int = Field(20, validation_alias=_alias("KASHF_DB_POOL_SIZE"))
     # keep_inputs datasets: texts and images of tag calls kept as pool items, the oldest dropped beyond this.
     max_input_items: int = Field(10_000, ge=0, validation_alias=_alias("KASHF_MAX_INPUT_ITEMS"))
-    # search: a dataset's embeddings held in memory per replica (matrices, least recently used dropped).
+    # search: datasets' embeddings held in memory per replica (least recently used dropped), each for
+    # search_cache_s at most: new items show in search within that.
     search_cache_datasets: int = Field(16, ge=0, validation_alias=_alias("KASHF_SEARCH_CACHE_DATASETS"))
+    search_cache_s: float = Field(30.0, ge=0, validation_alias=_alias("KASHF_SEARCH_CACHE_S"))
     # Webhook URLs (create_webhook) are refused at once when they name a private address or port these do not
     # allow; the trainer checks them again, resolved, when it delivers (InferenceSettings' FETCH_ALLOW_*).
     fetch_allow_hosts: str = Field("", validation_alias=_alias("FETCH_ALLOW_HOSTS"))

@@ -47,5 +47,5 @@ class TextService(BatchedModelService[str]):
         A head of another embedding model is a 503 ``head_model_mismatch``, never a silent "unknown"."""
         head = await self.head_for(request.head)
         _, vectors = await self.embed(request.texts)
-        tags = tag_vectors(head, vectors, request.tags)
+        tags = tag_vectors(head, vectors, request.tags, top_k=request.top_k, min_probability=request.min_probability)
         return TagReply(model_id=self.model_id, items=[ItemResult(tags=row) for row in tags])

@@ -109,6 +109,7 @@ class VideoJobRunner:
         request = TagVideoRequest(
             head=job.head, tags=job.tags, video=item.video,
             every_ms=job.every_ms, duration_s=job.duration_s, min_frame_diff=job.min_frame_diff,
+            top_k=job.top_k, min_probability=job.min_probability,
         )
         try:
             reply = await self.service.run(request, sync=False)

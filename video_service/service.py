@@ -182,7 +182,8 @@ class VideoService(BatchedModelService[np.ndarray]):
                 if isinstance(item, BaseException):
                     raise item
                 vectors = np.stack(await self.batcher.submit(item.pixels))
-                tags = tag_vectors(head, vectors, request.tags)
+                tags = tag_vectors(head, vectors, request.tags, top_k=request.top_k,
+                                   min_probability=request.min_probability)
                 analysed.extend(zip(zip(item.indices, item.times, strict=True), tags, strict=True))
         finally:
             if not finished:

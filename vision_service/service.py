@@ -209,7 +209,9 @@ class VisionService(BatchedModelService[np.ndarray]):
         if ok:
             vectors = np.stack([v for v in (results[i].vector for i in ok) if v is not None])
             zero_shot = await self._zero_shot(head, vectors, request.tags)
-            for i, tags in zip(ok, tag_vectors(head, vectors, request.tags, zero_shot), strict=True):
+            chosen = tag_vectors(head, vectors, request.tags, zero_shot, top_k=request.top_k,
+                                 min_probability=request.min_probability)
+            for i, tags in zip(ok, chosen, strict=True):
                 tagged[i] = ItemResult(tags=tags)
         items = [
             tagged[i] if i in tagged else ItemResult(

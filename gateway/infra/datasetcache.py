@@ -21,6 +21,7 @@ class DatasetView:
     kind: str
     head: HeadRef
     tags: tuple[TagRef, ...]
+    keep_inputs: bool = False  # the tag calls' inputs are kept as pool items (gateway.service.tagging)
 
 
 class DatasetCache:

@@ -16,6 +16,7 @@ from gateway.schemas import (
     TagEvaluation,
     TagInfo,
     TrainOut,
+    UpdateDatasetBody,
 )
 from gateway.uow import UnitOfWork
 from shared.db.models import Dataset
@@ -56,14 +57,23 @@ def wrong_kind(name: str, has: str | None, wanted: str) -> BadRequest:
 
 
 def dataset_out(dataset: Dataset) -> DatasetOut:
-    return DatasetOut(dataset=dataset.name, title=dataset.title, kind=dataset.kind, state=dataset.state)
+    return DatasetOut(dataset=dataset.name, title=dataset.title, kind=dataset.kind, state=dataset.state,
+                      keep_inputs=dataset.keep_inputs)
 
 
 async def create_dataset(uow: UnitOfWork, account_id: int, body: CreateDatasetBody) -> DatasetOut:
     created = await uow.repo.insert_dataset(account_id, body.dataset, body.title or body.dataset, body.kind)
     if created is None:
         raise BadRequest(f"dataset '{body.dataset}' already exists", code="dataset_exists")
+    if body.keep_inputs:
+        created = await uow.repo.update_dataset(created.id, None, True)
     return dataset_out(created)
+
+
+async def update_dataset(uow: UnitOfWork, account_id: int, body: UpdateDatasetBody) -> DatasetOut:
+    dataset = await load_dataset(uow.repo, account_id, body.dataset)
+    uow.dataset_changed(dataset.id)  # tagging's cached view holds keep_inputs
+    return dataset_out(await uow.repo.update_dataset(dataset.id, body.title, body.keep_inputs))
 
 
 async def list_datasets(uow: UnitOfWork, account_id: int) -> list[DatasetOut]:
@@ -106,4 +116,5 @@ async def dataset_info(
         data_count=items,
         evaluation=None if figures is None else DatasetEvaluation.model_validate(figures),
         tags=await _tags_info(uow, dataset.id, counter) if body.tags else None,
+        suggestions=await uow.repo.open_suggestions(dataset.id),
     )

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+import structlog
 
 from gateway.infra.datasetcache import DatasetView
 from gateway.infra.predictions import PredictionCounter
@@ -26,6 +30,9 @@ from shared.schemas.inference import (
 )
 from shared.schemas.media import TagImagesRequest
 from shared.subjects import TEXT_TAG, VISION_TAG
+from shared.textnorm import dedup_key, normalize_text
+
+log = structlog.get_logger(__name__)
 
 # Keep each message well under NATS' default 1 MiB max payload.
 _MAX_TEXT_BYTES_PER_REQUEST = 512 * 1024
@@ -63,7 +70,8 @@ async def _load_view(state: AppState, account_id: int, name: str, kind: str) -> 
         dataset = await load_dataset(uow.repo, account_id, name)
         fixed = await fix_kind(uow, dataset, kind)
         tags = tuple(TagRef(id=t.id, title=t.title) for t in await uow.repo.active_tags(dataset.id))
-        return DatasetView(dataset.id, fixed, HeadRef(dataset_id=dataset.id, version=dataset.head_version), tags)
+        return DatasetView(dataset.id, fixed, HeadRef(dataset_id=dataset.id, version=dataset.head_version), tags,
+                           keep_inputs=dataset.keep_inputs)
 
     return await state.transact(read)
 
@@ -114,6 +122,9 @@ async def tag_texts(state: AppState, account_id: int, body: TagTextsBody) -> lis
         items = [item for reply in replies for item in reply.items]
         _check_items(items, len(body.contents), TEXT_TAG.queue)
     count_predictions(state.predictions, (item.tags for item in items))
+    await keep_inputs(state, account_id, body.dataset, "text", [
+        {"kind": "text", "content": text.strip(), "content_hash": dedup_key(text)}
+        for text, item in zip(body.contents, items, strict=True) if not item.error and normalize_text(text)])
     return [
         TextTagsOut(content=content, tags=tags_out(item.tags), error=item.error or None)
         for content, item in zip(body.contents, items, strict=True)
@@ -130,6 +141,9 @@ async def tag_images(
     reply = await bus.request(VISION_TAG, request, TagReply, timeout_s=settings.vision_timeout_s, idempotent=True)
     _check_items(reply.items, len(images), VISION_TAG.queue)
     count_predictions(state.predictions, (item.tags for item in reply.items))
+    await keep_inputs(state, account_id, dataset, "image", [
+        {"kind": "image", "source_url": image.ref.url, "content_hash": url_key(image.ref.url)}
+        for image, item in zip(images, reply.items, strict=True) if not item.error and image.ref.url])
     return [
         ImageTagsOut(
             image_url=None if image.uploaded else image.name,
@@ -139,3 +153,24 @@ async def tag_images(
         )
         for image, item in zip(images, reply.items, strict=True)
     ]
+
+
+def url_key(url: str) -> str:
+    """The dedup key of an image input kept by URL (reports key images by their bytes' hash instead)."""
+    return hashlib.sha256(b"url\0" + url.encode()).hexdigest()
+
+
+async def keep_inputs(state: AppState, account_id: int, name: str, kind: str, rows: list[dict[str, Any]]) -> None:
+    """With the dataset's keep_inputs on, store what a tag call answered for as pool items (suggest_labels),
+    in a short unit of work after the answer is ready. Best effort: a failure is logged, the answer stands."""
+    view = state.datasets.get(account_id, name)
+    if view is None:  # the dataset cache is off (or the entry just went): read the view again
+        view = await _load_view(state, account_id, name, kind)
+    if not view.keep_inputs or not rows:
+        return
+    unique = [row for _, row in sorted({row["content_hash"]: row for row in rows}.items())]  # one lock order
+    try:
+        await state.transact(lambda uow: uow.repo.keep_inputs(view.dataset_id, unique,
+                                                               state.settings.max_input_items))
+    except Exception as exc:
+        log.warning("keep_inputs_failed", dataset_id=view.dataset_id, items=len(unique), error=repr(exc))

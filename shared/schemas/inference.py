@@ -24,10 +24,20 @@ def unpack_vectors(data: bytes, dim: int) -> np.ndarray:
 
 
 class TagRef(Message):
-    """An active tag of the dataset; the title serves zero-shot models."""
+    """An active tag of the dataset; the title serves zero-shot models. ``threshold``: the dataset's override
+    (update_tag) of the threshold the head learned (or of the zero-shot one); None keeps that one."""
 
     id: int
     title: str
+    threshold: float | None = None
+
+
+class TagSelection(Message):
+    """Which tags a tag call answers per item: at most ``top_k`` (None: all that pass), and with
+    ``min_probability`` set, every tag at or above it instead of each tag's own threshold."""
+
+    top_k: int | None = None
+    min_probability: float | None = None
 
 
 class ScoredTag(Message):
@@ -62,7 +72,7 @@ class EmbedReply(Message):
         return cls(model_id=model_id, dim=int(vectors.shape[1]), vectors=encoded)
 
 
-class TagTextsRequest(Message):
+class TagTextsRequest(TagSelection):
     head: HeadRef
     tags: list[TagRef]
     texts: list[str]

@@ -6,7 +6,7 @@ from pydantic import Base64Bytes
 
 from shared.errors import BadRequest
 from shared.schemas.base import Message
-from shared.schemas.inference import HeadRef, ScoredTag, TagRef
+from shared.schemas.inference import HeadRef, ScoredTag, TagRef, TagSelection
 
 
 class MediaInput(Message):
@@ -19,7 +19,7 @@ class MediaInput(Message):
     name: str | None = None  # uploaded file name, echoed back as image_file / video_file
 
 
-class TagImagesRequest(Message):
+class TagImagesRequest(TagSelection):
     head: HeadRef
     tags: list[TagRef]
     images: list[MediaInput]
@@ -70,7 +70,7 @@ class VideoSampling(Message):
         check_video_params(self.every_ms, self.duration_s, self.min_frame_diff)
 
 
-class TagVideoRequest(VideoSampling):
+class TagVideoRequest(VideoSampling, TagSelection):
     head: HeadRef
     tags: list[TagRef]
     video: MediaInput

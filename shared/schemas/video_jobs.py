@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from shared.schemas.base import Message
-from shared.schemas.inference import HeadRef, TagRef
+from shared.schemas.inference import HeadRef, TagRef, TagSelection
 from shared.schemas.media import MediaInput, VideoFrame, VideoSampling
 
 JobState = Literal["queued", "running", "done", "failed"]
@@ -38,8 +38,9 @@ class VideoJobItem(Message):
     video: MediaInput
 
 
-class VideoJobRequest(VideoSampling):
-    """The job message: every video sampled alike, tagged with ``tags`` by ``head``."""
+class VideoJobRequest(VideoSampling, TagSelection):
+    """The job message: every video sampled alike, tagged with ``tags`` by ``head`` (``top_k`` and
+    ``min_probability`` as the tag call asked)."""
 
     job_id: str
     account_id: int
