@@ -16,7 +16,7 @@ from gateway.infra.predictions import PredictionCounter
 from gateway.infra.ratelimit import RateLimiter
 from gateway.infra.tokens import TokenCache
 from gateway.middleware import RequestContextMiddleware
-from gateway.routes import console, datasets, health, reports, suggest, tagging, tags, video_jobs, webhooks
+from gateway.routes import console, datasets, health, items, reports, suggest, tagging, tags, video_jobs, webhooks
 from gateway.state import AppState
 from shared.bus import Bus, ensure_streams
 from shared.bus.video_jobs import VideoJobStore
@@ -95,6 +95,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         body_timeout_s=settings.body_timeout_s,
         body_min_rate=settings.body_min_rate,
     )
-    for area in (tagging, reports, tags, datasets, suggest, video_jobs, webhooks, health, console):
+    for area in (tagging, reports, items, tags, datasets, suggest, video_jobs, webhooks, health, console):
         app.include_router(area.router())
     return app

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import case, delete, func, select, text, update
+from sqlalchemy import case, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -50,6 +50,21 @@ class TokenRow:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    id: int
+    kind: str
+    content: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MediaRow:
+    media: bytes
+    media_type: str
+    content_hash: str
 
 
 class Repository:
@@ -438,6 +453,68 @@ class Repository:
             .where(DataItem.dataset_id == dataset_id, DataItem.id.in_(set(item_ids)))
         )
         return {r.id: (r.kind, r.content) for r in rows}
+
+    # ---------------------------------------------------------------------------------------------------
+    # Browsing and undo (issue 13): list_items pages, the kept image, delete_report.
+
+    async def items_page(
+        self, dataset_id: int, tag_id: int | None, before_id: int | None, limit: int
+    ) -> list[ItemRow]:
+        """Up to ``limit`` reported items of the dataset, newest (highest id) first, below ``before_id``.
+        Keyset: a later page starts below the last id shown, so inserts meanwhile shift nothing."""
+        reported = select(Report.id).where(Report.item_id == DataItem.id)
+        query = select(DataItem.id, DataItem.kind, DataItem.content, DataItem.created_at).where(
+            DataItem.dataset_id == dataset_id,
+            # Kept tag-call inputs are not the dataset's items until someone reports them.
+            or_(DataItem.origin == "report", reported.exists()),
+        )
+        if tag_id is not None:
+            query = query.where(reported.where(Report.tag_id == tag_id).exists())
+        if before_id is not None:
+            query = query.where(DataItem.id < before_id)
+        rows = await self.session.execute(query.order_by(DataItem.id.desc()).limit(limit))
+        return [ItemRow(*row) for row in rows.all()]
+
+    async def item_reports(self, item_ids: Sequence[int]) -> dict[int, list[tuple[int, int, bool]]]:
+        """(report id, tag id, positive) of each item's reports, by tag id."""
+        out: dict[int, list[tuple[int, int, bool]]] = {item_id: [] for item_id in item_ids}
+        if not item_ids:
+            return out
+        rows = await self.session.execute(
+            select(Report.item_id, Report.id, Report.tag_id, Report.positive)
+            .where(Report.item_id.in_(set(item_ids)))
+            .order_by(Report.item_id, Report.tag_id)
+        )
+        for item_id, report_id, tag_id, positive in rows.all():
+            out[item_id].append((report_id, tag_id, positive))
+        return out
+
+    async def item_media(self, account_id: int, item_id: int) -> MediaRow | None:
+        """The kept copy of the account's image item; None for another account's, a text or a missing item."""
+        row = (
+            await self.session.execute(
+                select(DataItem.media, DataItem.media_type, DataItem.content_hash)
+                .join(Dataset, Dataset.id == DataItem.dataset_id)
+                .where(DataItem.id == item_id, Dataset.account_id == account_id, DataItem.media.is_not(None))
+            )
+        ).one_or_none()
+        return None if row is None else MediaRow(bytes(row[0] or b""), row[1] or "application/octet-stream", row[2])
+
+    async def delete_report(
+        self, account_id: int, report_id: int | None, item_id: int | None, tag_id: int | None
+    ) -> dict[str, Any] | None:
+        """Delete the account's report, by id or by (item, tag); its row as it was, or None when there is none."""
+        stmt = delete(Report).where(Report.dataset_id == Dataset.id, Dataset.account_id == account_id)
+        if report_id is not None:
+            stmt = stmt.where(Report.id == report_id)
+        else:
+            stmt = stmt.where(Report.item_id == item_id, Report.tag_id == tag_id)
+        row = (
+            await self.session.execute(
+                stmt.returning(Report.id, Report.dataset_id, Report.item_id, Report.tag_id, Report.positive)
+            )
+        ).one_or_none()
+        return None if row is None else dict(row._mapping)
 
     # Outbox
 

@@ -618,3 +618,87 @@ class VersionOut(BaseModel):
     )
     report_count: int
     evaluation: TagEvaluation | None = Field(description="cross-validated, percent (as dataset_info)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Browsing and undo (issue 13): report_image_tags by upload, list_items, the kept image, delete_report.
+
+ItemId = TagId  # the same bigint bounds as every other id
+
+
+class ImageFileReport(_Body):
+    """The form fields of a multipart report_image_tags (the files are ``image_file`` parts)."""
+
+    tag_id: TagId
+    positive: bool = Field(True, strict=True, description="true/false (a form also takes 1/0)")
+    dataset: Name | None = Field(None, description="when given, must hold the tag (the tag decides the dataset)")
+
+
+@dataclass(frozen=True)
+class RejectedFile:
+    """An uploaded file refused before any model saw it (over the size limit); reported as its own error."""
+
+    name: str
+    error: str
+
+
+class ListItemsBody(DatasetBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"dataset": "iran", "limit": 50},
+                {"dataset": "iran", "tag_id": 3, "limit": 20, "cursor": "azE6MTIxMTU5Mw"},
+            ]
+        }
+    )
+
+    tag_id: TagId | None = Field(None, description="only items with a report (either sign) of this tag")
+    limit: int = Field(50, ge=1, le=500, strict=True, description="items per page, newest first")
+    cursor: Text | None = Field(None, max_length=200, description="next_cursor of the previous page")
+
+
+class DeleteReportBody(_Body):
+    """A report by its id, or by the item and tag it labels (report responses name the item id)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"id": 5821}, {"item_id": 1211593, "tag_id": 3}]}
+    )
+
+    id: TagId | None = Field(None, description="the report's id (report_ids in list_items)")
+    item_id: ItemId | None = Field(None, description="with tag_id, in place of id")
+    tag_id: TagId | None = Field(None, description="with item_id, in place of id")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> DeleteReportBody:
+        by_pair = self.item_id is not None or self.tag_id is not None
+        if (self.id is None) == (not by_pair) or (by_pair and (self.item_id is None or self.tag_id is None)):
+            raise ValueError("give either id, or both item_id and tag_id")
+        return self
+
+
+class ReportFileOut(BaseModel):
+    """One uploaded file of a multipart report: the usual report, or the file's own error."""
+
+    report: str | None = Absent
+    id: int | None = Absent
+    image_file: str
+    error: str | None = Absent
+
+
+class ItemOut(BaseModel):
+    id: int
+    content: str | None = Absent
+    image: str | None = Field(None, exclude_if=_none, description="GET this path for the kept copy (JPEG)")
+    reports: list[tuple[int, bool]] = Field(description="[tag_id, positive] per label, by tag id")
+    report_ids: list[int] = Field(description="the report id of each label, in the order of reports")
+    created: str = Field(description="when the item was first stored, ISO 8601")
+
+
+class ListItemsOut(BaseModel):
+    items: list[ItemOut]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
+
+
+class DeleteReportOut(BaseModel):
+    id: int
+    deleted: Literal[True] = True

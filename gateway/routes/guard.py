@@ -16,7 +16,7 @@ from gateway.service.auth import authenticate
 from shared.errors import TooLarge, UnsupportedMedia
 
 # Routes that also take multipart/form-data uploads.
-MULTIPART_PATHS = frozenset({"/api/tag_images", "/api/tag_video_frames"})
+MULTIPART_PATHS = frozenset({"/api/tag_images", "/api/tag_video_frames", "/api/report_image_tags"})
 
 
 def media_kind(content_type: str | None) -> str:
@@ -57,6 +57,8 @@ class ApiRoute(APIRoute):
             account_id = await authenticate(state, request.headers.get("authorization"), address)
             state.limiter.check(account_id)
             request.state.account_id = account_id
+            if request.method == "GET":  # a read with no body (an item's kept image): nothing more to check
+                return await handler(request)
             kind = media_kind(request.headers.get("content-type"))
             if kind == "json":
                 limit, setting = settings.max_body_bytes, "KASHF_MAX_BODY_BYTES"

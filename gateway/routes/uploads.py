@@ -9,7 +9,7 @@ from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
-from gateway.schemas import MediaItem
+from gateway.schemas import MediaItem, RejectedFile
 from gateway.service.checks import check_count
 from gateway.state import AppState
 from shared.bus.blobs import BlobStore
@@ -90,3 +90,34 @@ async def upload(state: AppState, form: FormData, field: str, max_bytes: int, se
 async def delete_uploads(state: AppState, items: list[MediaItem]) -> None:
     """Best effort: the blob store's TTL removes what is left."""
     await BlobStore(state.bus.js).delete([item.ref.blob_key for item in items if item.ref.blob_key])
+
+
+async def upload_each(
+    state: AppState, form: FormData, field: str, max_bytes: int, setting: str
+) -> list[MediaItem | RejectedFile]:
+    """Like ``upload``, but a file over ``max_bytes`` is refused on its own (a ``RejectedFile``, never sent)
+    rather than failing the request: report_image_tags answers per file."""
+    files = [f for f in form.getlist(field) if isinstance(f, UploadFile)]
+    check_count(files, field, state.settings)
+    out: list[MediaItem | RejectedFile] = []
+    inline_left = _INLINE_TOTAL_BYTES
+    try:
+        for file in files:
+            name = file.filename or field
+            over = RejectedFile(name, f"over the limit of {max_bytes} bytes ({setting})")
+            if file.size is not None and file.size > max_bytes:  # not even read
+                out.append(over)
+                continue
+            data = await file.read()
+            if len(data) > max_bytes:
+                out.append(over)
+            elif len(data) <= min(_INLINE_FILE_BYTES, inline_left):
+                inline_left -= len(data)
+                out.append(MediaItem(name, MediaInput(data=base64.b64encode(data), name=name), uploaded=True))
+            else:
+                key = await BlobStore(state.bus.js).put(data)
+                out.append(MediaItem(name, MediaInput(blob_key=key, name=name), uploaded=True))
+    except BaseException:
+        await delete_uploads(state, [item for item in out if isinstance(item, MediaItem)])
+        raise
+    return out

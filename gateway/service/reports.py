@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.infra.outbox import OutboxEvent
-from gateway.schemas import ImageReport, ReportOut, TextReport
+from gateway.schemas import (
+    ImageFileReport,
+    ImageReport,
+    MediaItem,
+    RejectedFile,
+    ReportFileOut,
+    ReportOut,
+    TextReport,
+)
 from gateway.service.checks import check_count, check_text
 from gateway.service.datasets import ensure_kind
 from gateway.service.tags import tag_not_found
@@ -17,7 +25,7 @@ from gateway.state import AppState
 from gateway.uow import UnitOfWork
 from shared.bus import Bus
 from shared.db.models import Dataset
-from shared.errors import BadRequest, from_wire
+from shared.errors import BadRequest, NotFound, from_wire
 from shared.schemas.events import ReportEvent
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, ImageEmbedding, MediaInput
 from shared.settings import GatewaySettings
@@ -116,30 +124,39 @@ async def report_texts(
     return out
 
 
-async def _embed_all(
-    bus: Bus, urls: Sequence[str], settings: GatewaySettings
+async def _embed(
+    bus: Bus, images: Sequence[MediaInput], settings: GatewaySettings
 ) -> tuple[EmbedImagesReply, list[ImageEmbedding]]:
-    """vision_service fetches each image safely and returns its embedding, hash and a bounded copy.
-
-    All or nothing: the first image that fails fails the request, naming its index.
-    """
-    chunks = [list(urls[i:i + _EMBED_CHUNK]) for i in range(0, len(urls), _EMBED_CHUNK)]
+    """vision_service fetches or reads each image and returns its embedding, hash and a bounded copy;
+    an image that failed carries its error."""
+    chunks = [list(images[i:i + _EMBED_CHUNK]) for i in range(0, len(images), _EMBED_CHUNK)]
     replies = await asyncio.gather(*(
         bus.request(
             VISION_EMBED,
-            EmbedImagesRequest(images=[MediaInput(url=url) for url in chunk], keep_copy=True),
+            EmbedImagesRequest(images=chunk, keep_copy=True),
             EmbedImagesReply,
             timeout_s=settings.vision_timeout_s,
             idempotent=True,  # fetching and embedding again on another replica changes nothing
         )
         for chunk in chunks
     ))
-    items = [item for reply in replies for item in reply.items]
+    return replies[0], [item for reply in replies for item in reply.items]
+
+
+def _failed(item: ImageEmbedding) -> bool:
+    return item.error is not None or item.vector is None or item.sha256 is None
+
+
+async def _embed_all(
+    bus: Bus, urls: Sequence[str], settings: GatewaySettings
+) -> tuple[EmbedImagesReply, list[ImageEmbedding]]:
+    """All or nothing: the first image that fails fails the request, naming its index."""
+    first, items = await _embed(bus, [MediaInput(url=url) for url in urls], settings)
     for i, item in enumerate(items):
-        if item.error is not None or item.vector is None or item.sha256 is None:
+        if _failed(item):
             raise from_wire(item.error_status or 502, item.error_code or "fetch_failed",
                             f"reports[{i}].image_url: {item.error or 'no embedding'}")
-    return replies[0], items
+    return first, items
 
 
 async def report_images(state: AppState, account_id: int, reports: Sequence[ImageReport]) -> list[ReportOut]:
@@ -153,11 +170,32 @@ async def report_images(state: AppState, account_id: int, reports: Sequence[Imag
     tag_ids = [r.tag_id for r in reports]
     datasets = await state.transact(lambda uow: _datasets_of_tags(uow, account_id, tag_ids, "image"))
     first, embedded = await _embed_all(state.bus, [r.image_url for r in reports], state.settings)
+    entries = [
+        _Image(r.tag_id, r.positive, r.image_url, item) for r, item in zip(reports, embedded, strict=True)
+    ]
+    return await _store_images(state, account_id, datasets, first, entries)
+
+
+@dataclass(frozen=True)
+class _Image:
+    """One embedded image of a report request, with its label."""
+
+    tag_id: int
+    positive: bool
+    source_url: str | None
+    embedded: ImageEmbedding
+
+
+async def _store_images(
+    state: AppState, account_id: int, datasets: dict[int, Dataset], model: EmbedImagesReply, images: list[_Image]
+) -> list[ReportOut]:
+    """Store items (with their copies), reports and embeddings in one unit of work; answers in order."""
     labels: list[_Label] = []
     items: dict[tuple[int, str], dict[str, Any]] = {}
     vectors: dict[tuple[int, str], bytes] = {}
-    for report, item in zip(reports, embedded, strict=True):
-        dataset_id = datasets[report.tag_id].id
+    for image in images:
+        item = image.embedded
+        dataset_id = datasets[image.tag_id].id
         assert item.sha256 is not None and item.vector is not None
         key = (dataset_id, item.sha256)
         items.setdefault(key, {
@@ -165,20 +203,60 @@ async def report_images(state: AppState, account_id: int, reports: Sequence[Imag
             "kind": "image",
             "content_hash": item.sha256,
             "content": None,
-            "source_url": report.image_url,
+            "source_url": image.source_url,
             "media": item.copy_bytes,
             "media_type": item.copy_media_type,
         })
         vectors.setdefault(key, item.vector)
-        labels.append(_Label(dataset_id, item.sha256, report.tag_id, report.positive))
+        labels.append(_Label(dataset_id, item.sha256, image.tag_id, image.positive))
+    tag_ids = sorted({image.tag_id for image in images})
 
     async def store(uow: UnitOfWork) -> list[ReportOut]:
         await _datasets_of_tags(uow, account_id, tag_ids, "image")
         out, item_ids = await _store(uow, labels, items)
         await uow.repo.add_embeddings([
-            {"item_id": item_ids[key], "model_id": first.model_id, "dim": first.dim, "vector": vector}
+            {"item_id": item_ids[key], "model_id": model.model_id, "dim": model.dim, "vector": vector}
             for key, vector in sorted(vectors.items())
         ])
         return out
 
     return await state.transact(store)
+
+
+async def report_image_files(
+    state: AppState, account_id: int, form: ImageFileReport, files: Sequence[MediaItem | RejectedFile]
+) -> list[ReportFileOut]:
+    """Uploaded images, all with one label: each is decoded, kept and embedded like a reported URL, and
+    one that fails (not an image, over a limit) is answered with its error while the others are stored."""
+    check_count(files, "image_file", state.settings)
+    tag_id = form.tag_id
+
+    async def resolve(uow: UnitOfWork) -> dict[int, Dataset]:
+        found = await uow.repo.tags_of_account(account_id, [tag_id])
+        if form.dataset is not None and tag_id in found and found[tag_id][1].name != form.dataset:
+            raise NotFound(f"tag {tag_id} not found in dataset '{form.dataset}'", code="tag_not_found")
+        return await _datasets_of_tags(uow, account_id, [tag_id], "image")
+
+    datasets = await state.transact(resolve)
+    sent = [f for f in files if isinstance(f, MediaItem)]
+    embedded: list[ImageEmbedding] = []
+    stored: dict[int, ReportOut] = {}  # by position among the files sent (two uploads may share a name)
+    if sent:
+        model, embedded = await _embed(state.bus, [f.ref for f in sent], state.settings)
+        good = [i for i, item in enumerate(embedded) if not _failed(item)]
+        if good:
+            images = [_Image(tag_id, form.positive, None, embedded[i]) for i in good]
+            answers = await _store_images(state, account_id, datasets, model, images)
+            stored = dict(zip(good, answers, strict=True))
+    out: list[ReportFileOut] = []
+    sent_index = 0
+    for file in files:
+        if isinstance(file, RejectedFile):
+            out.append(ReportFileOut(image_file=file.name, error=file.error))
+            continue
+        if (answer := stored.get(sent_index)) is not None:
+            out.append(ReportFileOut(image_file=file.name, report=answer.report, id=answer.id))
+        else:
+            out.append(ReportFileOut(image_file=file.name, error=embedded[sent_index].error or "no embedding"))
+        sent_index += 1
+    return out
