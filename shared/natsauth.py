@@ -91,7 +91,10 @@ def permissions() -> dict[str, Permissions]:
                     subjects.IMAGE_MODEL_INFO.name, subjects.DATASETS_CHANGED, subjects.TRAIN_EVENT + ".>",
                     *_pull(subjects.EVENTS_STREAM, subjects.TRAINER_DURABLE),
                     # The stall sweeper reads a dataset's last event to compare it with the ack floor.
-                    f"{_API}.STREAM.MSG.GET.{subjects.EVENTS_STREAM}"],
+                    f"{_API}.STREAM.MSG.GET.{subjects.EVENTS_STREAM}",
+                    # Webhook deliveries: the trainer queues them and delivers them itself.
+                    *_streams_declared(subjects.WEBHOOKS_STREAM), subjects.WEBHOOKS_SUBJECT,
+                    *_pull(subjects.WEBHOOKS_STREAM, subjects.WEBHOOKS_DURABLE)],
         "video_service": _video_jobs(submit=False),
     }
     subscribe = {"gateway": [subjects.DATASETS_CHANGED], **serves}

@@ -213,7 +213,8 @@ class TrainerSettings(DatabaseSettings):
     webhook_retry_delay_s: float = Field(10.0, gt=0, validation_alias=_alias("KASHF_WEBHOOK_RETRY_DELAY_S"))
     webhook_retry_max_delay_s: float = Field(3600.0, gt=0, validation_alias=_alias("KASHF_WEBHOOK_RETRY_MAX_DELAY_S"))
     webhook_timeout_s: float = Field(10.0, gt=0, validation_alias=_alias("KASHF_WEBHOOK_TIMEOUT_S"))
-    webhook_concurrency: int = Field(16, ge=1, validation_alias=_alias("KASHF_WEBHOOK_CONCURRENCY"))
+    # Deliveries sent at once; each holds a database connection of its own pool while it is sent.
+    webhook_concurrency: int = Field(4, ge=1, validation_alias=_alias("KASHF_WEBHOOK_CONCURRENCY"))
     # Pending deliveries whose message may have been lost are published again after this long past due.
     webhook_sweep_s: float = Field(60.0, gt=0, validation_alias=_alias("KASHF_WEBHOOK_SWEEP_S"))
 

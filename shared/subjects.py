@@ -40,6 +40,13 @@ VIDEO_JOBS_TTL_S = 24 * 3600.0
 # A job message is small (refs, not bytes); the cap bounds what a flood of jobs can hold on disk.
 VIDEO_JOBS_MAX_MSGS = 100_000
 
+# JetStream: webhook deliveries (trainer -> its own delivery worker), one message per delivery row; retried with
+# backoff for a day, so the stream keeps a message at most a little longer.
+WEBHOOKS_STREAM = "KASHF_WEBHOOKS"
+WEBHOOKS_SUBJECT = "kashf.webhooks.deliver"
+WEBHOOKS_DURABLE = "webhooks"
+WEBHOOKS_MAX_AGE_S = 2 * 24 * 3600.0
+
 # Core NATS broadcast (every listener, no queue group, best effort): these datasets' tags, kind or head
 # changed, so gateways drop what they cached of them.
 DATASETS_CHANGED = "kashf.datasets.changed.v1"

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import asyncpg
 import sqlalchemy.exc
@@ -21,7 +22,10 @@ from shared.bus import Bus, pull
 from shared.bus.pull import Delivery, HandBack, PullConfig, PullWorker, finish_or_cancel
 from shared.errors import KashfError
 from shared.schemas.events import DatasetsChanged, ReportEvent, TrainRequest
-from trainer.service import Trainer
+from trainer.service import RefitOutcome, Trainer
+
+if TYPE_CHECKING:
+    from trainer.webhooks import WebhookEvents
 
 log = structlog.get_logger(__name__)
 
@@ -102,9 +106,11 @@ class TrainerConsumer:
         max_held: int = 1000,
         busy_retry_s: float = 1.0,
         metrics: Metrics | None = None,
+        webhooks: WebhookEvents | None = None,
     ) -> None:
         self.bus = bus
         self.trainer = trainer
+        self.webhooks = webhooks  # training events for the accounts' webhooks, when set
         self.metrics = metrics or default_metrics()
         self.debounce_s = debounce_s
         self.max_debounce_s = max_debounce_s if max_debounce_s is not None else max(10 * debounce_s, 30.0)
@@ -205,6 +211,20 @@ class TrainerConsumer:
         batch.done.set_result(None)
         if outcome.state == "trained":
             await announce_new_head(self.bus, dataset_id)
+        await self._training_event(outcome)
+
+    async def _training_event(self, outcome: RefitOutcome) -> None:
+        """training.finished for a new version (live, or held by the promotion gate), training.failed for a
+        dataset that cannot be trained; nothing when the live head was kept or the dataset is gone."""
+        if self.webhooks is None:
+            return
+        if outcome.state in ("trained", "held"):
+            await self.webhooks.emit(outcome.dataset_id, "training.finished",
+                                     state="live" if outcome.state == "trained" else "held",
+                                     version=outcome.version, evaluation=outcome.evaluation)
+        elif outcome.state == "failed":
+            await self.webhooks.emit(outcome.dataset_id, "training.failed", state="failed", version=None,
+                                     evaluation=None)
 
     async def _failed(self, dataset_id: int, batch: _Batch, exc: Exception) -> Exception:
         """Record why on the dataset; the exception the events' handlers raise (the worker settles them)."""
@@ -226,4 +246,6 @@ class TrainerConsumer:
                 # error applies instead, so the events come back rather than vanish unrecorded.
                 log.warning("refit_failure_unrecorded", dataset_id=dataset_id)
                 return mark_exc
+        if not retry:
+            await self._training_event(RefitOutcome(dataset_id, "failed", reason=reason))
         return exc

@@ -19,6 +19,7 @@ from trainer.heads import ObjectStoreHeads
 from trainer.service import Trainer
 from trainer.suggestions import SuggestConfig
 from trainer.sweeper import StallSweeper
+from trainer.webhooks import WebhookEvents, WebhookWorker
 
 
 async def database_reachable(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:
@@ -44,9 +45,13 @@ async def setup(settings: TrainerSettings, bus: Bus) -> Readiness:
                                             suspect_min=settings.suggest_suspect_min,
                                             embed_per_refit=settings.suggest_embed_per_refit),
                       promotion_tolerance=settings.promotion_tolerance)
+    # Deliveries hold a connection while they are sent: a pool of their own, so refits never wait for one.
+    webhook_engine = make_engine(settings.database_url, pool_size=settings.webhook_concurrency)
+    webhooks = WebhookWorker.from_settings(settings, bus, make_sessionmaker(webhook_engine))
+    await webhooks.start()
     consumer = TrainerConsumer(
         bus, trainer, debounce_s=settings.debounce_s, max_deliver=settings.max_deliver,
-        ack_wait_s=settings.ack_wait_s,
+        ack_wait_s=settings.ack_wait_s, webhooks=WebhookEvents(sessions, bus),
     )
     await consumer.start()
     sweeper = StallSweeper(bus, sessions, durable=consumer.durable, stall_s=settings.stall_s)
@@ -54,10 +59,13 @@ async def setup(settings: TrainerSettings, bus: Bus) -> Readiness:
     readiness = Readiness()
     readiness.add_check("postgres", functools.partial(database_reachable, engine))
     readiness.add_check("consumer", lambda: consumer.running)
+    readiness.add_check("webhooks", lambda: webhooks.running)
     # Before the bus drains: a running refit can still ack, held messages go back at once.
     readiness.before_drain(sweeper.stop)
     readiness.before_drain(functools.partial(consumer.stop, settings.drain_timeout_s))
+    readiness.before_drain(functools.partial(webhooks.stop, settings.drain_timeout_s))
     readiness.on_shutdown(engine.dispose)
+    readiness.on_shutdown(webhook_engine.dispose)
     return readiness
 
 

@@ -11,7 +11,7 @@ import ipaddress
 import re
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
@@ -186,6 +186,18 @@ class Fetcher:
             await asyncio.to_thread(handle.close)
         return Fetched(url, final_url, b"", media_type, size, path=dest)
 
+    async def post(self, url: str, content: bytes, headers: Mapping[str, str]) -> int:
+        """POST ``content`` to ``url`` under the same address and port checks (webhooks); the status, redirects
+        not followed. Raises BadRequest when the policy refuses the URL (nothing connected), FetchFailed else."""
+        total = self.policy.total_timeout
+        try:
+            async with asyncio.timeout(total):
+                response = await self._open(await self._resolve(url), "POST", content, headers)
+                await response.aclose()
+        except TimeoutError:
+            raise FetchFailed(f"timed out after {total:g} s") from None
+        return response.status_code
+
     async def _run(
         self, url: str, accept: Collection[str], max_bytes: int | None,
         sink: Callable[[bytes], Awaitable[None]],
@@ -267,13 +279,14 @@ class Fetcher:
             raise FetchFailed(f"could not resolve host {host!r}")
         return tuple(seen)
 
-    async def _open(self, target: _Target) -> httpx.Response:
-        headers = {"Host": target.url.netloc.decode("ascii")}
+    async def _open(self, target: _Target, method: str = "GET", content: bytes | None = None,
+                    extra_headers: Mapping[str, str] | None = None) -> httpx.Response:
+        headers = {**(extra_headers or {}), "Host": target.url.netloc.decode("ascii")}
         extensions = {} if target.literal else {"sni_hostname": target.url.raw_host.decode("ascii")}
         failure = f"could not connect to {target.host!r}"
         for ip in target.addresses:
             request = self._client.build_request(
-                "GET", target.url.copy_with(host=str(ip)), headers=headers, extensions=extensions
+                method, target.url.copy_with(host=str(ip)), headers=headers, content=content, extensions=extensions
             )
             try:
                 return await self._client.send(request, stream=True)

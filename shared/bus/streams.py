@@ -39,6 +39,14 @@ def events_config(replicas: int = 1) -> StreamConfig:
     )
 
 
+def webhooks_config(replicas: int = 1) -> StreamConfig:
+    """Webhook deliveries; only the trainer declares it (``ensure_streams`` is for what every process uses)."""
+    return StreamConfig(
+        name=subjects.WEBHOOKS_STREAM, subjects=[subjects.WEBHOOKS_SUBJECT], storage=StorageType.FILE,
+        max_age=subjects.WEBHOOKS_MAX_AGE_S, duplicate_window=600.0, num_replicas=replicas,
+    )
+
+
 def heads_config(replicas: int = 1) -> ObjectStoreConfig:
     return ObjectStoreConfig(bucket=subjects.HEADS_BUCKET, storage=StorageType.FILE, replicas=replicas)
 

@@ -1,0 +1,338 @@
+"""Webhook deliveries end to end: rows in real Postgres, messages in real JetStream, POSTs to a local receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from modelkit.fetch import policy_from_settings
+from shared import subjects
+from shared.bus import Bus
+from shared.bus.streams import declare_stream, webhooks_config
+from shared.db.models import Account, Dataset, Webhook, WebhookDelivery
+from shared.schemas.events import TrainRequest
+from tests.unit.trainer.helpers import Responder, seed, wait_state
+from trainer.webhooks import (
+    RetryPolicy,
+    WebhookConfig,
+    WebhookDue,
+    WebhookEvents,
+    WebhookMetrics,
+    WebhookWorker,
+    create_webhook_metrics,
+)
+
+SECRET = "whsec_test_secret_0123456789"
+EVALUATION = {"recall": 91.7, "precision": 88.0, "f1": 89.8}
+
+
+@dataclass
+class Receiver:
+    """Answers each POST with the next status of ``statuses`` (the last one from then on); keeps what came."""
+
+    statuses: list[int]
+    port: int = 0
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    answered: list[int] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+
+@contextmanager
+def receiver(statuses: list[int]) -> Iterator[Receiver]:
+    box = Receiver(list(statuses))
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with lock:
+                status = box.statuses[min(len(box.requests), len(box.statuses) - 1)]
+                box.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                box.answered.append(status)
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    box.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield box
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def verify(secret: str, header: str, body: bytes) -> bool:
+    """What a receiver does (the README's example): recompute the HMAC over "<t>.<body>"."""
+    parts = dict(p.split("=", 1) for p in header.split(","))
+    expected = hmac.new(secret.encode(), f"{parts['t']}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, parts["v1"]) and abs(time.time() - int(parts["t"])) < 300
+
+
+@pytest.fixture
+async def webhook_stream(bus: Bus) -> None:
+    """The deliveries stream, emptied: a new durable sees only this test's messages."""
+    await declare_stream(bus.js, webhooks_config(), None)
+    await bus.js.purge_stream(subjects.WEBHOOKS_STREAM)
+
+
+@pytest.fixture
+async def make_worker(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], webhook_stream: None
+) -> AsyncIterator[Callable[..., Awaitable[tuple[WebhookWorker, WebhookMetrics]]]]:
+    """``await make_worker(allow_hosts="127.0.0.1", retry_for_s=...)``: a started worker with fast retries."""
+    workers: list[WebhookWorker] = []
+
+    async def make(allow_hosts: str = "127.0.0.1", **retry: float) -> tuple[WebhookWorker, WebhookMetrics]:
+        metrics = create_webhook_metrics(CollectorRegistry())
+        policy = RetryPolicy(**({"delay_s": 0.3, "max_delay_s": 1.0, "retry_for_s": 60.0} | retry))
+        config = WebhookConfig(policy, timeout_s=5.0, sweep_s=30.0, ack_wait_s=5.0,
+                               durable=f"webhooks-test-{uuid.uuid4().hex[:8]}")
+        worker = WebhookWorker(bus, sessions, policy_from_settings(allow_hosts, "80,443"), config, metrics=metrics)
+        await worker.start()
+        workers.append(worker)
+        return worker, metrics
+
+    yield make
+    for worker in workers:
+        await worker.stop(5)
+
+
+async def add_webhook(sessions: async_sessionmaker[AsyncSession], url: str, *, dataset: bool = True,
+                      events: list[str] | None = None) -> tuple[int, int]:
+    """An account with a dataset "news" and a webhook on it (or on every dataset); (dataset id, webhook id)."""
+    async with sessions.begin() as s:
+        account = Account(name=f"acc-{uuid.uuid4().hex[:6]}")
+        s.add(account)
+        await s.flush()
+        ds = Dataset(account_id=account.id, name="news", title="news", kind="text")
+        s.add(ds)
+        await s.flush()
+        hook = Webhook(account_id=account.id, dataset_id=ds.id if dataset else None, url=url, secret=SECRET,
+                       events=events or ["training.finished", "training.failed"])
+        s.add(hook)
+        await s.flush()
+        return ds.id, hook.id
+
+
+async def deliveries(sessions: async_sessionmaker[AsyncSession]) -> list[WebhookDelivery]:
+    async with sessions() as s:
+        return list((await s.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id))).all())
+
+
+async def until(check: Callable[[], Awaitable[Any]], timeout_s: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (value := await check()):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+    return value
+
+
+def counted(metrics: WebhookMetrics, outcome: str) -> float:
+    return metrics.deliveries.labels(outcome=outcome)._value.get()
+
+
+async def test_a_receiver_failing_twice_gets_exactly_one_accepted_delivery_signed(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], make_worker: Any
+) -> None:
+    with receiver([500, 503, 200]) as box:
+        dataset_id, hook_id = await add_webhook(sessions, box.url)
+        _, metrics = await make_worker()
+        queued = await WebhookEvents(sessions, bus).emit(dataset_id, "training.finished", state="live", version=3,
+                                                         evaluation=EVALUATION)
+        assert queued == 1
+
+        async def delivered() -> bool:
+            rows = await deliveries(sessions)
+            return rows[0].state == "delivered"
+
+        await until(delivered)
+        # A copy of the message (a redelivery, the sweep) finds it delivered: nothing is sent again.
+        await bus.publish_event(subjects.WEBHOOKS_SUBJECT, WebhookDue(delivery_id=1), msg_id=uuid.uuid4().hex)
+        await asyncio.sleep(1.5)
+
+        assert box.answered == [500, 503, 200]
+        [row] = await deliveries(sessions)
+        assert (row.state, row.attempts, row.last_status, row.last_error) == ("delivered", 3, 200, None)
+        assert row.webhook_id == hook_id
+        for headers, body in box.requests:
+            assert verify(SECRET, headers["kashf-signature"], body)
+            assert not verify("whsec_another", headers["kashf-signature"], body)
+            assert headers["content-type"] == "application/json"
+            assert headers["user-agent"].startswith("Kashf-Webhooks/")
+        payload = json.loads(box.requests[-1][1])
+        assert list(payload) == ["event", "dataset", "version", "state", "evaluation", "at"]
+        assert payload | {"at": None} == {"event": "training.finished", "dataset": "news", "version": 3,
+                                          "state": "live", "evaluation": EVALUATION, "at": None}
+        assert abs(time.time() - time.mktime(time.strptime(payload["at"][:19], "%Y-%m-%dT%H:%M:%S"))
+                   + time.timezone) < 60
+        assert box.requests[-1][1] == json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        assert (counted(metrics, "delivered"), counted(metrics, "retry"), counted(metrics, "failed")) == (1, 2, 0)
+
+
+async def test_a_private_address_the_policy_refuses_never_receives_a_request(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], make_worker: Any
+) -> None:
+    with receiver([200]) as box:
+        # The same receiver, by address and by a name that resolves to it; this worker's allowlist is empty.
+        dataset_id, _ = await add_webhook(sessions, box.url)
+        async with sessions.begin() as s:
+            account_id = (await s.get(Dataset, dataset_id)).account_id  # type: ignore[union-attr]
+            s.add(Webhook(account_id=account_id, dataset_id=None, url=f"http://localhost:{box.port}/hook",
+                          secret=SECRET, events=["training.failed"]))
+        _, metrics = await make_worker(allow_hosts="")
+        assert await WebhookEvents(sessions, bus).emit(dataset_id, "training.failed", state="failed", version=None,
+                                                       evaluation=None) == 2
+
+        async def settled() -> list[WebhookDelivery] | None:
+            rows = await deliveries(sessions)
+            return rows if all(r.state != "pending" for r in rows) else None
+
+        rows = await until(settled)
+        await asyncio.sleep(0.5)
+        assert box.requests == []
+        assert [r.state for r in rows] == ["failed", "failed"]
+        assert "forbidden address" in (rows[0].last_error or "") and "127.0.0.1" in (rows[0].last_error or "")
+        assert "resolves to a forbidden address" in (rows[1].last_error or "")
+        assert [r.attempts for r in rows] == [1, 1] and counted(metrics, "failed") == 2
+
+
+async def test_only_subscribed_webhooks_of_the_datasets_account_get_the_event(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    dataset_id, mine = await add_webhook(sessions, "https://a.example.com/", events=["training.failed"])
+    _, other_account = await add_webhook(sessions, "https://b.example.com/", dataset=False)
+    async with sessions.begin() as s:
+        account_id = (await s.get(Dataset, dataset_id)).account_id  # type: ignore[union-attr]
+        everything = Webhook(account_id=account_id, dataset_id=None, url="https://c.example.com/", secret=SECRET,
+                             events=["training.finished", "training.failed"])
+        s.add(everything)
+        await s.flush()
+        everything_id = everything.id
+    events = WebhookEvents(sessions, bus)
+    assert await events.emit(dataset_id, "training.finished", state="held", version=2, evaluation=EVALUATION) == 1
+    assert await events.emit(dataset_id, "training.failed", state="failed", version=None, evaluation=None) == 2
+    assert await events.emit(dataset_id + 1000, "training.failed", state="failed", version=None, evaluation=None) == 0
+    rows = await deliveries(sessions)
+    assert [(r.webhook_id, r.event) for r in rows] == [
+        (everything_id, "training.finished"), (mine, "training.failed"), (everything_id, "training.failed")]
+    assert other_account not in {r.webhook_id for r in rows}
+    assert rows[0].payload["state"] == "held" and rows[0].payload["version"] == 2
+
+
+async def test_a_deleted_webhook_stops_its_retries(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], make_worker: Any
+) -> None:
+    with receiver([500]) as box:
+        dataset_id, hook_id = await add_webhook(sessions, box.url)
+        _, metrics = await make_worker(delay_s=1.0)
+        await WebhookEvents(sessions, bus).emit(dataset_id, "training.finished", state="live", version=1,
+                                                evaluation=EVALUATION)
+        await until(lambda: asyncio.sleep(0, len(box.requests) == 1))
+        async with sessions.begin() as s:
+            await s.delete(await s.get(Webhook, hook_id))
+        await until(lambda: asyncio.sleep(0, counted(metrics, "dropped") == 1), timeout_s=10)
+        await asyncio.sleep(1.0)
+        assert len(box.requests) == 1 and await deliveries(sessions) == []
+
+
+async def test_retries_stop_once_the_retry_window_is_over(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], make_worker: Any
+) -> None:
+    with receiver([500]) as box:
+        dataset_id, _ = await add_webhook(sessions, box.url)
+        _, metrics = await make_worker(delay_s=0.3, max_delay_s=0.3, retry_for_s=1.5)
+        await WebhookEvents(sessions, bus).emit(dataset_id, "training.finished", state="live", version=1,
+                                                evaluation=EVALUATION)
+
+        async def failed() -> WebhookDelivery | None:
+            row = (await deliveries(sessions))[0]
+            return row if row.state == "failed" else None
+
+        row = await until(failed)
+        sent = len(box.requests)
+        await asyncio.sleep(1.0)
+        assert len(box.requests) == sent == row.attempts and 2 <= sent <= 6
+        assert row.last_status == 500 and "gave up" in (row.last_error or "")
+        assert counted(metrics, "failed") == 1 and counted(metrics, "retry") == sent - 1
+
+
+async def test_the_sweep_publishes_a_delivery_whose_message_was_lost(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], make_worker: Any
+) -> None:
+    with receiver([200]) as box:
+        _, hook_id = await add_webhook(sessions, box.url)
+        async with sessions.begin() as s:  # written, never published (the trainer died in between)
+            s.add(WebhookDelivery(webhook_id=hook_id, event="training.finished",
+                                  payload={"event": "training.finished", "dataset": "news", "version": 1,
+                                           "state": "live", "evaluation": None, "at": "2026-01-01T00:00:00Z"}))
+        worker, _ = await make_worker()
+        await asyncio.sleep(0.5)
+        assert box.requests == []  # not overdue yet (the sweep waits a sweep period past due)
+        worker.config = WebhookConfig(worker.config.retry, sweep_s=0.0, durable=worker.config.durable)
+        assert await worker.sweep() == 1
+        await until(lambda: asyncio.sleep(0, len(box.requests) == 1))
+        assert json.loads(box.requests[0][1])["at"] == "2026-01-01T00:00:00Z"
+
+
+async def test_the_trainer_emits_training_events_after_a_refit(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], start_responder: Responder, make_consumer: Any,
+    webhook_stream: None,
+) -> None:
+    await start_responder()
+    dataset_id, _ = await seed(sessions)
+    async with sessions.begin() as s:
+        account_id = (await s.get(Dataset, dataset_id)).account_id  # type: ignore[union-attr]
+        s.add(Webhook(account_id=account_id, dataset_id=None, url="https://hooks.example.com/", secret=SECRET,
+                      events=["training.finished", "training.failed"]))
+        empty = Dataset(account_id=account_id, name="empty", title="empty", kind="text")
+        s.add(empty)
+        await s.flush()
+        empty_id = empty.id
+    await make_consumer(webhooks=WebhookEvents(sessions, bus))
+    for target in (dataset_id, empty_id):
+        await bus.publish_event(subjects.train_subject(target), TrainRequest(dataset_id=target),
+                                msg_id=uuid.uuid4().hex)
+    trained = await wait_state(sessions, dataset_id, {"trained", "failed"})
+    await wait_state(sessions, empty_id, {"failed"})
+
+    async def both() -> list[WebhookDelivery] | None:
+        rows = await deliveries(sessions)
+        return rows if len(rows) == 2 else None
+
+    rows = sorted(await until(both), key=lambda r: r.event)
+    assert [r.payload["dataset"] for r in rows] == ["empty", "news"]
+    failed, finished = (r.payload for r in rows)
+    assert failed | {"at": None} == {"event": "training.failed", "dataset": "empty", "version": None,
+                                     "state": "failed", "evaluation": None, "at": None}
+    assert finished["event"] == "training.finished" and finished["state"] == "live"
+    assert finished["version"] == trained.head_version == 1
+    assert finished["evaluation"] == trained.evaluation
+    # Nothing changed since: a second request keeps the head and sends nothing.
+    await bus.publish_event(subjects.train_subject(dataset_id), TrainRequest(dataset_id=dataset_id),
+                            msg_id=uuid.uuid4().hex)
+    await asyncio.sleep(2.0)
+    assert len(await deliveries(sessions)) == 2
