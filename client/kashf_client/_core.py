@@ -278,12 +278,16 @@ class Plans:
         return chunked(bodies, self.limits, lambda chunk: Call("POST", "/api/report_image_tags/", json=list(chunk)),
                        lambda r: list(decode(list[m.Report], r)), _json_size, self.limits.max_json_bytes)
 
-    def report_image_files(self, tag_id: int, files: Iterable[FileInput], positive: bool) -> Plan[list[m.Report]]:
-        fields = {"tag_id": tag_id, "positive": positive}
+    def report_image_files(self, tag_id: int, files: Iterable[FileInput], positive: bool,
+                           dataset: str | None) -> Plan[list[m.Report]]:
+        fields = {"tag_id": tag_id, "positive": positive, "dataset": dataset}
         return self._upload("/api/report_image_tags/", "image_file", files, fields, list[m.Report])
 
-    def delete_report(self, report_id: int) -> Plan[m.Deleted]:
-        return self._one(Call("POST", "/api/delete_report/", json={"id": report_id}), m.Deleted)
+    def delete_report(self, report_id: int | None, item_id: int | None, tag_id: int | None) -> Plan[m.Deleted]:
+        if (report_id is None) == (item_id is None or tag_id is None):
+            raise ValueError("delete_report needs a report id, or both item_id and tag_id")
+        body = {"id": report_id} if report_id is not None else {"item_id": item_id, "tag_id": tag_id}
+        return self._one(Call("POST", "/api/delete_report/", json=body), m.Deleted)
 
     # Datasets and tags
 

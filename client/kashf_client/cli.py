@@ -447,7 +447,7 @@ def eval_(
             plot_confusion(result, str(plot), f"{dataset}: {path.name}")
         except ImportError:
             err.print("[red]--plot needs matplotlib, which is not installed[/red] (pip install "
-                      "'kashf-client[plot]'); no plot written", highlight=False)
+                      "'kashf-client\\[plot]'); no plot written", highlight=False)
             raise typer.Exit(1) from None
         out.print(f"confusion matrix written to {plot}", highlight=False)
 

@@ -257,13 +257,17 @@ class Client(_Base):
         """Label images by URL."""
         return self._drive(self._plans.report_image_tags(reports))
 
-    def report_image_files(self, tag_id: int, files: Iterable[FileInput], *, positive: bool = True) -> list[m.Report]:
+    def report_image_files(
+        self, tag_id: int, files: Iterable[FileInput], *, positive: bool = True, dataset: str | None = None
+    ) -> list[m.Report]:
         """Label uploaded images with one tag; a file the server refused has ``error`` set."""
-        return self._drive(self._plans.report_image_files(tag_id, files, positive))
+        return self._drive(self._plans.report_image_files(tag_id, files, positive, dataset))
 
-    def delete_report(self, report_id: int) -> m.Deleted:
-        """Undo a report; the next head forgets it."""
-        return self._drive(self._plans.delete_report(report_id))
+    def delete_report(
+        self, report_id: int | None = None, *, item_id: int | None = None, tag_id: int | None = None
+    ) -> m.Deleted:
+        """Undo a report, by its id (``Item.report_ids``) or by item and tag; the next head forgets it."""
+        return self._drive(self._plans.delete_report(report_id, item_id, tag_id))
 
     def create_dataset(
         self, dataset: str, *, title: str | None = None, kind: str | None = None, keep_inputs: bool | None = None
@@ -545,14 +549,16 @@ class AsyncClient(_Base):
         return await self._drive(self._plans.report_image_tags(reports))
 
     async def report_image_files(
-        self, tag_id: int, files: Iterable[FileInput], *, positive: bool = True
+        self, tag_id: int, files: Iterable[FileInput], *, positive: bool = True, dataset: str | None = None
     ) -> list[m.Report]:
         """Label uploaded images with one tag; a file the server refused has ``error`` set."""
-        return await self._drive(self._plans.report_image_files(tag_id, files, positive))
+        return await self._drive(self._plans.report_image_files(tag_id, files, positive, dataset))
 
-    async def delete_report(self, report_id: int) -> m.Deleted:
-        """Undo a report; the next head forgets it."""
-        return await self._drive(self._plans.delete_report(report_id))
+    async def delete_report(
+        self, report_id: int | None = None, *, item_id: int | None = None, tag_id: int | None = None
+    ) -> m.Deleted:
+        """Undo a report, by its id (``Item.report_ids``) or by item and tag; the next head forgets it."""
+        return await self._drive(self._plans.delete_report(report_id, item_id, tag_id))
 
     async def create_dataset(
         self, dataset: str, *, title: str | None = None, kind: str | None = None, keep_inputs: bool | None = None

@@ -138,6 +138,7 @@ class Item(_Model):
     content: str | None = None
     image: str | None = None
     reports: list[tuple[int, bool]] = Field(default_factory=list)
+    report_ids: list[int] = Field(default_factory=list)  # the id of each label in ``reports`` (delete_report)
     created: datetime | None = None
 
 
@@ -159,14 +160,25 @@ class Version(_Model):
     evaluation: Evaluation | None = None
 
 
+class WebhookDelivery(_Model):
+    event: str
+    state: str
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    at: datetime | None = None
+
+
 class Webhook(_Model):
-    """``secret`` is shown by create_webhook only."""
+    """``secret`` is shown by create_webhook only; ``last_delivery`` by list_webhooks."""
 
     id: int | str
     url: str
     dataset: str | None = None
     events: list[str] = Field(default_factory=list)
     secret: str | None = None
+    created: datetime | None = None
+    last_delivery: WebhookDelivery | None = None
 
 
 class Suggestion(_Model):
