@@ -19,6 +19,7 @@ from shared.db.models import (
     DataItem,
     Dataset,
     Embedding,
+    HeadVersion,
     Outbox,
     Report,
     Suggestion,
@@ -547,3 +548,49 @@ class Repository:
 
     async def ping(self) -> None:
         await self.session.execute(text("SELECT 1"))
+
+    # Head versions and thresholds (issue 13): list_versions, use_version, update_tag's threshold
+
+    async def head_versions(self, dataset_id: int) -> Sequence[HeadVersion]:
+        """The dataset's stored versions, newest first."""
+        return (await self.session.scalars(
+            select(HeadVersion).where(HeadVersion.dataset_id == dataset_id).order_by(HeadVersion.version.desc())
+        )).all()
+
+    async def lock_dataset(self, dataset_id: int) -> Dataset | None:
+        """The dataset row, re-read and held until the transaction ends (FOR NO KEY UPDATE, as the trainer's
+        commit and retention take it): no version is stored or deleted meanwhile."""
+        return (await self.session.execute(
+            select(Dataset).where(Dataset.id == dataset_id).with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        )).scalar_one_or_none()
+
+    async def head_version(self, dataset_id: int, version: int) -> HeadVersion | None:
+        return (await self.session.execute(
+            select(HeadVersion).where(HeadVersion.dataset_id == dataset_id, HeadVersion.version == version)
+        )).scalar_one_or_none()
+
+    async def make_live(self, dataset_id: int, version: HeadVersion) -> None:
+        """Point the dataset at ``version`` with its figures, and each tag at the threshold and figures that
+        version learned (none for a tag it did not know). A held version is held no more."""
+        await self.session.execute(update(HeadVersion).where(HeadVersion.id == version.id).values(held=False))
+        await self.session.execute(
+            update(Dataset).where(Dataset.id == dataset_id).values(
+                head_version=version.version, evaluation=version.evaluation, model_id=version.model_id,
+                # A trained dataset's reason (a held fit) no longer holds once a person chose the version.
+                state_reason=case((Dataset.state == "trained", None), else_=Dataset.state_reason),
+            )
+        )
+        learned = version.tags or {}
+        tag_ids = (await self.session.scalars(select(Tag.id).where(Tag.dataset_id == dataset_id))).all()
+        null = {"recall": None, "precision": None, "f1": None}
+        rows = [
+            {"id": tag_id, "threshold": (learned.get(str(tag_id)) or {}).get("threshold"),
+             "evaluation": (learned.get(str(tag_id)) or {}).get("evaluation") or null}
+            for tag_id in tag_ids
+        ]
+        if rows:
+            await self.session.execute(update(Tag), rows)  # an executemany by primary key
+
+    async def set_threshold_override(self, tag_id: int, threshold: float | None) -> None:
+        await self.session.execute(update(Tag).where(Tag.id == tag_id).values(threshold_override=threshold))

@@ -168,7 +168,6 @@ class CreateDatasetBody(DatasetBody):
         None, description="absent: fixed by the first report or tagging"
     )
     keep_inputs: bool = Field(False, strict=True, description="keep tag calls' inputs as suggest_labels' pool")
-    keep_inputs: bool = Field(False, strict=True, description="keep tag calls' inputs as suggest_labels' pool")
 
 
 class ListDatasetsBody(_Body):
@@ -351,7 +350,6 @@ class DatasetInfoOut(BaseModel):
     evaluation: DatasetEvaluation | None
     tags: list[TagInfo] | None = Absent
     suggestions: int = 0  # open suggest_labels suggestions (not reported since they were computed)
-    suggestions: int = 0  # open suggest_labels suggestions (not reported since they were computed)
 
 
 class DatasetOut(BaseModel):
@@ -359,7 +357,6 @@ class DatasetOut(BaseModel):
     title: str
     kind: str | None
     state: str
-    keep_inputs: bool = False
     keep_inputs: bool = False
 
 
@@ -519,110 +516,6 @@ class SearchHitOut(BaseModel):
     reports: list[tuple[int, bool]]  # [[tag_id, positive], ...]
 
 
-# What to label next and similar items (suggest_labels, search, update_dataset): issue 14
-
-
-class UpdateDatasetBody(DatasetBody):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"dataset": "digikala", "title": "نظرات", "keep_inputs": True}]}
-    )
-
-    title: TitleText | None = Field(None, description="absent: unchanged")
-    keep_inputs: bool | None = Field(None, strict=True, description="absent: unchanged")
-
-
-class SuggestLabelsBody(DatasetBody):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"dataset": "digikala", "tag_id": 39, "limit": 20}]}
-    )
-
-    tag_id: TagId | None = Field(None, description="only this tag's suggestions")
-    limit: int = Field(20, ge=1, le=500)
-
-
-class SuggestionOut(BaseModel):
-    item_id: int
-    content: str | None = Absent
-    image: str | None = Absent  # /api/items/<id>/image
-    reason: Literal["uncertain", "suspect"]
-    tag_id: int
-    probability: int | float
-
-
-class SearchBody(DatasetBody):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"dataset": "digikala", "text": "ارسال خیلی طول کشید", "limit": 10},
-                {"dataset": "iran", "image_url": "https://media.mehrnews.com/d/2016/08/13/4/2171627.jpg"},
-            ]
-        }
-    )
-
-    text: Text | None = Field(None, description="a text dataset's query (exactly one of text and image_url)")
-    image_url: Text | None = Field(None, description="an image dataset's query, fetched like tag_image_urls")
-    limit: int = Field(10, ge=1, le=100)
-
-    @model_validator(mode="after")
-    def _one_query(self) -> SearchBody:
-        if (self.text is None) == (self.image_url is None):
-            raise ValueError("give exactly one of text and image_url")
-        return self
-
-
-class SearchHitOut(BaseModel):
-    item_id: int
-    score: float  # cosine similarity to the query, rounded to 4 decimals
-    content: str | None = Absent
-    image: str | None = Absent
-    reports: list[tuple[int, bool]]  # [[tag_id, positive], ...]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Export (issue 13): export_dataset answers a zip (gateway.routes.export documents it), so only a body here.
-
-
-class ExportDatasetBody(DatasetBody):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"dataset": "digikala"}]})
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Head versions and thresholds (issue 13): train_dataset's force, list_versions, use_version. The threshold,
-# top_k and min_probability fields are on UpdateTagBody, TagOptions, TagInfo and DatasetInfoOut above.
-
-
-class TrainBody(DatasetBody):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"dataset": "iran"}, {"dataset": "iran", "force": True}]})
-
-    force: bool = Field(
-        False, strict=True, description="refit even if nothing changed, and make the fit live past the promotion gate"
-    )
-
-
-class TagImagesForm(DatasetBody, TagOptions):
-    """The form fields of a multipart tag_images (the files are ``image_file`` parts)."""
-
-
-class ListVersionsBody(DatasetBody):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"dataset": "iran"}]})
-
-
-class UseVersionBody(DatasetBody):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"dataset": "iran", "version": 1}]})
-
-    version: int = Field(ge=1, le=2**31 - 1, strict=True, description="a version list_versions shows")
-
-
-class VersionOut(BaseModel):
-    version: int
-    created: str = Field(description="when the version was fitted, ISO 8601")
-    state: Literal["live", "kept", "held"] = Field(
-        description="live: answers the tag calls; held: lost the promotion gate; kept: an older version"
-    )
-    report_count: int
-    evaluation: TagEvaluation | None = Field(description="cross-validated, percent (as dataset_info)")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Browsing and undo (issue 13): report_image_tags by upload, list_items, the kept image, delete_report.
 
@@ -705,62 +598,3 @@ class ListItemsOut(BaseModel):
 class DeleteReportOut(BaseModel):
     id: int
     deleted: Literal[True] = True
-
-
-# What to label next and similar items (suggest_labels, search, update_dataset): issue 14
-
-
-class UpdateDatasetBody(DatasetBody):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"dataset": "digikala", "title": "نظرات", "keep_inputs": True}]}
-    )
-
-    title: TitleText | None = Field(None, description="absent: unchanged")
-    keep_inputs: bool | None = Field(None, strict=True, description="absent: unchanged")
-
-
-class SuggestLabelsBody(DatasetBody):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"dataset": "digikala", "tag_id": 39, "limit": 20}]}
-    )
-
-    tag_id: TagId | None = Field(None, description="only this tag's suggestions")
-    limit: int = Field(20, ge=1, le=500)
-
-
-class SuggestionOut(BaseModel):
-    item_id: int
-    content: str | None = Absent
-    image: str | None = Absent  # /api/items/<id>/image
-    reason: Literal["uncertain", "suspect"]
-    tag_id: int
-    probability: int | float
-
-
-class SearchBody(DatasetBody):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"dataset": "digikala", "text": "ارسال خیلی طول کشید", "limit": 10},
-                {"dataset": "iran", "image_url": "https://media.mehrnews.com/d/2016/08/13/4/2171627.jpg"},
-            ]
-        }
-    )
-
-    text: Text | None = Field(None, description="a text dataset's query (exactly one of text and image_url)")
-    image_url: Text | None = Field(None, description="an image dataset's query, fetched like tag_image_urls")
-    limit: int = Field(10, ge=1, le=100)
-
-    @model_validator(mode="after")
-    def _one_query(self) -> SearchBody:
-        if (self.text is None) == (self.image_url is None):
-            raise ValueError("give exactly one of text and image_url")
-        return self
-
-
-class SearchHitOut(BaseModel):
-    item_id: int
-    score: float  # cosine similarity to the query, rounded to 4 decimals
-    content: str | None = Absent
-    image: str | None = Absent
-    reports: list[tuple[int, bool]]  # [[tag_id, positive], ...]

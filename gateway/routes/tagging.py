@@ -9,10 +9,10 @@ from gateway.routes.common import api_router, parse_body, post, render
 from gateway.routes.guard import media_kind
 from gateway.routes.uploads import body_doc, delete_uploads, form_fields, read_form, upload
 from gateway.schemas import (
-    DatasetBody,
     ImageTagsOut,
     MediaItem,
     TagImagesBody,
+    TagImagesForm,
     TagTextsBody,
     TagVideoBody,
     TextTagsOut,
@@ -23,8 +23,8 @@ from gateway.service import tagging, video_jobs, videos
 from shared.schemas.media import MediaInput
 
 # The form fields of uploads besides the files (for the body's OpenAPI and its parsing).
-_IMAGE_FIELDS = ("dataset",)
-_VIDEO_FIELDS = ("dataset", "every_ms", "duration", "min_frame_diff", "async")
+_IMAGE_FIELDS = ("dataset", "top_k", "min_probability")
+_VIDEO_FIELDS = ("dataset", "every_ms", "duration", "min_frame_diff", "async", "top_k", "min_probability")
 
 
 async def tag_texts(body: TagTextsBody, account: AccountDep, request: Request) -> Response:
@@ -37,15 +37,16 @@ async def tag_images(request: Request, account: AccountDep, state: StateDep) -> 
     if media_kind(request.headers.get("content-type")) == "json":
         body = parse_body(TagImagesBody, await request.body())
         urls = [MediaItem(url, MediaInput(url=url)) for url in body.image_urls]
-        return render(await tagging.tag_images(state, account, body.dataset, urls))
+        return render(await tagging.tag_images(state, account, body.dataset, urls, body))
     form = await read_form(request, state.settings)
     try:
-        dataset = parse_body(DatasetBody, form_fields(form, _IMAGE_FIELDS)).dataset
+        # Form values are strings ("3"): parsed leniently, where JSON bodies are strict.
+        fields = parse_body(TagImagesForm, form_fields(form, _IMAGE_FIELDS), strict=False)
         uploads = await upload(state, form, "image_file", state.settings.max_image_bytes, "KASHF_MAX_IMAGE_BYTES")
     finally:
         await form.close()
     try:
-        return render(await tagging.tag_images(state, account, dataset, uploads))
+        return render(await tagging.tag_images(state, account, fields.dataset, uploads, fields))
     finally:
         await delete_uploads(state, uploads)
 

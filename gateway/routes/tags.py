@@ -25,6 +25,6 @@ async def delete_tag(body: DeleteTagBody, state: StateDep, account: AccountDep) 
 def router() -> APIRouter:
     r = api_router()
     post(r, "/api/create_tag", create_tag, TagOutFull, "Create a tag (and its dataset when missing)")
-    post(r, "/api/update_tag", update_tag, TagOutFull, "Rename a tag or (de)activate it")
+    post(r, "/api/update_tag", update_tag, TagOutFull, "Rename a tag, (de)activate it or override its threshold")
     post(r, "/api/delete_tag", delete_tag, DeleteTagOut, "Delete a tag with its reports")
     return r

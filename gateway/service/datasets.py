@@ -80,11 +80,13 @@ async def list_datasets(uow: UnitOfWork, account_id: int) -> list[DatasetOut]:
     return [dataset_out(d) for d in await uow.repo.list_datasets(account_id)]
 
 
-async def train_dataset(uow: UnitOfWork, account_id: int, name: str, request_id: str) -> TrainOut:
-    """Mark the dataset waiting and queue a TrainRequest through the outbox (one transaction)."""
+async def train_dataset(uow: UnitOfWork, account_id: int, name: str, request_id: str,
+                        force: bool = False) -> TrainOut:
+    """Mark the dataset waiting and queue a TrainRequest through the outbox (one transaction). ``force``: the
+    trainer refits even with nothing changed and makes the fit live past the promotion gate."""
     dataset = await load_dataset(uow.repo, account_id, name)
     await uow.repo.mark_waiting(dataset.id)
-    message = TrainRequest(dataset_id=dataset.id, reason="api", request_id=request_id)
+    message = TrainRequest(dataset_id=dataset.id, reason="api", request_id=request_id, force=force)
     uow.stage(OutboxEvent(train_subject(dataset.id), f"train-{dataset.id}", message))
     return TrainOut(dataset=dataset.name, state="waiting")
 
@@ -99,7 +101,9 @@ async def _tags_info(uow: UnitOfWork, dataset_id: int, counter: PredictionCounte
         figures = _figures(tag.evaluation)
         evaluation = None if figures is None else TagEvaluation.model_validate(figures)
         predictions = tag.predictions + counter.pending(tag.id)  # what is counted but not yet written, too
-        out.append(TagInfo(title=tag.title, id=tag.id, reports=reports, predictions=predictions, evaluation=evaluation))
+        threshold = tag.threshold_override if tag.threshold_override is not None else tag.threshold
+        out.append(TagInfo(title=tag.title, id=tag.id, reports=reports, predictions=predictions, evaluation=evaluation,
+                           threshold=None if threshold is None else round(threshold, 4)))
     return out
 
 
@@ -116,5 +120,6 @@ async def dataset_info(
         data_count=items,
         evaluation=None if figures is None else DatasetEvaluation.model_validate(figures),
         tags=await _tags_info(uow, dataset.id, counter) if body.tags else None,
+        version=dataset.head_version,
         suggestions=await uow.repo.open_suggestions(dataset.id),
     )

@@ -12,7 +12,7 @@ import structlog
 
 from gateway.infra.datasetcache import DatasetView
 from gateway.infra.predictions import PredictionCounter
-from gateway.schemas import ImageTagsOut, MediaItem, TagOut, TagTextsBody, TextTagsOut
+from gateway.schemas import ImageTagsOut, MediaItem, TagOptions, TagOut, TagTextsBody, TextTagsOut
 from gateway.service.checks import check_count, check_media_count, check_text
 from gateway.service.datasets import fix_kind, load_dataset, wrong_kind
 from gateway.state import AppState
@@ -69,7 +69,8 @@ async def _load_view(state: AppState, account_id: int, name: str, kind: str) -> 
     async def read(uow: UnitOfWork) -> DatasetView:
         dataset = await load_dataset(uow.repo, account_id, name)
         fixed = await fix_kind(uow, dataset, kind)
-        tags = tuple(TagRef(id=t.id, title=t.title) for t in await uow.repo.active_tags(dataset.id))
+        tags = tuple(TagRef(id=t.id, title=t.title, threshold=t.threshold_override)
+                     for t in await uow.repo.active_tags(dataset.id))
         return DatasetView(dataset.id, fixed, HeadRef(dataset_id=dataset.id, version=dataset.head_version), tags,
                            keep_inputs=dataset.keep_inputs)
 
@@ -111,7 +112,8 @@ async def tag_texts(state: AppState, account_id: int, body: TagTextsBody) -> lis
             *(
                 bus.request(
                     TEXT_TAG,
-                    TagTextsRequest(head=head, tags=tags, texts=chunk),
+                    TagTextsRequest(head=head, tags=tags, texts=chunk, top_k=body.top_k,
+                                    min_probability=body.min_probability),
                     TagReply,
                     timeout_s=settings.text_timeout_s,
                     idempotent=True,  # a replica that dies holding it is noticed; another one answers
@@ -132,12 +134,14 @@ async def tag_texts(state: AppState, account_id: int, body: TagTextsBody) -> lis
 
 
 async def tag_images(
-    state: AppState, account_id: int, dataset: str, images: Sequence[MediaItem]
+    state: AppState, account_id: int, dataset: str, images: Sequence[MediaItem], options: TagOptions | None = None
 ) -> list[ImageTagsOut]:
     bus, settings = state.bus, state.settings
     check_media_count(images, "image", settings)
     head, tags = await prepare(state, account_id, dataset, "image")
-    request = TagImagesRequest(head=head, tags=tags, images=[image.ref for image in images])
+    request = TagImagesRequest(head=head, tags=tags, images=[image.ref for image in images],
+                               top_k=options.top_k if options else None,
+                               min_probability=options.min_probability if options else None)
     reply = await bus.request(VISION_TAG, request, TagReply, timeout_s=settings.vision_timeout_s, idempotent=True)
     _check_items(reply.items, len(images), VISION_TAG.queue)
     count_predictions(state.predictions, (item.tags for item in reply.items))

@@ -37,6 +37,9 @@ async def update_tag(uow: UnitOfWork, account_id: int, body: UpdateTagBody) -> T
         raise NotFound(f"tag {body.tag_id} not found in dataset '{body.dataset}'", code="tag_not_found")
     if body.title is not None or body.active is not None:
         uow.dataset_changed(dataset.id)
+    if "threshold" in body.model_fields_set:  # absent leaves it; null resets it to the learned one
+        await uow.repo.set_threshold_override(tag.id, body.threshold)
+        uow.dataset_changed(dataset.id)  # tagging's cached view carries the override to the model services
     return _tag_out(await uow.repo.update_tag(tag.id, body.title, body.active))
 
 

@@ -34,6 +34,7 @@ async def submit_videos(
     return await submit_video_job(
         state.bus, account_id=account_id, head=head, tags=tags, videos=videos, every_ms=params.every_ms,
         duration_s=params.duration or None, min_frame_diff=params.min_frame_diff,
+        top_k=params.top_k, min_probability=params.min_probability,
     )
 
 
@@ -47,6 +48,8 @@ async def submit_video_job(
     every_ms: int,
     duration_s: float | None,
     min_frame_diff: float,
+    top_k: int | None = None,
+    min_probability: float | None = None,
 ) -> VideoJobQueued:
     """Record the job as queued, then queue it.
 
@@ -61,7 +64,7 @@ async def submit_video_job(
     items = [VideoJobItem(key=_key(video), value=video.name, video=video.ref) for video in videos]
     job = VideoJobRequest(
         job_id=job_id, account_id=account_id, head=head, tags=tags, videos=items, every_ms=every_ms,
-        duration_s=duration_s or None, min_frame_diff=min_frame_diff,
+        duration_s=duration_s or None, min_frame_diff=min_frame_diff, top_k=top_k, min_probability=min_probability,
     )
     await VideoJobStore(bus.js).submit(record, job)
     return VideoJobQueued(job_id=job_id, state="queued")

@@ -47,6 +47,8 @@ async def tag_videos(
             every_ms=params.every_ms,
             duration_s=params.duration or None,
             min_frame_diff=params.min_frame_diff,
+            top_k=params.top_k,
+            min_probability=params.min_probability,
         )
         for video in videos
     ]

@@ -53,7 +53,7 @@ async def test_another_accounts_data_is_404_on_every_endpoint(gw: Gateway, nats_
     alice_info = (await gw.post("/api/dataset_info/", {"dataset": "reviews"}, alice)).json()
     assert alice_info["state"] == "untrained"
     assert alice_info["tags"] == [
-        {"title": "خوب", "id": tag, "reports": 1, "predictions": 0, "evaluation": None}
+        {"title": "خوب", "id": tag, "reports": 1, "predictions": 0, "evaluation": None, "threshold": None}
     ]
     labels = await sql(gw.settings.database_url, "SELECT positive FROM report WHERE tag_id=$1", tag)
     assert [r["positive"] for r in labels] == [True]
