@@ -203,6 +203,7 @@ def _up(args: argparse.Namespace) -> int:
         stack.start_all()
         stack.wait_ready(timeout_s=args.ready_timeout)
         print(f"\nKashf is up at {stack.url}  (docs: {stack.url}/docs)", flush=True)
+        print(f"web console: {stack.url}/ui/  (sign in with the token below)", flush=True)
         print(f"API token for account 'dev':\n{token}\n", flush=True)
         print(f"try: curl -H 'Authorization: Token {token}' -H 'Content-Type: application/json' "
               f"-d '{{\"dataset\": \"demo\", \"title\": \"first tag\"}}' {stack.url}/api/create_tag/", flush=True)

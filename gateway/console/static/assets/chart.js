@@ -43,7 +43,7 @@ export function metricsChart(tags) {
       ? `precision ${pct(e.precision)}, recall ${pct(e.recall)}, F1 ${pct(e.f1)}`
       : 'too few reports to evaluate';
     return h('div', { class: 'chart-row', role: 'listitem', 'aria-label': `${tag.title}: ${summary}` },
-      user(tag.title, 'span', { class: 'chart-label' }),
+      user(tag.title, 'span', { class: 'chart-label', title: tag.title }),
       bars(e),
       e ? null : h('span', { class: 'muted small' }, 'too few reports'));
   });

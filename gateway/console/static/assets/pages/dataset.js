@@ -17,7 +17,7 @@ export async function render(root, [name], ctx) {
     h('div', {}, chartBox, tagsBox), h('div', { class: 'side' }, training, versionsBox)));
 
   const trainState = h('span', { class: 'state', id: 'train-state' });
-  const trainNote = h('div', { 'aria-live': 'polite' });
+  const trainNote = h('div', { 'aria-live': 'polite', id: 'train-note' });
   const force = h('input', { type: 'checkbox', id: newId('force') });
   training.append(
     h('h2', { id: 'train-h' }, 'Training'),
@@ -82,7 +82,7 @@ export async function render(root, [name], ctx) {
         schedule();
       } else {
         ctx.announce(`Training ${next.state}`);
-        trainNote.replaceChildren(notice(next.state === 'failed' ? 'error' : 'ok', `Training ${next.state}.`));
+        trainNote.replaceChildren(notice(next.state === 'failed' ? 'error' : 'ok', `Training finished: ${next.state}.`));
         await refresh();
       }
     }, POLL_MS);
@@ -201,12 +201,12 @@ export async function render(root, [name], ctx) {
     }
     const message = h('div');
     const rows = versions.map((v) => h('tr', { 'data-version': v.version, class: v.state },
-      h('th', { scope: 'row' }, String(v.version)),
+      h('th', { scope: 'row' }, String(v.version), h('br'),
+        h('time', { datetime: v.created, title: v.created, class: 'small muted' }, shortTime(v.created))),
       h('td', {}, h('span', { class: `state ${v.state}` }, v.state)),
       h('td', { class: 'num' }, v.report_count ?? '–'),
       h('td', { class: 'num' }, pct(v.evaluation?.f1)),
-      h('td', {}, h('time', { datetime: v.created, title: v.created }, shortTime(v.created))),
-      h('td', {}, v.state === 'live' ? h('span', { class: 'muted' }, 'live') : button('Use', async () => {
+      h('td', {}, v.state === 'live' ? null : button('Use', async () => {
         try {
           await call('use_version', { dataset: name, version: v.version });
           ctx.announce(`Version ${v.version} is live`);
@@ -217,7 +217,7 @@ export async function render(root, [name], ctx) {
         }
       }, { 'aria-label': `Make version ${v.version} live` }))));
     versionsBox.replaceChildren(...body, h('div', { class: 'table-wrap' }, h('table', { class: 'grid', id: 'versions-table' },
-      h('thead', {}, h('tr', {}, ['Version', 'State', 'Reports', 'F1', 'Created', ''].map((c) => h('th', { scope: 'col' }, c)))),
+      h('thead', {}, h('tr', {}, ['Version', 'State', 'Reports', 'F1', ''].map((c) => h('th', { scope: 'col' }, c)))),
       h('tbody', {}, rows))), message);
   }
 
@@ -236,8 +236,11 @@ function overall(info) {
     e.f1 !== undefined ? `, F1 ${pct(e.f1)}` : '');
 }
 
+/** A time of today as 16:35, an older one as its date. */
 export function shortTime(iso) {
   if (!iso) return '–';
   const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'short' });
+  if (Number.isNaN(d.getTime())) return iso;
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : d.toLocaleDateString();
 }

@@ -91,7 +91,16 @@ export async function render(root, [name], ctx) {
     if (item.content !== undefined && item.content !== null) {
       return call('report_text_tags', [{ content: item.content, tag_id: item.tag_id, positive }]);
     }
-    // The API reports images by URL or upload only: the kept copy goes back as an upload.
+    // The API reports images by URL or upload only, not by item id: the kept copy goes back as an upload (a new
+    // item, since items are deduplicated by their original bytes). A suspect's old label is deleted first, so
+    // the two copies never carry contradicting labels.
+    if (item.reason === 'suspect') {
+      try {
+        await call('delete_report', { item_id: item.item_id, tag_id: item.tag_id });
+      } catch (error) {
+        if (error.status !== 404) throw error;
+      }
+    }
     const blob = await imageBlob(item.image);
     const file = new File([blob], `item-${item.item_id}.jpg`, { type: blob.type || 'image/jpeg' });
     const out = await upload('report_image_tags', [['tag_id', item.tag_id], ['positive', String(positive)], ['image_file', file]]);

@@ -1,0 +1,348 @@
+"""The web console in a real browser (Debian's Chromium driven by Playwright) against the real stack: sign in,
+create a dataset, upload photos, train, read the chart, try an image and a video, answer the label queue, roll
+back a version; user text stays text. Screenshots of each page go to .kashf/screenshots/ (git-ignored)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devtools.stack import Stack
+from tests.integration.media import jpeg, photos, variant
+from tests.integration.test_text_flow import wait_trained
+from tests.media_video import slideshow
+from tests.unit.gateway.harness import sql
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = REPO / ".kashf" / "screenshots"
+XSS = "<img src=x onerror=alert(1)>"
+HTML_TEXT = "<b>bold?</b> <script>alert(2)</script> <img src=x onerror=alert(3)> گوشی خوبیه"
+PERSIAN = "این گوشی واقعاً عالیه، باتری‌اش ۲ روز کار می‌کند"
+DATASET = "console-photos"
+# cat, coffee and rocket are tags; the astronaut's tag carries the hostile title.
+TAGS = {"cat": "cat", "coffee": "coffee", "rocket": "rocket", "astronaut": XSS}
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+
+
+def find_chromium() -> str | None:
+    """KASHF_CHROMIUM, else a Chromium or Chrome on PATH (Debian's package installs /usr/bin/chromium)."""
+    if os.environ.get("KASHF_CHROMIUM"):
+        return os.environ["KASHF_CHROMIUM"]
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+@dataclass
+class Console:
+    page: Any
+    url: str
+    api: httpx.AsyncClient
+    dialogs: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    async def shot(self, name: str) -> None:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+    async def go(self, hash_route: str) -> None:
+        await self.page.goto(f"{self.url}/ui/{hash_route}")
+
+    def assert_clean(self) -> None:
+        """No alert, confirm or prompt ever opened; no script error; nothing the CSP refused."""
+        assert self.dialogs == [], self.dialogs
+        assert self.errors == [], self.errors
+
+    async def endpoint_exists(self, name: str, body: Any) -> bool:
+        r = await self.api.post(f"/api/{name}/", json=body)
+        return not (r.status_code in (404, 405) and r.json().get("detail", "").startswith(("no such endpoint",
+                                                                                            "method")))
+
+
+@pytest.fixture(scope="module")
+async def ui(stack: Stack, token: str) -> AsyncIterator[Console]:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.skip("Playwright is not installed: pip install -e '.[dev]' brings it")
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip("no Chromium found: apt-get install chromium (.ci/run does), or set KASHF_CHROMIUM")
+    async with (async_playwright() as p,
+                httpx.AsyncClient(base_url=stack.url, headers={"Authorization": f"Token {token}"},
+                                  timeout=120.0) as api):
+        browser = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        context = await browser.new_context(viewport={"width": 1366, "height": 768})
+        context.set_default_timeout(30_000)
+        page = await context.new_page()
+        console = Console(page, stack.url, api)
+
+        async def on_dialog(dialog: Any) -> None:
+            console.dialogs.append(f"{dialog.type}: {dialog.message}")
+            await dialog.dismiss()
+
+        def on_console(message: Any) -> None:
+            # The network's own 4xx lines are expected (a wrong token on purpose); anything else is a bug.
+            if message.type == "error" and not message.text.startswith("Failed to load resource"):
+                console.errors.append(message.text)
+
+        page.on("dialog", on_dialog)
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: console.errors.append(f"page error: {exc}"))
+        try:
+            yield console
+        finally:
+            await browser.close()
+
+
+def photo_files(directory: Path, name: str, ks: range) -> list[str]:
+    out = []
+    for k in ks:
+        path = directory / f"{name}-{k}.jpg"
+        path.write_bytes(jpeg(variant(photos()[name], k)))
+        out.append(str(path))
+    return out
+
+
+async def train_and_wait(page: Any, timeout_s: float = 240) -> None:
+    """Click Train; the page polls dataset_info and says when the refit is over (no reload)."""
+    from playwright.async_api import expect
+
+    await page.get_by_role("button", name="Train now").click()
+    await expect(page.locator("#train-note")).to_contain_text("Queued")
+    await expect(page.locator("#train-note")).to_have_text("Training finished: trained.", timeout=timeout_s * 1000)
+    await expect(page.locator("#train-state")).to_have_text("trained")
+
+
+async def test_sign_in_create_upload_train_and_chart(ui: Console, token: str, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    page = ui.page
+    await page.goto(f"{ui.url}/ui/")
+    await expect(page).to_have_url(f"{ui.url}/ui/#/signin")
+    await ui.shot("01-signin")
+    await page.get_by_label("API token").fill("not-a-token")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_text("That token was refused.")).to_be_visible()
+    await page.get_by_label("API token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Datasets", exact=True)).to_be_visible()
+    # The token is kept for this tab only, and never in the address.
+    stored = await page.evaluate("() => [sessionStorage.getItem('kashf.token'), localStorage.length, location.href]")
+    assert stored[0] == token and stored[1] == 0 and token not in stored[2]
+
+    await page.get_by_label("Name", exact=True).fill(DATASET)
+    await page.get_by_label("Title", exact=True).fill("عکس‌های آزمایشی")
+    await page.get_by_label("Kind").select_option("image")
+    await page.get_by_label("Tags, one per line").fill("\n".join(TAGS.values()))
+    await page.get_by_role("button", name="Create dataset").click()
+    await expect(page.get_by_text(f"Created {DATASET} with 4 tag(s).")).to_be_visible()
+    row = page.locator("table.grid tbody tr", has_text=DATASET)
+    await expect(row).to_contain_text("image")
+    await expect(row).to_contain_text("untrained")
+    await ui.shot("02-datasets")
+
+    await row.get_by_role("link", name=DATASET).click()
+    await expect(page.locator("#tags-table")).to_contain_text(XSS)  # the hostile title, as text
+    await page.get_by_role("link", name="Items", exact=True).click()
+    for name, title in TAGS.items():
+        await page.get_by_label("Tag", exact=True).select_option(label=title)
+        await page.locator("input[type=file]").set_input_files(photo_files(tmp_path, name, range(4)))
+        await expect(page.get_by_text("4 image(s) reported.")).to_be_visible()
+        await expect(page.locator("#items > li.item")).to_have_count(4 * (list(TAGS).index(name) + 1))
+    # Every thumbnail came through a blob: URL (the image endpoint needs the token) and decoded.
+    await expect(page.locator("#items img.thumb")).to_have_count(16)
+    await page.wait_for_function(
+        "() => [...document.querySelectorAll('#items img.thumb')].every(i => i.complete && i.naturalWidth > 0"
+        " && i.src.startsWith('blob:'))")
+    await expect(page.locator("#items .report.pos", has_text=XSS)).to_have_count(4)
+    await ui.shot("03-items")
+
+    await page.get_by_role("link", name="Dataset", exact=True).click()
+    await train_and_wait(page)
+    info = (await ui.api.post("/api/dataset_info/", json={"dataset": DATASET})).json()
+    assert info["state"] == "trained" and info["report_count"] == 16
+    chart = page.locator("figure.chart")
+    for tag in info["tags"]:
+        bars = chart.locator(".chart-row", has_text=tag["title"]).locator("rect")
+        if tag["evaluation"] is not None:
+            await expect(bars).to_have_count(3)
+            f1 = tag["evaluation"]["f1"]
+            await expect(chart.locator(".chart-row", has_text=tag["title"])).to_have_attribute(
+                "aria-label", f"{tag['title']}: precision {tag['evaluation']['precision']:.1f}%, "
+                f"recall {tag['evaluation']['recall']:.1f}%, F1 {f1:.1f}%")
+    ui.facts["tags"] = {t["title"]: t["id"] for t in info["tags"]}
+    await ui.shot("04-dataset-trained")
+    ui.assert_clean()
+
+
+async def test_try_an_image_and_a_video(ui: Console, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    page = ui.page
+    await ui.go(f"#/d/{DATASET}/try")
+    images = page.locator("section", has=page.get_by_role("heading", name="Images")).locator("input[type=file]")
+    await images.set_input_files([*photo_files(tmp_path, "cat", range(12, 13)),
+                                  *photo_files(tmp_path, "rocket", range(12, 13))])
+    results = page.locator("#try-image-out li.result")
+    await expect(results).to_have_count(2)
+    await expect(results.nth(0).locator(".chip").first).to_contain_text("cat")
+    await expect(results.nth(1).locator(".chip").first).to_contain_text("rocket")
+
+    made = slideshow(tmp_path)  # four 1 s shots: astronaut, coffee, chelsea (the cat), rocket
+    await page.get_by_label("Minimum frame difference (0–255)").fill("10")
+    await page.get_by_label("Sample every (ms)").fill("200")
+    video = page.locator("section", has=page.get_by_role("heading", name="Video")).locator("input[type=file]")
+    await video.set_input_files(str(made.path))
+    frames = page.locator("#timeline li.frame-cell")
+    await expect(frames).to_have_count(4, timeout=120_000)
+    for i, title in enumerate([XSS, "coffee", "cat", "rocket"]):
+        await expect(frames.nth(i).locator(".chip").first).to_contain_text(title)
+    drawn = await page.evaluate(
+        "() => [...document.querySelectorAll('#timeline canvas')].map(c => {"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2]; return s > 0; })")
+    ui.facts["video_drawn"] = drawn
+    await page.locator("#timeline").scroll_into_view_if_needed()
+    await ui.shot("05-try")
+    ui.assert_clean()
+
+
+async def test_label_queue_one_key_answers(ui: Console, stack: Stack) -> None:
+    from playwright.async_api import expect
+
+    if not await ui.endpoint_exists("suggest_labels", {"dataset": DATASET}):
+        pytest.skip("this gateway has no suggest_labels yet: the label queue shows a message instead")
+    page = ui.page
+    api = ui.api
+    tags = ui.facts["tags"]
+    # A label mistake (a coffee cup reported as the cat) for the queue to find as a suspect.
+    r = await api.post("/api/report_image_tags/", data={"tag_id": str(tags["cat"])},
+                       files=[("image_file", ("oops.jpg", jpeg(variant(photos()["coffee"], 40)), "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    oops = r.json()[0]["id"]
+    await api.post("/api/train_dataset/", json={"dataset": DATASET})
+    info = await wait_trained(api, DATASET)
+    if not (await api.post("/api/suggest_labels/", json={"dataset": DATASET})).json():
+        # The trainer ranked nothing here: give the page three suggestions of the trainer's own shape.
+        rocket = (await api.post("/api/list_items/", json={"dataset": DATASET, "tag_id": tags["rocket"],
+                                                           "limit": 1})).json()["items"][0]["id"]
+        for rank, (item, tag, reason, p) in enumerate([(oops, "cat", "suspect", 0.08),
+                                                       (oops, "coffee", "uncertain", 0.45),
+                                                       (rocket, "coffee", "uncertain", 0.4)]):
+            await sql(stack.database_url,
+                      "INSERT INTO suggestion (dataset_id, item_id, tag_id, reason, probability, rank, version) "
+                      "SELECT dataset_id, $1, $2, $3, $4, $5, $6 FROM data_item WHERE id = $1",
+                      item, tags[tag], reason, p, rank, info.get("version") or 1)
+    before = info["report_count"]
+    await ui.go(f"#/d/{DATASET}/queue")
+    suggestion = page.locator("#queue .suggestion")
+    await expect(suggestion).to_be_visible()
+    await page.wait_for_function(
+        "() => [...document.querySelectorAll('#queue img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
+    await ui.shot("06-queue")
+    shown = [await suggestion.get_attribute("data-item-id")]
+    await page.keyboard.press("n")
+    await expect(page.locator("#queue-tally")).to_have_text("This session: 0 yes, 1 no, 0 skipped.")
+    shown.append(await suggestion.get_attribute("data-item-id"))
+    await page.keyboard.press("y")
+    await expect(page.locator("#queue-tally")).to_have_text("This session: 1 yes, 1 no, 0 skipped.")
+    await page.keyboard.press("s")
+    await expect(page.locator("#queue-tally")).to_have_text("This session: 1 yes, 1 no, 1 skipped.")
+    after = (await api.post("/api/dataset_info/", json={"dataset": DATASET})).json()["report_count"]
+    if shown == [str(oops), str(oops)]:
+        # No to "cat" on the mistake: its old label deleted, the kept copy reported not-cat; yes to "coffee".
+        assert after == before + 1
+        cats = (await api.post("/api/list_items/", json={"dataset": DATASET, "tag_id": tags["cat"]})).json()
+        assert oops not in [i["id"] for i in cats["items"]]
+        copy = next(i for i in cats["items"] if [tags["cat"], False] in i["reports"])
+        assert [tags["coffee"], True] in copy["reports"]
+    else:
+        assert after > before
+    ui.assert_clean()
+
+
+async def test_thresholds_versions_and_rollback(ui: Console, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    page = ui.page
+    await ui.go(f"#/d/{DATASET}")
+    await expect(page.locator("#train-state")).to_have_text("trained")
+    info = (await ui.api.post("/api/dataset_info/", json={"dataset": DATASET})).json()
+    if "threshold" in info["tags"][0]:
+        row = page.locator("#tags-table tr", has_text="coffee")
+        await row.get_by_role("spinbutton", name="Threshold for coffee").fill("0.7")
+        await row.get_by_role("button", name="Save threshold for coffee").click()
+        await expect(row.get_by_text("saved")).to_be_visible()
+        info = (await ui.api.post("/api/dataset_info/", json={"dataset": DATASET})).json()
+        assert next(t for t in info["tags"] if t["title"] == "coffee")["threshold"] == pytest.approx(0.7)
+
+    if not await ui.endpoint_exists("use_version", {"dataset": DATASET, "version": 1}):
+        await expect(page.get_by_text("This server does not offer list_versions yet.").or_(
+            page.locator("#versions-table"))).to_be_visible()
+        pytest.skip("this gateway has no use_version yet: the versions card shows a message instead")
+    await expect(page.locator("#versions-table tbody tr")).not_to_have_count(0)
+    first_live = info["version"]
+    # One more example makes the next fit a different head; Force promotes it whatever its F1.
+    await ui.go(f"#/d/{DATASET}/items")
+    await page.get_by_label("Tag", exact=True).select_option(label="cat")
+    await page.locator("input[type=file]").set_input_files(photo_files(tmp_path, "cat", range(30, 32)))
+    await expect(page.get_by_text("2 image(s) reported.")).to_be_visible()
+    await ui.go(f"#/d/{DATASET}")
+    await page.get_by_label("Force: promote even if worse").check()
+    await train_and_wait(page)
+    info = (await ui.api.post("/api/dataset_info/", json={"dataset": DATASET})).json()
+    assert info["version"] != first_live
+    await expect(page.locator(f"#versions-table tr[data-version='{info['version']}']")).to_contain_text("live")
+    await page.get_by_role("button", name=f"Make version {first_live} live").click()
+    await expect(page.get_by_text(f"Version {first_live} is live.")).to_be_visible()
+    info = (await ui.api.post("/api/dataset_info/", json={"dataset": DATASET})).json()
+    assert info["version"] == first_live
+    await expect(page.locator(f"#versions-table tr[data-version='{first_live}']")).to_contain_text("live")
+    await ui.shot("07-versions")
+    ui.assert_clean()
+
+
+async def test_user_text_renders_as_text_and_reports_can_be_deleted(ui: Console) -> None:
+    from playwright.async_api import expect
+
+    page = ui.page
+    api = ui.api
+    await api.post("/api/create_dataset/", json={"dataset": "console-texts", "title": "نظرها", "kind": "text"})
+    tag = (await api.post("/api/create_tag/", json={"dataset": "console-texts", "title": XSS})).json()["tag_id"]
+    r = await api.post("/api/report_text_tags/", json=[{"content": c, "tag_id": tag, "positive": True}
+                                                       for c in (HTML_TEXT, PERSIAN)])
+    assert r.status_code == 200, r.text
+    if not await ui.endpoint_exists("list_items", {"dataset": "console-texts"}):
+        pytest.skip("this gateway has no list_items yet")
+    await ui.go("#/d/console-texts/items")
+    items = page.locator("#items > li.item")
+    await expect(items).to_have_count(2)
+    html_item = items.filter(has_text="<script>alert(2)</script>")
+    await expect(html_item.locator(".text-item")).to_have_text(HTML_TEXT)
+    await expect(html_item.locator(".report")).to_contain_text(XSS)
+    assert await page.locator("main b, main script, img[src='x']").count() == 0
+    direction = await items.filter(has_text="باتری").locator(".text-item").evaluate(
+        "el => getComputedStyle(el).direction")
+    assert direction == "rtl"
+    await ui.shot("08-items-text")
+
+    await html_item.get_by_role("button", name=f'Delete report "{XSS}" of item').click()
+    await expect(html_item.locator(".report")).to_have_count(0)
+    listed = (await api.post("/api/list_items/", json={"dataset": "console-texts"})).json()["items"]
+    assert {i["content"]: i["reports"] for i in listed} == {HTML_TEXT: [], PERSIAN: [[tag, True]]}
+    ui.assert_clean()
