@@ -75,7 +75,17 @@ class _Body(BaseModel):
 # Requests
 
 
-class TagTextsBody(_Body):
+class TagOptions(_Body):
+    """What the tag calls answer per item (head versions and thresholds, issue 13)."""
+
+    top_k: int | None = Field(None, ge=1, le=10_000, strict=True, description="at most this many tags per item")
+    min_probability: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False, strict=True,
+        description="every active tag at or above this probability, in place of each tag's own threshold",
+    )
+
+
+class TagTextsBody(TagOptions):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -86,6 +96,8 @@ class TagTextsBody(_Body):
                         "اصلا اصلا کیفیت نداره رنگش بااین عکس زمین تاآسمون فرق داره",
                     ],
                 },
+                {"dataset": "digikala", "contents": ["ارزش خریدنش رو بی شک داره"], "top_k": 1,
+                 "min_probability": 0.3},
             ]
         }
     )
@@ -94,11 +106,13 @@ class TagTextsBody(_Body):
     contents: list[Text] = NonEmpty
 
 
-class TagImagesBody(_Body):
+class TagImagesBody(TagOptions):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
                 {"dataset": "iran", "image_urls": ["https://media.mehrnews.com/d/2016/08/13/4/2171627.jpg"]},
+                {"dataset": "iran", "image_urls": ["https://media.mehrnews.com/d/2016/08/13/4/2171627.jpg"],
+                 "top_k": 2},
             ]
         }
     )
@@ -107,7 +121,7 @@ class TagImagesBody(_Body):
     image_urls: list[Text] = NonEmpty
 
 
-class VideoParams(_Body):
+class VideoParams(TagOptions):
     # Lower bounds are 400s (SPEC: "negative every_ms"), checked by shared.schemas.media.check_video_params.
     dataset: Name = DatasetName
     every_ms: int = Field(
@@ -185,6 +199,8 @@ class UpdateTagBody(_Body):
         json_schema_extra={
             "examples": [
                 {"dataset": "iran", "tag_id": 111111111, "title": "Old Place", "active": True},
+                {"tag_id": 111111111, "threshold": 0.8},
+                {"tag_id": 111111111, "threshold": None},
             ]
         }
     )
@@ -193,6 +209,11 @@ class UpdateTagBody(_Body):
     tag_id: TagId
     title: TitleText | None = None
     active: bool | None = Field(None, strict=True)
+    # Absent leaves the threshold as it is; null resets it to the one the live head learned.
+    threshold: float | None = Field(
+        None, gt=0, lt=1, allow_inf_nan=False, strict=True,
+        description="a probability in (0, 1) that overrides the learned threshold; null: the learned one again",
+    )
 
 
 class DeleteTagBody(_Body):
@@ -340,6 +361,7 @@ class TagInfo(BaseModel):
     reports: int
     predictions: int
     evaluation: TagEvaluation | None
+    threshold: float | None = Field(None, description="in force: update_tag's override, else the learned one")
 
 
 class DatasetInfoOut(BaseModel):
@@ -349,6 +371,7 @@ class DatasetInfoOut(BaseModel):
     data_count: int
     evaluation: DatasetEvaluation | None
     tags: list[TagInfo] | None = Absent
+    version: int | None = Field(None, description="the live head version; null before the first fit")
     suggestions: int = 0  # open suggest_labels suggestions (not reported since they were computed)
 
 
@@ -598,3 +621,40 @@ class ListItemsOut(BaseModel):
 class DeleteReportOut(BaseModel):
     id: int
     deleted: Literal[True] = True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Head versions and thresholds (issue 13): train_dataset's force, list_versions, use_version. The threshold,
+# top_k and min_probability fields are on UpdateTagBody, TagOptions, TagInfo and DatasetInfoOut above.
+
+
+class TrainBody(DatasetBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"dataset": "iran"}, {"dataset": "iran", "force": True}]})
+
+    force: bool = Field(
+        False, strict=True, description="refit even if nothing changed, and make the fit live past the promotion gate"
+    )
+
+
+class TagImagesForm(DatasetBody, TagOptions):
+    """The form fields of a multipart tag_images (the files are ``image_file`` parts)."""
+
+
+class ListVersionsBody(DatasetBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"dataset": "iran"}]})
+
+
+class UseVersionBody(DatasetBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"dataset": "iran", "version": 1}]})
+
+    version: int = Field(ge=1, le=2**31 - 1, strict=True, description="a version list_versions shows")
+
+
+class VersionOut(BaseModel):
+    version: int
+    created: str = Field(description="when the version was fitted, ISO 8601")
+    state: Literal["live", "kept", "held"] = Field(
+        description="live: answers the tag calls; held: lost the promotion gate; kept: an older version"
+    )
+    report_count: int
+    evaluation: TagEvaluation | None = Field(description="cross-validated, percent (as dataset_info)")
