@@ -7,18 +7,19 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelkit.fetch import policy_from_settings
 from shared import subjects
 from shared.bus import Bus
 from shared.bus.streams import declare_stream, webhooks_config
-from shared.db.models import Account, Dataset, Webhook, WebhookDelivery
+from shared.db.models import Account, Dataset, Report, Webhook, WebhookDelivery
 from shared.schemas.events import TrainRequest
 from tests.unit.trainer.helpers import Responder, seed, wait_state
 from tests.webhookreceiver import receiver, verify
@@ -34,6 +35,18 @@ from trainer.webhooks import (
 
 SECRET = "whsec_test_secret_0123456789"
 EVALUATION = {"recall": 91.7, "precision": 88.0, "f1": 89.8}
+
+
+def readme_verified() -> Callable[[str, bytes], bool]:
+    """The README's receiver example, its ``verified`` function keyed with this test's secret."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme[readme.index("### Webhooks"):]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start:section.index("```", start)]
+    namespace: dict[str, Any] = {}
+    exec(code[:code.index("HTTPServer((")], namespace)  # everything but serving
+    namespace["SECRET"] = SECRET.encode()
+    return namespace["verified"]  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -122,9 +135,12 @@ async def test_a_receiver_failing_twice_gets_exactly_one_accepted_delivery_signe
         [row] = await deliveries(sessions)
         assert (row.state, row.attempts, row.last_status, row.last_error) == ("delivered", 3, 200, None)
         assert row.webhook_id == hook_id
+        readme = readme_verified()
         for headers, body in box.requests:
             assert verify(SECRET, headers["kashf-signature"], body)
             assert not verify("whsec_another", headers["kashf-signature"], body)
+            assert readme(headers["kashf-signature"], body)
+            assert not readme(headers["kashf-signature"], body.replace(b'"live"', b'"held"'))
             assert headers["content-type"] == "application/json"
             assert headers["user-agent"].startswith("Kashf-Webhooks/")
         payload = json.loads(box.requests[-1][1])
@@ -247,7 +263,7 @@ async def test_the_trainer_emits_training_events_after_a_refit(
     webhook_stream: None,
 ) -> None:
     await start_responder()
-    dataset_id, _ = await seed(sessions)
+    dataset_id, tags = await seed(sessions, per_group=8)
     async with sessions.begin() as s:
         account_id = (await s.get(Dataset, dataset_id)).account_id  # type: ignore[union-attr]
         s.add(Webhook(account_id=account_id, dataset_id=None, url="https://hooks.example.com/", secret=SECRET,
@@ -280,3 +296,20 @@ async def test_the_trainer_emits_training_events_after_a_refit(
                             msg_id=uuid.uuid4().hex)
     await asyncio.sleep(2.0)
     assert len(await deliveries(sessions)) == 2
+
+    # Labels made wrong on purpose: the fit loses the promotion gate, is held, and says so.
+    async with sessions.begin() as s:
+        flipped = list(await s.scalars(select(Report.id).where(Report.tag_id == tags["sport"], Report.positive)
+                                       .order_by(Report.id).limit(4)))
+        await s.execute(update(Report).where(Report.id.in_(flipped)).values(positive=False))
+    await bus.publish_event(subjects.train_subject(dataset_id), TrainRequest(dataset_id=dataset_id),
+                            msg_id=uuid.uuid4().hex)
+
+    async def three() -> list[WebhookDelivery] | None:
+        rows = await deliveries(sessions)
+        return rows if len(rows) == 3 else None
+
+    held = (await until(three, timeout_s=30))[-1].payload
+    assert (held["event"], held["state"], held["version"]) == ("training.finished", "held", 2)
+    assert held["evaluation"]["f1"] < finished["evaluation"]["f1"]
+    assert (await wait_state(sessions, dataset_id, {"trained"})).head_version == 1
