@@ -56,7 +56,7 @@ def _image_reports(raw: bytes) -> list[ImageReport]:
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
                                        "input": {}, "ctx": {"error": exc.msg}}]) from exc
     try:
-        return _IMAGE_REPORTS.validate_python(data)
+        return _IMAGE_REPORTS.validate_python(data, from_attributes=True)  # as FastAPI validates a body
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
 
