@@ -33,6 +33,7 @@ class Vision:
     def __init__(self, nats_url: str) -> None:
         self.nats_url = nats_url
         self.seen: list[str] = []  # the file names that reached it
+        self.blob_keys: list[str] = []  # uploads that came by the object store
 
     async def embed(self, data: bytes) -> bytes:
         request = EmbedImagesRequest.model_validate_json(data)
@@ -45,6 +46,8 @@ class Vision:
                 if image.url is not None:
                     items.append(ImageEmbedding(error="HTTP 404", error_code="fetch_failed", error_status=502))
                     continue
+                if image.blob_key is not None:
+                    self.blob_keys.append(image.blob_key)
                 raw = image.data if image.data is not None else (await store.get(image.blob_key or "")).data or b""
                 items.append(self._one(raw))
         finally:
@@ -153,6 +156,31 @@ async def test_report_image_files_refuses_oversized_files_one_by_one(
                                                      "(KASHF_MAX_IMAGE_BYTES)"}
     assert ok["report"] == f"[[{tag_id},true]]" and ok["image_file"] == "ok.png"
     assert peer.seen == ["ok.png"]  # the oversized file never left the gateway
+
+
+async def test_a_large_upload_goes_through_the_blob_store_and_is_deleted_after(
+    gw: Gateway, vision: Vision, nats_url: str
+) -> None:
+    token = await gw.token("acme")
+    tag_id = await _tag(gw, token, "iran", "t")
+    noise = io.BytesIO()  # incompressible: over the 256 KiB that travel inline
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(noise, "PNG")
+    big = noise.getvalue()
+    assert len(big) > 256 * 1024
+    response = await _upload(gw, token, [("small.png", png_bytes(0)), ("big.png", big)], tag_id=str(tag_id))
+    assert response.status_code == 200, response.text
+    assert [a["report"] for a in response.json()] == [f"[[{tag_id},true]]"] * 2
+    stored = await sql(gw.settings.database_url, "SELECT content_hash FROM data_item WHERE id = $1",
+                       response.json()[1]["id"])
+    assert stored[0]["content_hash"] == hashlib.sha256(big).hexdigest()
+    assert len(vision.blob_keys) == 1  # the small one travelled inline
+    nc = await nats.connect(nats_url)
+    try:
+        store = await nc.jetstream().object_store(BLOBS_BUCKET)
+        with pytest.raises(nats.js.errors.NotFoundError):  # deleted once the report was answered
+            await store.get(vision.blob_keys[0])
+    finally:
+        await nc.close()
 
 
 async def test_report_image_files_bad_forms(gw: Gateway, vision: Vision) -> None:
