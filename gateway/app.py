@@ -17,6 +17,7 @@ from gateway.infra.ratelimit import RateLimiter
 from gateway.infra.tokens import TokenCache
 from gateway.middleware import RequestContextMiddleware
 from gateway.routes import console, datasets, health, items, reports, suggest, tagging, tags, video_jobs, webhooks
+from gateway.routes import export as export_routes
 from gateway.routes import versions as version_routes
 from gateway.state import AppState
 from shared.bus import Bus, ensure_streams
@@ -98,5 +99,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     for area in (tagging, reports, items, tags, datasets, suggest, video_jobs, webhooks, health, console):
         app.include_router(area.router())
+    app.include_router(export_routes.router())  # export_dataset
     app.include_router(version_routes.router())  # list_versions, use_version
     return app

@@ -73,16 +73,21 @@ def _common(service: str) -> list[str]:
     return [f"{_API}.INFO", f"{_API}.STREAM.NAMES", *_streams_declared(subjects.EVENTS_STREAM),
             *_objects(subjects.HEADS_BUCKET, write=service == "trainer"),
             # Uploads: the gateway puts them, the trainer puts kept copies to embed, video deletes a job's.
-            *_objects(subjects.BLOBS_BUCKET, write=service in ("gateway", "trainer", "video_service"))]
+            *_objects(subjects.BLOBS_BUCKET, write=service in ("gateway", "trainer", "video_service",
+                                                               # exports: text and vision put the zips
+                                                               "text_service", "vision_service"))]
 
 
 def permissions() -> dict[str, Permissions]:
     """Each service's allow lists (anything not listed is denied)."""
     models = [s.name for s in (subjects.TEXT_EMBED, subjects.TEXT_TAG, subjects.VISION_EMBED, subjects.VISION_TAG,
-                               subjects.VIDEO_TAG, subjects.TEXT_MODEL_INFO, subjects.IMAGE_MODEL_INFO)]
+                               subjects.VIDEO_TAG, subjects.TEXT_MODEL_INFO, subjects.IMAGE_MODEL_INFO,
+                               subjects.TEXT_EXPORT, subjects.VISION_EXPORT)]
     serves = {
-        "text_service": [subjects.TEXT_EMBED.name, subjects.TEXT_TAG.name, subjects.TEXT_MODEL_INFO.name],
-        "vision_service": [subjects.VISION_EMBED.name, subjects.VISION_TAG.name, subjects.IMAGE_MODEL_INFO.name],
+        "text_service": [subjects.TEXT_EMBED.name, subjects.TEXT_TAG.name, subjects.TEXT_MODEL_INFO.name,
+                         subjects.TEXT_EXPORT.name],
+        "vision_service": [subjects.VISION_EMBED.name, subjects.VISION_TAG.name, subjects.IMAGE_MODEL_INFO.name,
+                           subjects.VISION_EXPORT.name],
         "video_service": [subjects.VIDEO_TAG.name],
     }
     publish = {

@@ -22,6 +22,9 @@ VIDEO_TAG = Subject("kashf.video.tag.v1", 180.0, "video_service")
 # Which embedding model a service runs ({model_id, dim}); the trainer asks before each refit.
 TEXT_MODEL_INFO = Subject("kashf.models.text.info.v1", 5.0, "text_service")
 IMAGE_MODEL_INFO = Subject("kashf.models.image.info.v1", 5.0, "vision_service")
+# A dataset's tagger as a zip (modelkit.export): built by the model service, handed over in the blobs bucket.
+TEXT_EXPORT = Subject("kashf.text.export.v1", 300.0, "text_service")
+VISION_EXPORT = Subject("kashf.vision.export.v1", 300.0, "vision_service")
 
 # JetStream: durable events. Subjects carry the dataset id so a consumer could filter.
 EVENTS_STREAM = "KASHF_EVENTS"

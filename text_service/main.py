@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 
+from modelkit.export import serve_export
 from modelkit.heads import HeadCache
 from modelkit.onnx.layout import load_model, model_layout
 from modelkit.onnx.text import TextEncoder
@@ -12,6 +13,7 @@ from modelkit.runtime import Readiness, run_service
 from modelkit.service import Batching
 from shared.bus import Bus, ensure_streams
 from shared.settings import TextServiceSettings
+from shared.subjects import TEXT_EXPORT
 from text_service import handlers
 from text_service.model import Encoder
 from text_service.service import TextService
@@ -27,6 +29,7 @@ async def setup(settings: TextServiceSettings, bus: Bus, encoder: Encoder | None
     service = TextService(encoder, HeadCache(bus.js), batching=Batching.of(settings, layout.workers))
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)
+    await serve_export(bus, TEXT_EXPORT, service, settings.text_model_dir)  # export_dataset
     readiness = Readiness()
     readiness.add_check("model", lambda: service.ready)
     readiness.on_shutdown(service.stop)

@@ -7,6 +7,7 @@ import functools
 
 from PIL import Image
 
+from modelkit.export import serve_export
 from modelkit.fetch import Fetcher, FetchPolicy, policy_from_settings
 from modelkit.heads import HeadCache
 from modelkit.onnx.image import ImageEncoder
@@ -17,6 +18,7 @@ from modelkit.service import Batching
 from shared.bus import Bus, ensure_streams
 from shared.bus.blobs import BlobStore
 from shared.settings import VisionServiceSettings
+from shared.subjects import VISION_EXPORT
 from vision_service import handlers
 from vision_service.model import Encoder
 from vision_service.service import VisionService
@@ -60,6 +62,7 @@ async def setup(settings: VisionServiceSettings, bus: Bus, encoder: Encoder | No
     )
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)
+    await serve_export(bus, VISION_EXPORT, service, settings.image_model_dir)  # export_dataset
     readiness = Readiness()
     readiness.add_check("model", lambda: service.ready)
     readiness.on_shutdown(service.stop)

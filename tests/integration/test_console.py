@@ -195,9 +195,16 @@ async def test_try_an_image_and_a_video(ui: Console, tmp_path: Path) -> None:
 
     page = ui.page
     await ui.go(f"#/d/{DATASET}/try")
-    images = page.locator("section", has=page.get_by_role("heading", name="Images")).locator("input[type=file]")
-    await images.set_input_files([*photo_files(tmp_path, "cat", range(12, 13)),
-                                  *photo_files(tmp_path, "rocket", range(12, 13))])
+    # A real drop: a DragEvent whose DataTransfer holds two JPEG files, dispatched on the drop zone.
+    cat, rocket = (jpeg(variant(photos()[n], 12)) for n in ("cat", "rocket"))
+    transfer = await page.evaluate_handle(
+        """([a, b]) => { const t = new DataTransfer();
+             t.items.add(new File([new Uint8Array(a)], 'cat-12.jpg', {type: 'image/jpeg'}));
+             t.items.add(new File([new Uint8Array(b)], 'rocket-12.jpg', {type: 'image/jpeg'}));
+             return t; }""", [list(cat), list(rocket)])
+    zone = page.locator("section", has=page.get_by_role("heading", name="Images")).locator(".drop")
+    await zone.dispatch_event("dragover", {"dataTransfer": transfer})
+    await zone.dispatch_event("drop", {"dataTransfer": transfer})
     results = page.locator("#try-image-out li.result")
     await expect(results).to_have_count(2)
     await expect(results.nth(0).locator(".chip").first).to_contain_text("cat")
@@ -345,4 +352,35 @@ async def test_user_text_renders_as_text_and_reports_can_be_deleted(ui: Console)
     await expect(html_item.locator(".report")).to_have_count(0)
     listed = (await api.post("/api/list_items/", json={"dataset": "console-texts"})).json()["items"]
     assert {i["content"]: i["reports"] for i in listed} == {HTML_TEXT: [], PERSIAN: [[tag, True]]}
+    ui.assert_clean()
+
+
+async def test_missing_endpoints_and_a_refused_token_are_messages(ui: Console) -> None:
+    """An older gateway (no list_versions, list_items or suggest_labels: 404 "no such endpoint") gets a
+    sentence in the page, not a broken one; a token refused mid-session leads back to sign-in."""
+    from playwright.async_api import expect
+
+    page = ui.page
+    missing = {"status": 404, "content_type": "application/json",
+               "body": '{"error": "not_found", "detail": "no such endpoint"}'}
+    for name in ("list_versions", "list_items", "suggest_labels"):
+        await page.route(f"**/api/{name}/", lambda route: route.fulfill(**missing))
+    try:
+        await ui.go(f"#/d/{DATASET}")
+        await expect(page.get_by_text("This server does not offer list_versions yet.")).to_be_visible()
+        await expect(page.locator("figure.chart")).to_be_visible()
+        await ui.go(f"#/d/{DATASET}/items")
+        await expect(page.get_by_text("This server does not offer list_items yet.")).to_be_visible()
+        await expect(page.get_by_role("heading", name="Report examples")).to_be_visible()
+        await ui.go(f"#/d/{DATASET}/queue")
+        await expect(page.get_by_text("This server does not offer suggest_labels yet.")).to_be_visible()
+        await ui.shot("09-missing-endpoint")
+    finally:
+        await page.unroute_all()
+
+    await page.evaluate("() => sessionStorage.setItem('kashf.token', 'revoked-or-wrong')")
+    await ui.go("#/datasets")
+    await expect(page).to_have_url(f"{ui.url}/ui/#/signin")
+    await expect(page.locator("#status")).to_have_text("The token was refused: sign in again.")
+    assert await page.evaluate("() => sessionStorage.getItem('kashf.token')") is None
     ui.assert_clean()

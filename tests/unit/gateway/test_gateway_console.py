@@ -73,6 +73,14 @@ async def test_api_still_needs_the_token(gw: Gateway) -> None:
     token = await gw.token("console")
     r = await gw.post("/api/list_datasets/", {}, token)
     assert r.status_code == 200 and r.json() == []
+    # No CORS grant: another site's page cannot send the Authorization header (the preflight is refused),
+    # and a cookie is never enough: CSRF has nothing to ride on.
+    pre = await gw.client.options("/api/list_datasets/", headers={
+        "Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert "access-control-allow-origin" not in pre.headers
+    r = await gw.client.post("/api/list_datasets/", json={}, headers={"Cookie": f"token={token}"})
+    assert r.status_code == 401
 
 
 def test_no_script_writes_html_from_strings() -> None:

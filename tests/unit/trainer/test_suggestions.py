@@ -14,7 +14,8 @@ from shared.bus import Bus
 from shared.db.models import DataItem, Embedding, Report, Suggestion
 from tests.unit.trainer.helpers import TextModel, seed
 from trainer.embedder import BusEmbedder
-from trainer.fitting import FitConfig, Report as FitReport, fit_head
+from trainer.fitting import FitConfig, fit_head
+from trainer.fitting import Report as FitReport
 from trainer.heads import ObjectStoreHeads
 from trainer.service import Trainer
 from trainer.suggestions import SuggestConfig, rank_suspects, select_uncertain, unit

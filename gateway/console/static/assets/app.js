@@ -23,6 +23,7 @@ const main = document.getElementById('main');
 const status = document.getElementById('status');
 let cleanup = null;
 let pending = '';
+let flash = ''; // a message for the next page (the route change clears the status line)
 
 export function announce(text) {
   status.textContent = text;
@@ -87,7 +88,8 @@ async function route() {
   renderChrome(params[0], found.title);
   document.title = `${found.title}${params[0] ? ` · ${params[0]}` : ''} · Kashf`;
   clear(main);
-  announce('');
+  announce(flash);
+  flash = '';
   const ctx = {
     announce,
     datasetLink,
@@ -97,10 +99,16 @@ async function route() {
       location.hash = next;
     },
   };
+  // Each page renders into its own element: a page still loading when the route changes writes into a
+  // detached element, never into the next page.
+  const view = h('div', { class: 'view' });
+  main.append(view);
   try {
-    cleanup = (await found.page.render(main, params, ctx)) || null;
+    const done = (await found.page.render(view, params, ctx)) || null;
+    if (view.isConnected) cleanup = done;
+    else if (done) done();
   } catch (error) {
-    main.append(h('div', { class: 'notice error', role: 'alert' }, error.text || String(error.message || error)));
+    view.append(h('div', { class: 'notice error', role: 'alert' }, error.text || String(error.message || error)));
   }
   main.focus({ preventScroll: true });
 }
@@ -109,7 +117,7 @@ window.addEventListener('kashf:unauthorized', () => {
   if (location.hash === '#/signin') return;
   session.signOut();
   pending = location.hash;
-  announce('The token was refused: sign in again.');
+  flash = 'The token was refused: sign in again.';
   location.hash = '#/signin';
 });
 window.addEventListener('hashchange', route);
