@@ -18,6 +18,7 @@ class Receiver:
     """Answers each POST with the next status of ``statuses`` (the last one from then on); keeps what came."""
 
     statuses: list[int]
+    location: str | None = None  # sent with every answer (a redirect's target)
     port: int = 0
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     answered: list[int] = field(default_factory=list)
@@ -28,8 +29,8 @@ class Receiver:
 
 
 @contextmanager
-def receiver(statuses: list[int]) -> Iterator[Receiver]:
-    box = Receiver(list(statuses))
+def receiver(statuses: list[int], location: str | None = None) -> Iterator[Receiver]:
+    box = Receiver(list(statuses), location)
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -40,6 +41,8 @@ def receiver(statuses: list[int]) -> Iterator[Receiver]:
                 box.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 box.answered.append(status)
             self.send_response(status)
+            if box.location is not None:
+                self.send_header("Location", box.location)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

@@ -180,6 +180,21 @@ async def test_a_private_address_the_policy_refuses_never_receives_a_request(
         assert [r.attempts for r in rows] == [1, 1] and counted(metrics, "failed") == 2
 
 
+async def test_a_redirect_is_not_followed_and_counts_as_a_failed_attempt(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], make_worker: Any
+) -> None:
+    with receiver([200]) as target, receiver([302], location=None) as hook:
+        hook.location = target.url  # where a receiver would send the trainer, e.g. an internal address
+        dataset_id, _ = await add_webhook(sessions, hook.url)
+        _, metrics = await make_worker(delay_s=5.0)
+        await WebhookEvents(sessions, bus).emit(dataset_id, "training.finished", state="live", version=1,
+                                                evaluation=None)
+        await until(lambda: asyncio.sleep(0, counted(metrics, "retry") == 1))
+        [row] = await deliveries(sessions)
+        assert (row.state, row.attempts, row.last_status, row.last_error) == ("pending", 1, 302, "http status 302")
+        assert len(hook.requests) == 1 and target.requests == []
+
+
 async def test_only_subscribed_webhooks_of_the_datasets_account_get_the_event(
     bus: Bus, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
