@@ -343,6 +343,13 @@ class Repository:
         await self.session.refresh(webhook, ["created_at"])
         return webhook
 
+    async def count_webhooks(self, account_id: int, *, lock: bool = False) -> int:
+        """How many webhooks the account has; ``lock`` serialises the account's creations (its row, FOR UPDATE)."""
+        if lock:
+            await self.session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
+        count = await self.session.scalar(select(func.count()).where(Webhook.account_id == account_id))
+        return int(count or 0)
+
     async def webhooks(self, account_id: int) -> list[tuple[Webhook, str | None]]:
         """The account's webhooks, oldest first, each with its dataset's name (None: every dataset)."""
         rows = await self.session.execute(

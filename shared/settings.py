@@ -112,6 +112,8 @@ class GatewaySettings(DatabaseSettings):
     # allow; the trainer checks them again, resolved, when it delivers (InferenceSettings' FETCH_ALLOW_*).
     fetch_allow_hosts: str = Field("", validation_alias=_alias("FETCH_ALLOW_HOSTS"))
     fetch_allow_ports: str = Field("80,443", validation_alias=_alias("FETCH_ALLOW_PORTS"))
+    # Webhooks per account: every training event is one POST per webhook (400 beyond, naming the setting).
+    max_webhooks: int = Field(20, ge=0, validation_alias=_alias("KASHF_MAX_WEBHOOKS"))
     # None: the subject's own timeout (shared/subjects.py).
     text_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_TEXT_TIMEOUT_S"))
     vision_timeout_s: float | None = Field(None, validation_alias=_alias("KASHF_GATEWAY_VISION_TIMEOUT_S"))

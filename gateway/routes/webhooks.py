@@ -19,7 +19,8 @@ from gateway.service import webhooks
 
 async def create_webhook(body: CreateWebhookBody, state: StateDep, account: AccountDep) -> Response:
     rules = webhooks.url_rules(state.settings.fetch_allow_hosts, state.settings.fetch_allow_ports)
-    return render(await state.transact(lambda uow: webhooks.create_webhook(uow, account, body, rules)))
+    limit = state.settings.max_webhooks
+    return render(await state.transact(lambda uow: webhooks.create_webhook(uow, account, body, rules, limit)))
 
 
 async def list_webhooks(body: ListWebhooksBody, state: StateDep, account: AccountDep) -> Response:

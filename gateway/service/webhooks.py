@@ -133,13 +133,17 @@ def webhook_not_found(webhook_id: int) -> NotFound:
 
 
 async def create_webhook(
-    uow: UnitOfWork, account_id: int, body: CreateWebhookBody, rules: UrlRules
+    uow: UnitOfWork, account_id: int, body: CreateWebhookBody, rules: UrlRules, max_webhooks: int
 ) -> WebhookCreatedOut:
     url = check_url(body.url, rules)
     events = list(dict.fromkeys(body.events))
     if not events:
         raise BadRequest("events is empty: name at least one event", code="empty_list")
     dataset_id = None if body.dataset is None else (await load_dataset(uow.repo, account_id, body.dataset)).id
+    # Each webhook is one more POST per training event: the cap bounds what one account can make the trainer send.
+    if await uow.repo.count_webhooks(account_id, lock=True) >= max_webhooks:
+        raise BadRequest(f"this account has {max_webhooks} webhooks, the limit (KASHF_MAX_WEBHOOKS): delete one first",
+                         code="too_many_webhooks")
     secret = new_secret()
     webhook = await uow.repo.insert_webhook(account_id, dataset_id, url, events, secret)
     return WebhookCreatedOut(id=webhook.id, url=webhook.url, events=webhook.events, secret=secret)

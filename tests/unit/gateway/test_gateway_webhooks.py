@@ -132,6 +132,21 @@ async def test_events_are_kept_once_each_in_the_order_given(gw: Gateway) -> None
     assert json.loads(stored[0]["events"]) == ["training.failed", "training.finished"]
 
 
+async def test_an_account_has_at_most_max_webhooks(gateway_factory: Callable[..., Any]) -> None:
+    async with gateway_factory(max_webhooks=2) as gw:
+        alice, bob = await gw.token("alice"), await gw.token("bob")
+        first = [(await gw.post("/api/create_webhook/", {"url": f"https://h.example.com/{i}"}, alice)).status_code
+                 for i in range(3)]
+        assert first == [200, 200, 400]
+        refused = await gw.post("/api/create_webhook/", {"url": "https://h.example.com/x"}, alice)
+        assert refused.json()["error"] == "too_many_webhooks" and "KASHF_MAX_WEBHOOKS" in refused.json()["detail"]
+        assert (await gw.post("/api/create_webhook/", {"url": "https://h.example.com/b"}, bob)).status_code == 200
+        hook = (await gw.post("/api/list_webhooks/", {}, alice)).json()[0]["id"]
+        await gw.post("/api/delete_webhook/", {"id": hook}, alice)
+        again = await gw.post("/api/create_webhook/", {"url": "https://h.example.com/y"}, alice)
+        assert again.status_code == 200
+
+
 async def test_another_accounts_webhooks_and_datasets_are_404(gw: Gateway) -> None:
     alice, bob = await gw.token("alice"), await gw.token("bob")
     await gw.post("/api/create_dataset/", {"dataset": "reviews", "kind": "text"}, alice)
