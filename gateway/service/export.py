@@ -16,7 +16,7 @@ from gateway.state import AppState
 from gateway.uow import UnitOfWork
 from shared.bus.blobs import BlobStore
 from shared.bus.blobstream import BlobInfo, blob_info, read_chunks
-from shared.errors import BadRequest
+from shared.errors import BadRequest, NotFound, Unavailable
 from shared.schemas.export import ExportReply, ExportRequest, ExportTag
 from shared.schemas.inference import HeadRef
 from shared.subjects import TEXT_EXPORT, VISION_EXPORT
@@ -77,8 +77,7 @@ async def export_dataset(state: AppState, account_id: int, name: str) -> Exporte
     reply = await state.bus.request(subject, request, ExportReply, idempotent=True)
     try:
         info = await blob_info(state.bus.js, reply.key)
-    except Exception:
-        await BlobStore(state.bus.js).delete([reply.key])
-        raise
+    except NotFound as exc:  # the service said it put it there: ours to fix, not the client's
+        raise Unavailable("the built export is missing from the blob store; try again") from exc
     log.info("dataset_export_ready", dataset=request.head.dataset_id, version=reply.version, bytes=info.size)
     return ExportedZip(state=state, info=info, filename=reply.filename)
