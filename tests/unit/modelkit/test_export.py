@@ -285,3 +285,48 @@ def test_the_real_image_model_exported_matches_the_service(tmp_path: Path, exclu
     got = sess.run([OUTPUT], {meta["inputs"][0]: pixels})[0]
     want = head.probabilities(encoder.encode_batch(pixels))
     assert np.abs(got - want).max() < 1e-3
+
+
+# The model service's side, on the real NATS: build from the stored head, hand the zip over in the blobs bucket.
+
+
+async def test_the_export_subject_builds_from_the_stored_head(nats_url: str, tmp_path: Path) -> None:
+    from modelkit.export import serve_export
+    from modelkit.heads import HeadCache, store_head
+    from modelkit.onnx.text import TextEncoder
+    from shared.bus import Bus, ensure_streams
+    from shared.bus.blobs import BlobStore
+    from shared.errors import BadRequest
+    from shared.schemas.export import ExportReply, ExportRequest
+    from shared.schemas.inference import HeadRef
+    from shared.subjects import TEXT_EXPORT
+    from text_service.service import TextService
+
+    model_dir = build_tiny_text_model(tmp_path / "tiny", [w for t in TEXTS for w in normalize_text(t).split()])
+    encoder = TextEncoder(model_dir, "cpu", 1)
+    bus = await Bus.connect(nats_url, "test-export")
+    try:
+        await ensure_streams(bus.js)
+        head = make_head(encoder.dim, 2, exclusive=False, model_id=encoder.model_id)
+        await store_head(bus.js, 9001, head)
+        await store_head(bus.js, 9002, make_head(encoder.dim, 2, exclusive=False, model_id="other-model@123"))
+        service = TextService(encoder, HeadCache(bus.js))
+        await serve_export(bus, TEXT_EXPORT, service, model_dir)
+        tags = [ExportTag(id=10, title="a", active=True)]
+
+        def ask(dataset_id: int, version: int | None) -> ExportRequest:
+            return ExportRequest(head=HeadRef(dataset_id=dataset_id, version=version), dataset="نظرات", kind="text",
+                                 tags=tags)
+
+        reply = await bus.request(TEXT_EXPORT, ask(9001, 3), ExportReply)
+        assert reply.filename == "نظرات-v3.zip" and reply.version == 3 and reply.key.startswith("export-")
+        data = await BlobStore(bus.js).get(reply.key, reply.size)
+        dest = tmp_path / "got.zip"
+        dest.write_bytes(data)
+        np.testing.assert_allclose(run_text_package(dest, TEXTS), text_reference(model_dir, head, TEXTS), atol=1e-4)
+        with pytest.raises(BadRequest, match="no trained head"):
+            await bus.request(TEXT_EXPORT, ask(9001, None), ExportReply)
+        with pytest.raises(Unavailable, match="retrain"):  # a head of another model: 503 head_model_mismatch
+            await bus.request(TEXT_EXPORT, ask(9002, 3), ExportReply)
+    finally:
+        await bus.close(2)
