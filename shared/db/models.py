@@ -205,9 +205,14 @@ class WebhookDelivery(Base):
     """One event to one webhook: written with the fit that caused it, delivered (retried) from JetStream."""
 
     __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        # The trainer's sweep reads pending rows only; list_webhooks reads each webhook's newest row.
+        Index("ix_webhook_delivery_pending", "id", postgresql_where=text("state = 'pending'")),
+        Index("ix_webhook_delivery_webhook_newest", "webhook_id", text("id DESC")),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhook.id", ondelete="CASCADE"), index=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhook.id", ondelete="CASCADE"))
     event: Mapped[str] = mapped_column(String(40))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     state: Mapped[str] = mapped_column(String(16), server_default="pending")  # pending | delivered | failed

@@ -62,7 +62,10 @@ def upgrade() -> None:
                                 ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_webhook_delivery')),
     )
-    op.create_index(op.f('ix_webhook_delivery_webhook_id'), 'webhook_delivery', ['webhook_id'], unique=False)
+    op.create_index('ix_webhook_delivery_pending', 'webhook_delivery', ['id'], unique=False,
+                    postgresql_where=sa.text("state = 'pending'"))
+    op.create_index('ix_webhook_delivery_webhook_newest', 'webhook_delivery', ['webhook_id', sa.text('id DESC')],
+                    unique=False)
 
     op.create_table(
         'suggestion',
