@@ -13,7 +13,8 @@ import pytest
 
 from shared.schemas.inference import ItemResult, ScoredTag, TagReply, TagTextsRequest
 from shared.schemas.media import TagImagesRequest, TagVideoReply, TagVideoRequest
-from shared.subjects import TEXT_TAG, VIDEO_TAG, VISION_TAG
+from shared.schemas.video_jobs import VideoJobRequest
+from shared.subjects import TEXT_TAG, VIDEO_JOBS_STREAM, VIDEO_JOBS_SUBJECT, VIDEO_TAG, VISION_TAG
 from tests.unit.gateway.harness import Gateway, responder, sql
 
 
@@ -222,3 +223,19 @@ async def test_train_dataset_force_reaches_the_trainer(gw: Gateway) -> None:
     rows = await sql(gw.settings.database_url, "SELECT payload FROM outbox ORDER BY id")
     assert [json.loads(r["payload"])["force"] for r in rows] == [False, True]
     assert (await gw.post("/api/train_dataset/", {"dataset": "news", "force": "yes"}, token)).status_code == 422
+
+
+async def test_an_async_video_job_carries_top_k_and_min_probability(gw: Gateway) -> None:
+    token = await gw.token("acme")
+    await gw.post("/api/create_dataset/", {"dataset": "photos", "kind": "image"}, token)
+    await gw.post("/api/create_tag/", {"dataset": "photos", "title": "bridge"}, token)
+    queued = await gw.post("/api/tag_video_frames/", {"dataset": "photos", "video_urls": ["https://e.org/v.mp4"],
+                                                      "async": True, "top_k": 3, "min_probability": 0.25}, token)
+    assert queued.status_code == 200, queued.text
+    message = await gw.state.bus.js.get_last_msg(VIDEO_JOBS_STREAM, VIDEO_JOBS_SUBJECT)
+    try:
+        job = VideoJobRequest.model_validate_json(message.data or b"")
+        assert job.job_id == queued.json()["job_id"]
+        assert (job.top_k, job.min_probability) == (3, 0.25)
+    finally:
+        await gw.state.bus.js.delete_msg(VIDEO_JOBS_STREAM, message.seq or 0)  # no video_service takes it here
