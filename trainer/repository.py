@@ -318,3 +318,9 @@ async def replace_suggestions(session: AsyncSession, dataset_id: int, version: i
     if rows:
         await session.execute(insert(Suggestion).values([dict(r) for r in rows]))
     return True
+
+
+async def drop_inputs(session: AsyncSession, item_ids: Sequence[int]) -> None:
+    """Delete those of ``item_ids`` that are kept tag-call inputs (not reported): ones that cannot be embedded."""
+    if item_ids:
+        await session.execute(delete(DataItem).where(DataItem.id.in_(list(item_ids)), DataItem.origin == "input"))

@@ -164,10 +164,17 @@ async def _embed_pool(trainer: Fitter, dataset_id: int, model: ModelInfoReply, c
         for start in range(0, len(items), chunk):
             part = items[start:start + chunk]
             got_model, vectors = await trainer.embedder.embed(kind, part)
+            if got_model != model.model_id:
+                continue  # another model answered: its vectors are not this head's space
             done = [(item.id, v) for item, v in zip(part, vectors, strict=True)
                     if v is not None and v.shape == (model.dim,)]
-            if got_model != model.model_id or not done:
-                continue  # another model answered: its vectors are not this head's space
+            failed = [item.id for item, v in zip(part, vectors, strict=True) if v is None]
+            if failed:
+                # A kept input image whose URL no longer answers would be fetched again at every fit.
+                async with trainer.sessions.begin() as session:
+                    await repository.drop_inputs(session, failed)
+            if not done:
+                continue
             async with trainer.sessions.begin() as session:
                 await repository.store_embeddings(session, model.model_id, [i for i, _ in done],
                                                   np.stack([v for _, v in done]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 import pytest
@@ -17,6 +17,7 @@ from trainer.embedder import BusEmbedder
 from trainer.fitting import FitConfig, fit_head
 from trainer.fitting import Report as FitReport
 from trainer.heads import ObjectStoreHeads
+from trainer.repository import ItemToEmbed
 from trainer.service import Trainer
 from trainer.suggestions import SuggestConfig, rank_suspects, select_uncertain, unit
 
@@ -136,3 +137,24 @@ async def test_a_fit_embeds_the_pool_and_replaces_the_suggestions(
     rows = await suggestion_rows(sessions, dataset_id)
     assert rows and all(r.version == second.version for r in rows)
     assert (picked.item_id, picked.tag_id) not in {(r.item_id, r.tag_id) for r in rows if r.reason == "uncertain"}
+
+
+class LosingEmbedder(BusEmbedder):
+    """The bus embedder, except that items whose text says "unreachable" cannot be embedded (a dead URL)."""
+
+    async def embed(self, kind: str, items: Sequence[ItemToEmbed]) -> tuple[str, list[np.ndarray | None]]:
+        model_id, vectors = await super().embed(kind, items)
+        lost = ["unreachable" in (item.content or "") for item in items]
+        return model_id, [None if gone else v for gone, v in zip(lost, vectors, strict=True)]
+
+
+async def test_a_kept_input_that_cannot_be_embedded_leaves_the_pool(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], text_model: TextModel
+) -> None:
+    trainer = Trainer(sessions, LosingEmbedder(bus), ObjectStoreHeads(bus.js), config=FitConfig(cv_folds=3))
+    dataset_id, _ = await seed(sessions, per_group=4)
+    kept = await add_inputs(sessions, dataset_id, ["sport kept input", "food unreachable input"])
+    assert (await trainer.refit(dataset_id)).state == "trained"
+    async with sessions() as s:
+        left = set(await s.scalars(select(DataItem.id).where(DataItem.id.in_(kept))))
+    assert left == {kept[0]}
