@@ -12,7 +12,7 @@ Manifest = dict[str, Any]
 Render = Callable[[str], list[Manifest]]
 TARGETS = ("base", "cpu", "gpu", "dev")
 DB_CLIENTS = {"gateway", "trainer", "kashf-migrate"}
-FETCHERS = {"vision-service", "video-service"}
+FETCHERS = {"vision-service", "video-service", "trainer"}  # the trainer delivers webhooks
 NAMESPACE = "kashf"  # the namespace every object lands in (the manifests are namespace-agnostic)
 
 
