@@ -315,11 +315,14 @@ async def test_thresholds_versions_and_rollback(ui: Console, tmp_path: Path) -> 
     info = (await ui.api.post("/api/dataset_info/", json={"dataset": DATASET})).json()
     assert info["version"] != first_live
     await expect(page.locator(f"#versions-table tr[data-version='{info['version']}']")).to_contain_text("live")
-    await page.get_by_role("button", name=f"Make version {first_live} live").click()
-    await expect(page.get_by_text(f"Version {first_live} is live.")).to_be_visible()
+    # Back to the newest stored version that is not live (retention may have dropped older ones).
+    versions = (await ui.api.post("/api/list_versions/", json={"dataset": DATASET})).json()
+    target = next(v["version"] for v in versions if v["state"] != "live")
+    await page.get_by_role("button", name=f"Make version {target} live").click()
+    await expect(page.get_by_text(f"Version {target} is live.")).to_be_visible()
     info = (await ui.api.post("/api/dataset_info/", json={"dataset": DATASET})).json()
-    assert info["version"] == first_live
-    await expect(page.locator(f"#versions-table tr[data-version='{first_live}']")).to_contain_text("live")
+    assert info["version"] == target
+    await expect(page.locator(f"#versions-table tr[data-version='{target}']")).to_contain_text("live")
     await ui.shot("07-versions")
     ui.assert_clean()
 
@@ -331,13 +334,16 @@ async def test_user_text_renders_as_text_and_reports_can_be_deleted(ui: Console)
     api = ui.api
     await api.post("/api/create_dataset/", json={"dataset": "console-texts", "title": "نظرها", "kind": "text"})
     tag = (await api.post("/api/create_tag/", json={"dataset": "console-texts", "title": XSS})).json()["tag_id"]
-    r = await api.post("/api/report_text_tags/", json=[{"content": c, "tag_id": tag, "positive": True}
-                                                       for c in (HTML_TEXT, PERSIAN)])
+    r = await api.post("/api/report_text_tags/", json=[{"content": HTML_TEXT, "tag_id": tag, "positive": True}])
     assert r.status_code == 200, r.text
     if not await ui.endpoint_exists("list_items", {"dataset": "console-texts"}):
         pytest.skip("this gateway has no list_items yet")
     await ui.go("#/d/console-texts/items")
     items = page.locator("#items > li.item")
+    await expect(items).to_have_count(1)
+    await page.get_by_label("Texts, one per line").fill(PERSIAN)  # pasted, reported from the page
+    await page.get_by_role("button", name="Report texts").click()
+    await expect(page.get_by_text("1 text(s) reported.")).to_be_visible()
     await expect(items).to_have_count(2)
     html_item = items.filter(has_text="<script>alert(2)</script>")
     await expect(html_item.locator(".text-item")).to_have_text(HTML_TEXT)
@@ -352,6 +358,16 @@ async def test_user_text_renders_as_text_and_reports_can_be_deleted(ui: Console)
     await expect(html_item.locator(".report")).to_have_count(0)
     listed = (await api.post("/api/list_items/", json={"dataset": "console-texts"})).json()["items"]
     assert {i["content"]: i["reports"] for i in listed} == {HTML_TEXT: [], PERSIAN: [[tag, True]]}
+
+    # Try it: the texts come back with their tags, the hostile one as text.
+    await ui.go("#/d/console-texts/try")
+    await page.get_by_label("Texts, one per line").fill(f"{HTML_TEXT}\n{PERSIAN}")
+    await page.get_by_role("button", name="Tag texts").click()
+    results = page.locator("#try-text-out li")
+    await expect(results.locator(".text-item")).to_have_text([HTML_TEXT, PERSIAN])
+    await expect(results.nth(0).locator(".chip").first).to_be_visible()
+    assert await page.locator("main b, main script, img[src='x']").count() == 0
+    await ui.shot("10-try-text")
     ui.assert_clean()
 
 

@@ -9,7 +9,7 @@ export const SERIES = [
   ['f1', 'F1', 'bar-f'],
 ];
 
-const WIDTH = 360;
+const WIDTH = 420;
 const BAR = 11;
 const GAP = 3;
 

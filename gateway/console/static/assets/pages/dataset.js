@@ -54,7 +54,8 @@ export async function render(root, [name], ctx) {
         h('span', {}, 'name ', user(name, 'code')), ' · ',
         h('span', { class: `state ${i.state}`, id: 'dataset-state' }, i.state), ' · ',
         `${i.report_count} reports on ${i.data_count} items`, ' · ',
-        `live version ${i.version ?? '–'}`));
+        `live version ${i.version ?? '–'}`,
+        i.suggestions ? [' · ', h('a', { href: ctx.datasetLink(name, 'queue') }, `${i.suggestions} suggestion(s) to label`)] : null));
   }
 
   function drawTraining(i) {
@@ -81,7 +82,7 @@ export async function render(root, [name], ctx) {
       if (BUSY.has(next.state)) {
         schedule();
       } else {
-        ctx.announce(`Training ${next.state}`);
+        ctx.announce(`Training finished: ${next.state}`);
         trainNote.replaceChildren(notice(next.state === 'failed' ? 'error' : 'ok', `Training finished: ${next.state}.`));
         await refresh();
       }
@@ -126,8 +127,8 @@ export async function render(root, [name], ctx) {
       h('p', { class: 'muted small' },
         'Reports: labels given to the tag; predictions: how often tagging calls returned it. ',
         'A threshold you set overrides the learned one (empty: learned).'),
-      h('div', { class: 'table-wrap' }, h('table', { class: 'grid', id: 'tags-table' },
-        h('thead', {}, h('tr', {}, ['Tag', 'Id', 'Reports', 'Predictions', 'Precision', 'Recall', 'F1',
+      h('div', { class: 'table-wrap' }, h('table', { class: 'grid compact', id: 'tags-table' },
+        h('thead', {}, h('tr', {}, ['Tag', 'Reports', 'Predictions', 'Precision', 'Recall', 'F1',
           'Threshold'].map((c) => h('th', { scope: 'col' }, c)))),
         h('tbody', {}, rows))),
       form);
@@ -156,8 +157,8 @@ export async function render(root, [name], ctx) {
       }
     }
     return h('tr', { 'data-tag-id': tag.id },
-      h('th', { scope: 'row' }, user(tag.title), tag.active === false ? h('span', { class: 'muted' }, ' (inactive)') : null),
-      h('td', { class: 'num' }, tag.id),
+      h('th', { scope: 'row' }, user(tag.title), tag.active === false ? h('span', { class: 'muted' }, ' (inactive)') : null,
+        h('br'), h('span', { class: 'small muted' }, `id ${tag.id}`)),
       h('td', { class: 'num' }, tag.reports),
       h('td', { class: 'num' }, tag.predictions),
       h('td', { class: 'num' }, pct(e?.precision)),
@@ -216,7 +217,7 @@ export async function render(root, [name], ctx) {
           message.replaceChildren(notice('error', error.text));
         }
       }, { 'aria-label': `Make version ${v.version} live` }))));
-    versionsBox.replaceChildren(...body, h('div', { class: 'table-wrap' }, h('table', { class: 'grid', id: 'versions-table' },
+    versionsBox.replaceChildren(...body, h('div', { class: 'table-wrap' }, h('table', { class: 'grid compact', id: 'versions-table' },
       h('thead', {}, h('tr', {}, ['Version', 'State', 'Reports', 'F1', ''].map((c) => h('th', { scope: 'col' }, c)))),
       h('tbody', {}, rows))), message);
   }
@@ -242,5 +243,5 @@ export function shortTime(iso) {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return iso;
   const today = new Date().toDateString() === d.toDateString();
-  return today ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : d.toLocaleDateString();
+  return today ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hourCycle: 'h23' }) : d.toLocaleDateString();
 }

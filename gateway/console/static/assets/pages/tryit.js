@@ -17,7 +17,7 @@ export async function render(root, [name], ctx) {
     return url;
   };
   const sections = [];
-  if (ds.kind !== 'image') sections.push(textSection(name));
+  if (ds.kind !== 'image') sections.push(textSection(name, ds.kind === 'text'));
   if (ds.kind !== 'text') sections.push(imageSection(name, local), videoSection(name, local, ctx));
   root.append(pageHead('Try it', ds, ds.info.state !== 'trained'
     ? notice('info', `This dataset is ${ds.info.state}: answers come from its last trained head, if any.`) : null),
@@ -25,10 +25,10 @@ export async function render(root, [name], ctx) {
   return () => urls.forEach((u) => URL.revokeObjectURL(u));
 }
 
-function textSection(name) {
+function textSection(name, alone) {
   const [textField, text] = field('Texts, one per line', h('textarea', { rows: 5, dir: 'auto', id: 'try-text' }));
   const out = h('div', { 'aria-live': 'polite', id: 'try-text-out' });
-  return h('section', { class: 'card', 'aria-labelledby': 'try-text-h' },
+  return h('section', { class: alone ? 'card span2' : 'card', 'aria-labelledby': 'try-text-h' },
     h('h2', { id: 'try-text-h' }, 'Text'), textField,
     button('Tag texts', async () => {
       const contents = text.value.split('\n').map((t) => t.trim()).filter(Boolean);
