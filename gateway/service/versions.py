@@ -11,7 +11,7 @@ from gateway.schemas import DatasetInfoBody, DatasetInfoOut, TagEvaluation, UseV
 from gateway.service.datasets import dataset_info, load_dataset
 from gateway.uow import UnitOfWork
 from shared.db.models import HeadVersion
-from shared.errors import NotFound
+from shared.errors import BadRequest, NotFound
 
 
 def _state(row: HeadVersion, live: int | None) -> str:
@@ -46,6 +46,10 @@ async def use_version(uow: UnitOfWork, account_id: int, body: UseVersionBody,
     if row is None:
         raise NotFound(f"version {body.version} of dataset '{body.dataset}' not found (list_versions shows them)",
                        code="version_not_found")
+    if dataset.model_id is not None and row.model_id != dataset.model_id:
+        # The model services embed with the live head's model: a head of another one cannot answer there.
+        raise BadRequest(f"version {body.version} was fitted for the model {row.model_id}, the live head for "
+                         f"{dataset.model_id}: train the dataset instead", code="version_model_mismatch")
     await uow.repo.make_live(dataset.id, row)
     uow.dataset_changed(dataset.id)
     await uow.session.flush()

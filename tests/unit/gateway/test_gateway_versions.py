@@ -116,6 +116,9 @@ async def test_versions_are_404_for_unknown_versions_and_other_accounts(gw: Gate
     _, tags = await _seed(gw, token)
     missing = await gw.post("/api/use_version/", {"dataset": "news", "version": 9}, token)
     assert missing.status_code == 404 and missing.json()["error"] == "version_not_found"
+    await sql(gw.settings.database_url, "UPDATE dataset SET model_id = 'm2' WHERE name = 'news'")  # a new model
+    other_model = await gw.post("/api/use_version/", {"dataset": "news", "version": 1}, token)
+    assert other_model.status_code == 400 and other_model.json()["error"] == "version_model_mismatch"
     for path, body in (("/api/list_versions/", {"dataset": "news"}),
                        ("/api/use_version/", {"dataset": "news", "version": 1})):
         answer = await gw.post(path, body, other)
