@@ -11,6 +11,7 @@ would clash with the output's name is renamed, and what fed nothing but the drop
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import tempfile
@@ -317,8 +318,11 @@ def package_meta(*, dataset: str, kind: Literal["text", "image"], head: Head, ma
     }
 
 
+@functools.lru_cache(maxsize=2)
 def export_tokenizer(model_dir: Path, pre: TextPreprocessing) -> str:
-    """The model's tokenizer with the service's truncation and padding set, so ``encode_batch`` gives the feeds."""
+    """The model's tokenizer with the service's truncation and padding set, so ``encode_batch`` gives the feeds.
+    Kept (about 8 MB for e5): loading the tokenizer holds the interpreter about a second, stalling the service's
+    event loop, so only the first export of a process pays it."""
     tok = Tokenizer.from_file(str(model_dir / pre.tokenizer))
     tok.enable_truncation(max_length=pre.max_length)
     tok.enable_padding(pad_id=pre.pad_id, pad_token=tok.id_to_token(pre.pad_id) or "<pad>")
