@@ -223,7 +223,7 @@ async def test_try_an_image_and_a_video(ui: Console, tmp_path: Path) -> None:
         "() => [...document.querySelectorAll('#timeline canvas')].map(c => {"
         " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
         " let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2]; return s > 0; })")
-    ui.facts["video_drawn"] = drawn
+    assert drawn == [True] * 4, drawn  # each frame's picture drawn from the dropped file (H.264 in Chromium)
     await page.locator("#timeline").scroll_into_view_if_needed()
     await ui.shot("05-try")
     ui.assert_clean()
