@@ -92,6 +92,9 @@ def _run(ctx: typer.Context, work: Callable[[AsyncClient], Awaitable[T]], concur
     except SourceError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted (an import keeps its progress: run it again to go on)", highlight=False)
+        raise typer.Exit(130) from None
 
 
 async def parallel(items: Sequence[X], size: int, concurrency: int,

@@ -20,6 +20,7 @@ from tests.integration.client.helpers import (
     unseen_rows,
 )
 from tests.integration.texts import DELIVERY, RECOMMEND
+from tests.media_video import slideshow
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +70,32 @@ def test_photo_folder_import_train_eval_tag(stack: Stack, token: str, cli_env: d
     assert [Path(r["input"]).parent.name for r in rows] == ["cat"] * 3 + ["rocket"] * 3
     right = sum(r["tags"][0]["title"] == Path(r["input"]).parent.name for r in rows)
     assert right >= 5, rows
+
+    # A video: a slideshow of the four photos, one second each; a frame comes back when its tags change.
+    video = slideshow(tmp_path).path
+    frames = kashf(cli_env, "tag", "cli-photos", str(video), "--every-ms", "250", "--format", "csv")
+    assert frames.returncode == 0, frames.stderr
+    tops = [line.split(",")[3] for line in frames.stdout.splitlines()[1:]]
+    assert [t for t in tops if t in PHOTO_TAGS][:4] == ["astronaut", "coffee", "cat", "rocket"], frames.stdout
+
+
+def test_views_of_datasets_tags_versions_and_suggestions(cli_env: dict[str, str], tmp_path: Path) -> None:
+    photos = photo_folder(tmp_path / "photos", range(4))
+    assert kashf(cli_env, "import", "cli-views", str(photos)).returncode == 0
+    assert kashf(cli_env, "train", "cli-views", "--wait").returncode == 0
+    listed = kashf(cli_env, "datasets")
+    assert listed.returncode == 0 and re.search(r"cli-views\s*\S\s*cli-views\s*\S\s*image\s*\S\s*trained",
+                                                listed.stdout), listed.stdout
+    tags = kashf(cli_env, "tags", "cli-views")
+    assert tags.returncode == 0 and all(re.search(rf"{t}\s*\S\s*4\s", tags.stdout) for t in PHOTO_TAGS), tags.stdout
+    versions = kashf(cli_env, "versions", "cli-views")
+    assert versions.returncode == 0 and re.search(r"1\s*\S\s*live", versions.stdout), versions.stdout
+    suggested = kashf(cli_env, "suggest", "cli-views", "--limit", "3")
+    assert suggested.returncode == 0 and "label these next" in suggested.stdout
+    missing = kashf(cli_env, "tags", "no-such-dataset")
+    assert missing.returncode == 1 and "404 dataset_not_found" in missing.stderr
+    wrong = kashf({**cli_env, "KASHF_TOKEN": "wrong"}, "datasets")
+    assert wrong.returncode == 1 and "401 unauthorized" in wrong.stderr
 
 
 def test_text_csv_import_train_eval_tag(stack: Stack, token: str, cli_env: dict[str, str], tmp_path: Path) -> None:
