@@ -291,8 +291,14 @@ def _preprocessing(manifest: ModelManifest) -> dict[str, Any]:
                 "prefix": pre.prefix, "tokenizer": TOKENIZER_FILE, "max_length": pre.max_length,
                 "pad_id": pre.pad_id, "truncation_and_padding": f"set in {TOKENIZER_FILE}"}
     assert isinstance(pre, ImagePreprocessing)
-    return {**pre.model_dump(), "exif_transpose": True, "pixels": "0..255, then (pixel - mean) / std per channel",
-            "steps": ("EXIF-upright RGB; resize_mode shortest: scale the shorter side to resize_shorter "
+    # How vision_service decodes before this (vision_service.decode, which modelkit may not import: its unit test
+    # checks these words against it): a JPEG far larger than the model needs is decoded at reduced scale.
+    needed = pre.crop if pre.resize_mode == "squash" else pre.resize_shorter
+    decode = {"frame": "the first", "exif_transpose": True, "alpha": "composited on white, then RGB",
+              "jpeg_draft": {"when_shorter_side_at_least": 4 * needed, "pil_draft": ["RGB", [2 * needed, 2 * needed]],
+                             "note": "Image.draft(*pil_draft) before loading a JPEG that large (reduced-scale DCT)"}}
+    return {**pre.model_dump(), "decode": decode, "pixels": "0..255, then (pixel - mean) / std per channel",
+            "steps": ("decode as 'decode' says; resize_mode shortest: scale the shorter side to resize_shorter "
                       "(each side at least crop, rounded), centre-crop crop x crop; squash: resize to "
                       "crop x crop; then NCHW float32")}
 

@@ -45,8 +45,12 @@ if meta["kind"] == "text":
 else:
     from PIL import Image, ImageOps
     rows = []
+    draft = pre["decode"]["jpeg_draft"]
     for path in inputs:
-        img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+        img = Image.open(path)
+        if img.format == "JPEG" and min(img.size) >= draft["when_shorter_side_at_least"]:
+            img.draft(draft["pil_draft"][0], tuple(draft["pil_draft"][1]))
+        img = ImageOps.exif_transpose(img).convert("RGB")
         w, h = img.size; crop = pre["crop"]; s = pre["resize_shorter"] / min(w, h)
         nw, nh = max(crop, round(w * s)), max(crop, round(h * s))
         img = img.resize((nw, nh), Image.Resampling.BILINEAR)
@@ -183,6 +187,9 @@ async def test_an_image_datasets_export_runs_offline_with_the_apis_probabilities
         tag_ids[name] = (await api.post("/api/create_tag/", json={"dataset": dataset, "title": name})).json()["tag_id"]
     files = {f"/{name}-{k}.jpg": ("image/jpeg", jpeg(variant(photo, k)))
              for name, photo in photos().items() for k in (*range(3), 11, 12)}
+    # Photos as a camera makes them: the service decodes these at reduced scale (kashf.json's "decode" says how).
+    files |= {f"/{name}-large.jpg": ("image/jpeg", jpeg(variant(photo, 13, size=1700)))
+              for name, photo in photos().items()}
     with file_server(files) as server:
         reports = [{"image_url": f"{server.base}/{name}-{k}.jpg", "tag_id": tag_ids[name], "positive": True}
                    for name in photos() for k in range(3)]
@@ -191,7 +198,7 @@ async def test_an_image_datasets_export_runs_offline_with_the_apis_probabilities
         await api.post("/api/train_dataset/", json={"dataset": dataset})
         await wait_trained(api, dataset)
         meta = await export(api, dataset, tmp_path / "places.zip")
-        unseen = [f"/{name}-{k}.jpg" for name in photos() for k in (11, 12)]
+        unseen = [f"/{name}-{k}.jpg" for name in photos() for k in (11, 12, "large")]
         want = await api_probabilities(api, "/api/tag_images/", {
             "dataset": dataset, "image_urls": [server.base + path for path in unseen]}, meta)
     assert meta["kind"] == "image" and meta["preprocessing"]["layout"] == "NCHW"

@@ -330,3 +330,48 @@ async def test_the_export_subject_builds_from_the_stored_head(nats_url: str, tmp
             await bus.request(TEXT_EXPORT, ask(9002, 3), ExportReply)
     finally:
         await bus.close(2)
+
+
+def decode_as_described(data: bytes, decode: dict) -> Image.Image:  # type: ignore[type-arg]
+    """What a user does with kashf.json's "decode" (the integration test's offline runner does the same)."""
+    import io
+
+    from PIL import ImageOps
+
+    img = Image.open(io.BytesIO(data))
+    draft = decode["jpeg_draft"]
+    if img.format == "JPEG" and min(img.size) >= draft["when_shorter_side_at_least"]:
+        img.draft(draft["pil_draft"][0], tuple(draft["pil_draft"][1]))
+    img.seek(0)
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "P"):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img.convert("RGB")
+
+
+@pytest.mark.parametrize("resize_mode", ["shortest", "squash"])
+def test_the_decode_kashf_json_describes_is_vision_services(resize_mode: str) -> None:
+    import io
+
+    from modelkit.export import _preprocessing
+    from modelkit.onnx.manifest import ImagePreprocessing, ModelManifest
+    from vision_service.decode import decode_image
+    from vision_service.main import _needed_side
+
+    pre = ImagePreprocessing(resize_mode=resize_mode)  # type: ignore[arg-type]
+    manifest = ModelManifest(name="m", modality="image", dim=4, preprocessing=pre, opset=18, files={},
+                             cpu_file="m.onnx", gpu_file="m.onnx", inputs=["pixels"], outputs=["embedding"])
+    decode = _preprocessing(manifest)["decode"]
+    rng = np.random.default_rng(6)
+    photo = Image.fromarray(rng.integers(0, 255, size=(60, 80, 3), dtype=np.uint8)).resize((1400, 1100))
+    rgba = Image.fromarray(rng.integers(0, 255, size=(50, 70, 4), dtype=np.uint8), "RGBA")
+    cases = []
+    for img, fmt in ((photo, "JPEG"), (photo.resize((700, 550)), "JPEG"), (rgba, "PNG")):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        cases.append(buf.getvalue())
+    for data in cases:
+        want = decode_image(data, max_pixels=10**8, min_side=_needed_side(pre))
+        got = decode_as_described(data, decode)
+        assert got.size == want.size and np.array_equal(np.asarray(got), np.asarray(want))
