@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from gateway.infra.searchindex import Matrix, SearchIndex
@@ -46,14 +48,13 @@ async def search(state: AppState, index: SearchIndex, account_id: int, body: Sea
     model_id, query = await _embed_query(state, body)
 
     async def load() -> Matrix:
-        async def read(uow: UnitOfWork) -> Matrix:
-            return Matrix.from_rows(*await uow.repo.embeddings_of_dataset(dataset.id, model_id))
-
-        return await state.transact(read)
+        rows = await state.transact(lambda uow: uow.repo.embeddings_of_dataset(dataset.id, model_id))
+        return await asyncio.to_thread(Matrix.from_rows, *rows)
 
     matrix = await index.get(dataset.id, model_id, load)
-    # A few more than asked: an item deleted since the matrix was loaded is skipped.
-    hits = matrix.nearest(query, body.limit + 10)
+    # Off the event loop: 100k items take tens of milliseconds (bench/search.py). A few more than asked: an
+    # item deleted since the matrix was loaded is skipped.
+    hits = await asyncio.to_thread(matrix.nearest, query, body.limit + 10)
 
     async def describe(uow: UnitOfWork) -> list[SearchHitOut]:
         ids = [item_id for item_id, _ in hits]
