@@ -202,12 +202,16 @@ async def _refresh(trainer: Fitter, dataset_id: int, version: int, model: ModelI
         probs = head.probabilities(pool)[:, columns]
         thresholds = np.array([tags[int(t)][1] if tags[int(t)][1] is not None else float(head.thresholds[j])
                                for t, j in zip(tag_ids, columns, strict=True)])
-        positive_items = {item for (item, _), positive in labels.items() if positive}
-        reported = set(labels)
-        # Items reported positive for any tag are already every other tag's (implicit) negatives.
-        eligible = np.array([[int(i) not in positive_items and (int(i), int(t)) not in reported for t in tag_ids]
-                             for i in pool_ids], dtype=bool).reshape(len(pool_ids), len(columns))
         row_of = {int(i): r for r, i in enumerate(pool_ids)}
+        col_of = {int(t): c for c, t in enumerate(tag_ids)}
+        eligible = np.ones((len(pool_ids), len(columns)), dtype=bool)
+        for (item, tag), positive in labels.items():
+            if item in row_of:
+                # Items reported positive for any tag are already every other tag's (implicit) negatives.
+                if positive:
+                    eligible[row_of[item]] = False
+                elif tag in col_of:
+                    eligible[row_of[item], col_of[tag]] = False
         taken = unit(pool[[row_of[s.row] for s in suspects]]) if suspects else None
         uncertain = [Pick(p.row, columns[p.column], p.probability, p.reason) for p in select_uncertain(
             pool, probs, thresholds, eligible, config.limit - len(suspects), config.max_cosine, config.band, taken)]
