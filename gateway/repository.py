@@ -34,6 +34,24 @@ from shared.db.models import (
 TagLock = Literal["reference", "change", "delete"]
 
 
+# keep_inputs: insert the new inputs and trim the oldest, in one statement. The DELETE does not see the rows
+# this statement inserts (one snapshot), so it keeps max_items minus those of the existing ones.
+_KEEP_INPUTS = text("""
+WITH added AS (
+    INSERT INTO data_item (dataset_id, kind, content, source_url, content_hash, origin)
+    SELECT :dataset_id, r.kind, r.content, r.source_url, r.content_hash, 'input'
+    FROM unnest(CAST(:kinds AS text[]), CAST(:contents AS text[]), CAST(:urls AS text[]),
+                CAST(:hashes AS text[])) AS r(kind, content, source_url, content_hash)
+    ON CONFLICT (dataset_id, content_hash) DO NOTHING
+    RETURNING id
+)
+DELETE FROM data_item WHERE id IN (
+    SELECT id FROM data_item WHERE dataset_id = :dataset_id AND origin = 'input'
+    ORDER BY id DESC OFFSET GREATEST(:max_items - (SELECT count(*) FROM added), 0)
+)
+""")
+
+
 @dataclass(frozen=True)
 class SuggestionRow:
     item_id: int
@@ -397,20 +415,13 @@ class Repository:
         return dataset
 
     async def keep_inputs(self, dataset_id: int, rows: Sequence[dict[str, Any]], max_items: int) -> None:
-        """Store tag-call inputs as pool items (an item already there keeps its origin), then drop the
-        dataset's oldest input items beyond ``max_items``."""
-        if rows:
-            await self.session.execute(
-                insert(DataItem).values([{**r, "dataset_id": dataset_id, "origin": "input"} for r in rows])
-                .on_conflict_do_nothing(index_elements=[DataItem.dataset_id, DataItem.content_hash])
-            )
-        beyond = (
-            select(DataItem.id)
-            .where(DataItem.dataset_id == dataset_id, DataItem.origin == "input")
-            .order_by(DataItem.id.desc())
-            .offset(max_items)
-        )
-        await self.session.execute(delete(DataItem).where(DataItem.id.in_(beyond)))
+        """Store tag-call inputs as pool items (an item already there keeps its origin) and drop the dataset's
+        oldest input items beyond ``max_items``, in one statement (one round trip per tag call)."""
+        await self.session.execute(_KEEP_INPUTS, {
+            "dataset_id": dataset_id, "max_items": max_items,
+            "kinds": [r["kind"] for r in rows], "contents": [r.get("content") for r in rows],
+            "urls": [r.get("source_url") for r in rows], "hashes": [r["content_hash"] for r in rows],
+        })
 
     def _open_suggestion(self) -> Any:
         """A suggestion nobody answered since it was computed: no report of its pair since (and, for an

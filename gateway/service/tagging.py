@@ -164,17 +164,37 @@ def url_key(url: str) -> str:
     return hashlib.sha256(b"url\0" + url.encode()).hexdigest()
 
 
+# keep_inputs writes in flight (strong references: the event loop keeps only weak ones to tasks).
+_KEEPING: set[asyncio.Task[None]] = set()
+_MAX_KEEPING = 256  # beyond, inputs are dropped (logged) rather than queued without bound
+
+
 async def keep_inputs(state: AppState, account_id: int, name: str, kind: str, rows: list[dict[str, Any]]) -> None:
-    """With the dataset's keep_inputs on, store what a tag call answered for as pool items (suggest_labels),
-    in a short unit of work after the answer is ready. Best effort: a failure is logged, the answer stands."""
+    """With the dataset's keep_inputs on, store what a tag call answered for as pool items (suggest_labels):
+    in a short unit of work of its own, started once the answer is ready and not awaited by the call (its
+    round trips would double a cached tag call's latency). Best effort: a failure is logged."""
     view = state.datasets.get(account_id, name)
     if view is None:  # the dataset cache is off (or the entry just went): read the view again
         view = await _load_view(state, account_id, name, kind)
     if not view.keep_inputs or not rows:
         return
     unique = [row for _, row in sorted({row["content_hash"]: row for row in rows}.items())]  # one lock order
+    if len(_KEEPING) >= _MAX_KEEPING:
+        log.warning("keep_inputs_dropped", dataset_id=view.dataset_id, items=len(unique), in_flight=len(_KEEPING))
+        return
+    task = asyncio.create_task(_store_inputs(state, view.dataset_id, unique))
+    _KEEPING.add(task)
+    task.add_done_callback(_KEEPING.discard)
+
+
+async def _store_inputs(state: AppState, dataset_id: int, rows: list[dict[str, Any]]) -> None:
     try:
-        await state.transact(lambda uow: uow.repo.keep_inputs(view.dataset_id, unique,
-                                                               state.settings.max_input_items))
+        await state.transact(lambda uow: uow.repo.keep_inputs(dataset_id, rows, state.settings.max_input_items))
     except Exception as exc:
-        log.warning("keep_inputs_failed", dataset_id=view.dataset_id, items=len(unique), error=repr(exc))
+        log.warning("keep_inputs_failed", dataset_id=dataset_id, items=len(rows), error=repr(exc))
+
+
+async def kept_inputs_settled() -> None:
+    """Until every keep_inputs write started so far has finished (tests, shutdown)."""
+    while _KEEPING:
+        await asyncio.gather(*list(_KEEPING), return_exceptions=True)

@@ -45,7 +45,8 @@ async def test_dataset_calls_answer_the_reference_shapes(gw: Gateway) -> None:
         "/api/create_dataset/", {"dataset": "iran", "title": "لحظه", "kind": "image"}, token
     )
     assert created.status_code == 200
-    assert created.json() == {"dataset": "iran", "title": "لحظه", "kind": "image", "state": "untrained"}
+    assert created.json() == {"dataset": "iran", "title": "لحظه", "kind": "image", "state": "untrained",
+                              "keep_inputs": False}
 
     tag = await gw.post("/api/create_tag/", {"dataset": "iran", "title": "New Place"}, token)
     assert tag.status_code == 200
@@ -60,7 +61,8 @@ async def test_dataset_calls_answer_the_reference_shapes(gw: Gateway) -> None:
     assert updated.json() == {"title": "Old Place", "tag_id": tag_id, "active": False}
 
     listed = await gw.post("/api/list_datasets/", {}, token)
-    assert listed.json() == [{"dataset": "iran", "title": "لحظه", "kind": "image", "state": "untrained"}]
+    assert listed.json() == [{"dataset": "iran", "title": "لحظه", "kind": "image", "state": "untrained",
+                              "keep_inputs": False}]
 
     info = await gw.post("/api/dataset_info/", {"dataset": "iran", "tags": True}, token)
     assert info.json() == {
@@ -72,6 +74,7 @@ async def test_dataset_calls_answer_the_reference_shapes(gw: Gateway) -> None:
         "tags": [{"title": "Old Place", "id": tag_id, "reports": 0, "predictions": 0, "evaluation": None,
                   "threshold": None}],
         "version": None,
+        "suggestions": 0,
     }
     without_tags = await gw.post("/api/dataset_info/", {"dataset": "iran", "tags": False}, token)
     assert "tags" not in without_tags.json()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from gateway.service.tagging import kept_inputs_settled
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest, ItemResult, ScoredTag, TagReply, TagTextsRequest
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, ImageEmbedding, TagImagesRequest
 from shared.subjects import TEXT_EMBED, TEXT_TAG, VISION_EMBED, VISION_TAG
@@ -24,6 +27,7 @@ async def tag_service(data: bytes) -> bytes:
 
 
 async def input_items(gw: Gateway) -> list[tuple[str, str]]:
+    await kept_inputs_settled()  # the tag calls' writes run after their answers
     rows = await sql(gw.settings.database_url, "SELECT content, origin FROM data_item ORDER BY id")
     return [(r["content"], r["origin"]) for r in rows]
 
@@ -91,6 +95,7 @@ async def test_keep_inputs_on_create_keeps_image_urls(gw: Gateway, nats_url: str
     async with responder(nats_url, VISION_TAG, vision):
         response = await gw.post("/api/tag_images/", {"dataset": "iran", "image_urls": urls}, token)
     assert response.status_code == 200, response.text
+    await kept_inputs_settled()
     rows = await sql(gw.settings.database_url, "SELECT kind, source_url, origin, media FROM data_item")
     # The image that could not be fetched is not kept.
     assert [(r["kind"], r["source_url"], r["origin"], r["media"]) for r in rows] == [("image", urls[0], "input", None)]
@@ -236,3 +241,33 @@ async def test_search_by_image_url_fetches_through_vision_and_reports_fetch_erro
     assert found.status_code == 200, found.text
     assert found.json() == [{"item_id": item, "score": 1.0, "image": f"/api/items/{item}/image", "reports": []}]
     assert gone.status_code == 502 and gone.json()["error"] == "fetch_failed"
+
+
+async def test_keeping_inputs_adds_little_to_a_tag_call(gateway_factory: Callable[..., Any], nats_url: str) -> None:
+    """Median latency of tag_texts (4 texts, fake text service) with keep_inputs off and on, printed."""
+    async with gateway_factory(rate_per_minute=0) as gw:  # one account as fast as it can: no rate limit
+        await measure_keep_inputs(gw, nats_url)
+
+
+async def measure_keep_inputs(gw: Gateway, nats_url: str) -> None:
+    token = await gw.token("acme")
+    for name, keep in (("off", False), ("on", True)):
+        await gw.post("/api/create_dataset/", {"dataset": name, "kind": "text", "keep_inputs": keep}, token)
+        await gw.post("/api/create_tag/", {"dataset": name, "title": "ارسال"}, token)
+    medians = {}
+    async with responder(nats_url, TEXT_TAG, tag_service):
+        for round_ in range(2):  # the first round warms both paths up
+            for name in ("off", "on"):
+                times = []
+                for i in range(60):
+                    contents = [f"{t} {round_} {i}" for t in TEXTS]
+                    start = time.perf_counter()
+                    r = await gw.post("/api/tag_texts/", {"dataset": name, "contents": contents}, token)
+                    times.append(time.perf_counter() - start)
+                    assert r.status_code == 200
+                medians[name] = statistics.median(times)
+    await kept_inputs_settled()
+    kept = await sql(gw.settings.database_url, "SELECT count(*) AS n FROM data_item")
+    assert kept[0]["n"] == 2 * 60 * len(TEXTS)  # only the "on" dataset's texts, both rounds
+    print(f"tag_texts median: keep_inputs off {medians['off'] * 1e3:.1f} ms, on {medians['on'] * 1e3:.1f} ms")
+    assert medians["on"] - medians["off"] < 0.005  # the write is not awaited by the call
