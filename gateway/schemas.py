@@ -658,3 +658,11 @@ class VersionOut(BaseModel):
     )
     report_count: int
     evaluation: TagEvaluation | None = Field(description="cross-validated, percent (as dataset_info)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Export (issue 13): export_dataset answers a zip (gateway.routes.export documents it), so only a body here.
+
+
+class ExportDatasetBody(DatasetBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"dataset": "digikala"}]})
