@@ -127,6 +127,12 @@ async def test_a_fit_embeds_the_pool_and_replaces_the_suggestions(
     assert all(r.tag_id in (tags["sport"], tags["food"]) for r in rows)  # music is inactive
     uncertain = [r for r in rows if r.reason == "uncertain"]
     assert uncertain and all(r.item_id in pool for r in uncertain)  # reported items are not uncertain picks
+    async with sessions() as s:
+        stored = dict((await s.execute(select(Embedding.item_id, Embedding.vector)
+                                       .where(Embedding.item_id.in_([r.item_id for r in rows])))).all())
+    x = unit(np.stack([np.frombuffer(stored[r.item_id], dtype=np.float32) for r in rows]))
+    cos = x @ x.T
+    assert cos[~np.eye(len(rows), dtype=bool)].max(initial=-1.0) <= SuggestConfig().max_cosine
 
     # A report on a suggested pair and a refit: the dataset's rows are all the new version's.
     picked = uncertain[0]
