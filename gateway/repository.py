@@ -335,6 +335,28 @@ class Repository:
         result = await self.session.execute(stmt)
         return {(item_id, tag_id): report_id for report_id, item_id, tag_id in result.all()}
 
+    async def account_items(self, account_id: int, item_ids: Sequence[int]) -> dict[int, int]:
+        """Dataset id of each of the account's items among ``item_ids``; others' items are simply absent.
+        The rows are key-share locked, so the dataset cannot delete them before the reports are written."""
+        if not item_ids:
+            return {}
+        rows = await self.session.execute(
+            select(DataItem.id, DataItem.dataset_id)
+            .join(Dataset, Dataset.id == DataItem.dataset_id)
+            .where(DataItem.id.in_(set(item_ids)), Dataset.account_id == account_id)
+            .order_by(DataItem.id)
+            .with_for_update(of=DataItem, key_share=True)
+        )
+        return {item_id: dataset_id for item_id, dataset_id in rows.all()}
+
+    async def mark_reported(self, item_ids: Sequence[int]) -> None:
+        """Kept tag-call inputs (origin 'input') that get a report become reported items."""
+        if item_ids:
+            await self.session.execute(
+                update(DataItem).where(DataItem.id.in_(set(item_ids)), DataItem.origin != "report")
+                .values(origin="report")
+            )
+
     async def labels(self, item_ids: Sequence[int]) -> dict[int, list[tuple[int, bool]]]:
         """Every (tag_id, positive) each item has now, by tag id."""
         out: dict[int, list[tuple[int, bool]]] = {item_id: [] for item_id in item_ids}

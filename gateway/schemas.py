@@ -255,6 +255,16 @@ class ImageReport(_Body):
     positive: bool = Field(strict=True)
 
 
+class ItemReport(_Body):
+    """A label on an item already stored, by its id (from list_items, suggest_labels, search or a report's answer)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"item_id": 1211593, "tag_id": 3, "positive": True}]})
+
+    item_id: TagId = Field(description="a data item's id (the `id` of a report's answer)")
+    tag_id: TagId
+    positive: bool = Field(strict=True)
+
+
 # Requests, as the services take them
 
 

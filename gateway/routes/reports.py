@@ -17,6 +17,7 @@ from gateway.schemas import (
     NON_EMPTY,
     ImageFileReport,
     ImageReport,
+    ItemReport,
     MediaItem,
     ReportFileOut,
     ReportOut,
@@ -40,6 +41,14 @@ TextReports = Annotated[list[TextReport], Body(examples=[_TEXT_EXAMPLE], json_sc
 
 async def report_text_tags(body: TextReports, account: AccountDep, state: StateDep) -> Response:
     return render(await state.transact(lambda uow: reports.report_texts(uow, account, body, state.settings)))
+
+
+_ITEM_EXAMPLE = [{"item_id": 1211593, "tag_id": 3, "positive": True}]
+ItemReports = Annotated[list[ItemReport], Body(examples=[_ITEM_EXAMPLE], json_schema_extra=NON_EMPTY)]
+
+
+async def report_items(body: ItemReports, account: AccountDep, state: StateDep) -> Response:
+    return render(await state.transact(lambda uow: reports.report_items(uow, account, body, state.settings)))
 
 
 _IMAGE_REPORTS = TypeAdapter(list[ImageReport])
@@ -117,4 +126,7 @@ def router() -> APIRouter:
          "Label images by URL (JSON) or upload (multipart image_file parts; an element per file, a file's "
          "own failure as its error); each is embedded and kept as a bounded copy",
          openapi_extra=_image_body_doc())
+    post(r, "/api/report_items", report_items, list[ReportOut],
+         "Label stored items by id (from list_items, suggest_labels or search), texts and images alike; "
+         "nothing is re-sent, fetched or embedded again")
     return r

@@ -12,6 +12,7 @@ from gateway.infra.outbox import OutboxEvent
 from gateway.schemas import (
     ImageFileReport,
     ImageReport,
+    ItemReport,
     MediaItem,
     RejectedFile,
     ReportFileOut,
@@ -82,18 +83,50 @@ async def _store(
             "tag_id": label.tag_id,
             "positive": label.positive,
         }
-    report_ids = await repo.upsert_reports([rows[key] for key in sorted(rows)])
-    uow.stage(*(
-        OutboxEvent(report_subject(row["dataset_id"]), f"report-{report_ids[key]}",
-                    ReportEvent(report_id=report_ids[key], **row))
-        for key, row in sorted(rows.items())
-    ))
+    await _write_reports(uow, rows)
     per_item = await repo.labels(sorted({item_ids[(lb.dataset_id, lb.content_hash)] for lb in labels}))
     out = []
     for label in labels:
         item_id = item_ids[(label.dataset_id, label.content_hash)]
         out.append(ReportOut(report=compact_labels(per_item[item_id]), id=item_id))
     return out, item_ids
+
+
+async def _write_reports(uow: UnitOfWork, rows: dict[tuple[int, int], dict[str, Any]]) -> None:
+    """Upsert the (item, tag) labels and stage one ReportEvent per written report."""
+    report_ids = await uow.repo.upsert_reports([rows[key] for key in sorted(rows)])
+    uow.stage(*(
+        OutboxEvent(report_subject(row["dataset_id"]), f"report-{report_ids[key]}",
+                    ReportEvent(report_id=report_ids[key], **row))
+        for key, row in sorted(rows.items())
+    ))
+
+
+async def report_items(
+    uow: UnitOfWork, account_id: int, reports: Sequence[ItemReport], settings: GatewaySettings
+) -> list[ReportOut]:
+    """Label items already stored (a listed item, a suggestion, a kept input) by id, whatever their kind: no
+    text is sent again and no image re-fetched or re-embedded."""
+    check_count(reports, "reports", settings)
+    tags = await uow.repo.tags_of_account(account_id, [r.tag_id for r in reports], "reference")
+    items = await uow.repo.account_items(account_id, [r.item_id for r in reports])
+    rows: dict[tuple[int, int], dict[str, Any]] = {}
+    for i, report in enumerate(reports):
+        if report.tag_id not in tags:
+            raise tag_not_found(report.tag_id)
+        if report.item_id not in items:
+            raise NotFound(f"item {report.item_id} not found", code="item_not_found")
+        dataset_id = tags[report.tag_id][1].id
+        if items[report.item_id] != dataset_id:
+            raise BadRequest(f"reports[{i}]: item {report.item_id} is not in the dataset of tag {report.tag_id}",
+                             code="wrong_dataset")
+        rows[(report.item_id, report.tag_id)] = {
+            "dataset_id": dataset_id, "item_id": report.item_id, "tag_id": report.tag_id, "positive": report.positive,
+        }
+    await uow.repo.mark_reported(sorted(items))
+    await _write_reports(uow, rows)
+    per_item = await uow.repo.labels(sorted(items))
+    return [ReportOut(report=compact_labels(per_item[r.item_id]), id=r.item_id) for r in reports]
 
 
 async def report_texts(
