@@ -5,13 +5,14 @@ from kashf_client import models
 from kashf_client._core import DEFAULT_URL, Limits, Retry
 from kashf_client.client import AsyncClient, Client
 from kashf_client.errors import KashfError
-from kashf_client.models import ImageReport, TextReport
+from kashf_client.models import ImageReport, ItemReport, TextReport
 
 __all__ = [
     "DEFAULT_URL",
     "AsyncClient",
     "Client",
     "ImageReport",
+    "ItemReport",
     "KashfError",
     "Limits",
     "Retry",

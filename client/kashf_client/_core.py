@@ -278,6 +278,11 @@ class Plans:
         return chunked(bodies, self.limits, lambda chunk: Call("POST", "/api/report_image_tags/", json=list(chunk)),
                        lambda r: list(decode(list[m.Report], r)), _json_size, self.limits.max_json_bytes)
 
+    def report_items(self, reports: Sequence[m.ItemReport]) -> Plan[list[m.Report]]:
+        bodies = [r.model_dump() for r in reports]
+        return chunked(bodies, self.limits, lambda chunk: Call("POST", "/api/report_items/", json=list(chunk)),
+                       lambda r: list(decode(list[m.Report], r)), _json_size, self.limits.max_json_bytes)
+
     def report_image_files(self, tag_id: int, files: Iterable[FileInput], positive: bool,
                            dataset: str | None) -> Plan[list[m.Report]]:
         fields = {"tag_id": tag_id, "positive": positive, "dataset": dataset}

@@ -263,6 +263,10 @@ class Client(_Base):
         """Label uploaded images with one tag; a file the server refused has ``error`` set."""
         return self._drive(self._plans.report_image_files(tag_id, files, positive, dataset))
 
+    def report_items(self, reports: Sequence[m.ItemReport]) -> list[m.Report]:
+        """Label stored items by id (texts and images alike; nothing is sent again)."""
+        return self._drive(self._plans.report_items(reports))
+
     def delete_report(
         self, report_id: int | None = None, *, item_id: int | None = None, tag_id: int | None = None
     ) -> m.Deleted:
@@ -553,6 +557,10 @@ class AsyncClient(_Base):
     ) -> list[m.Report]:
         """Label uploaded images with one tag; a file the server refused has ``error`` set."""
         return await self._drive(self._plans.report_image_files(tag_id, files, positive, dataset))
+
+    async def report_items(self, reports: Sequence[m.ItemReport]) -> list[m.Report]:
+        """Label stored items by id (texts and images alike; nothing is sent again)."""
+        return await self._drive(self._plans.report_items(reports))
 
     async def delete_report(
         self, report_id: int | None = None, *, item_id: int | None = None, tag_id: int | None = None

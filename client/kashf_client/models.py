@@ -217,3 +217,13 @@ class ImageReport(BaseModel):
     image_url: str
     tag_id: int
     positive: bool = True
+
+
+class ItemReport(BaseModel):
+    """A label on a stored item, by its id (from list_items, suggest_labels or search)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    item_id: int
+    tag_id: int
+    positive: bool = True

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from devtools.stack import Stack
-from kashf_client import AsyncClient, Client, KashfError, TextReport
+from kashf_client import AsyncClient, Client, ItemReport, KashfError, TextReport
 from tests.integration import media
 from tests.integration.texts import DELIVERY, RECOMMEND, TRAIN, UNHAPPY
 
@@ -74,7 +74,9 @@ def test_items_pages_and_undo(stack: Stack, token: str, trained: str) -> None:
         assert client.dataset_info(trained).report_count == before - 1
         client.report_text_tags([TextReport(content=item.content or "", tag_id=tag_id)])
         assert client.delete_report(item_id=item.id, tag_id=tag_id).deleted
-        client.report_text_tags([TextReport(content=item.content or "", tag_id=tag_id)])
+        (again,) = client.report_items([ItemReport(item_id=item.id, tag_id=tag_id)])
+        assert again.id == item.id and [tag_id, True] in json.loads(again.report or "[]")
+        assert client.dataset_info(trained).report_count == before
 
 
 def test_image_reports_from_files_and_the_kept_copy(stack: Stack, token: str) -> None:

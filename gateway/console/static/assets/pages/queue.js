@@ -1,4 +1,4 @@
-import { call, upload, imageBlob } from '../api.js';
+import { call } from '../api.js';
 import { h, field, notice, user, button } from '../dom.js';
 import { loadDataset, pageHead, tagSelect, tagName, failure } from './common.js';
 import { thumbnail } from './items.js';
@@ -54,7 +54,7 @@ export async function render(root, [name], ctx) {
     const shown = current.image ? thumbnail(current.image, `item ${current.item_id}`)
       : user(current.content ?? '', 'p', { class: 'text-item big' });
     stage.replaceChildren(
-      h('div', { class: 'suggestion', 'data-item-id': current.item_id }, shown,
+      h('div', { class: 'suggestion', 'data-item-id': current.item_id, 'data-tag-id': current.tag_id }, shown,
         h('div', {},
           h('p', { class: 'question' }, 'Is this ', user(title, 'strong'), '?'),
           h('p', { class: 'muted small' }, `Score ${Number(current.probability).toFixed(2)}; suggested because `,
@@ -88,24 +88,8 @@ export async function render(root, [name], ctx) {
   }
 
   async function report(item, positive) {
-    if (item.content !== undefined && item.content !== null) {
-      return call('report_text_tags', [{ content: item.content, tag_id: item.tag_id, positive }]);
-    }
-    // The API reports images by URL or upload only, not by item id: the kept copy goes back as an upload (a new
-    // item, since items are deduplicated by their original bytes). A suspect's old label is deleted first, so
-    // the two copies never carry contradicting labels.
-    if (item.reason === 'suspect') {
-      try {
-        await call('delete_report', { item_id: item.item_id, tag_id: item.tag_id });
-      } catch (error) {
-        if (error.status !== 404) throw error;
-      }
-    }
-    const blob = await imageBlob(item.image);
-    const file = new File([blob], `item-${item.item_id}.jpg`, { type: blob.type || 'image/jpeg' });
-    const out = await upload('report_image_tags', [['tag_id', item.tag_id], ['positive', String(positive)], ['image_file', file]]);
-    if (out[0] && out[0].error) throw new Error(out[0].error);
-    return out;
+    // By item id: the label lands on the stored item itself (text or image), nothing is sent again.
+    return call('report_items', [{ item_id: item.item_id, tag_id: item.tag_id, positive }]);
   }
 
   function onKey(event) {
