@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +21,7 @@ from gateway.middleware import RequestContextMiddleware
 from gateway.routes import console, datasets, health, items, reports, suggest, tagging, tags, video_jobs, webhooks
 from gateway.routes import export as export_routes
 from gateway.routes import versions as version_routes
+from gateway.service.tagging import kept_inputs_settled
 from gateway.state import AppState
 from shared.bus import Bus, ensure_streams
 from shared.bus.video_jobs import VideoJobStore
@@ -74,6 +77,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             try:
                 yield {"kashf": state}
             finally:
+                # keep_inputs writes started by answered tag calls finish before the pool closes (bounded).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(kept_inputs_settled(), settings.drain_timeout_s)
                 await state.predictions.stop()
                 await publisher.stop()
         finally:

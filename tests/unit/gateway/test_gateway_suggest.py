@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import statistics
@@ -271,3 +272,37 @@ async def measure_keep_inputs(gw: Gateway, nats_url: str) -> None:
     assert kept[0]["n"] == 2 * 60 * len(TEXTS)  # only the "on" dataset's texts, both rounds
     print(f"tag_texts median: keep_inputs off {medians['off'] * 1e3:.1f} ms, on {medians['on'] * 1e3:.1f} ms")
     assert medians["on"] - medians["off"] < 0.005  # the write is not awaited by the call
+
+
+async def test_a_stopping_gateway_finishes_the_keep_inputs_writes_it_started(
+    gateway_factory: Callable[..., Any], nats_url: str
+) -> None:
+    """The writes run after the answers: shutdown waits for them (bounded by the drain timeout), losing none.
+    A lock on the dataset row holds them in flight until a second after the shutdown began."""
+    import asyncpg
+
+    async with gateway_factory() as gw:
+        token = await gw.token("acme")
+        await gw.post("/api/create_dataset/", {"dataset": "shop", "kind": "text", "keep_inputs": True}, token)
+        await gw.post("/api/create_tag/", {"dataset": "shop", "title": "ارسال"}, token)
+        database_url = gw.settings.database_url
+        holder = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT id FROM dataset WHERE name = 'shop' FOR UPDATE")
+        async with responder(nats_url, TEXT_TAG, tag_service):
+            answered = await asyncio.gather(*(
+                gw.post("/api/tag_texts/", {"dataset": "shop", "contents": [text]}, token) for text in TEXTS))
+        assert [r.status_code for r in answered] == [200] * len(TEXTS)
+
+        async def release() -> None:
+            await asyncio.sleep(1.0)
+            await held.rollback()
+
+        releasing = asyncio.create_task(release())
+    try:
+        rows = await sql(database_url, "SELECT content FROM data_item WHERE origin = 'input'")
+        assert sorted(r["content"] for r in rows) == sorted(TEXTS)
+    finally:
+        await releasing
+        await holder.close()
