@@ -50,6 +50,8 @@ bench: models
 	$(BIN)/python -m bench.video
 	$(BIN)/python -m bench.int8
 	$(BIN)/python -m bench.refit
+	$(BIN)/python -m bench.suggest
+	$(BIN)/python -m bench.search
 
 clean:
 	rm -rf .kashf .pytest_cache .mypy_cache .ruff_cache
