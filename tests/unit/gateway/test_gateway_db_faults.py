@@ -177,3 +177,12 @@ def test_only_a_connection_lost_before_the_commit_is_retried() -> None:
     assert not lost_before_commit(_dbapi_error("INSERT", invalidated=False))  # a statement that failed: a bug
     assert unavailable(_dbapi_error(None, invalidated=True))
     assert not unavailable(_dbapi_error("INSERT", invalidated=False))
+
+
+def test_a_server_starting_up_or_shut_down_is_unavailable_not_a_bug() -> None:
+    # After a crash Postgres refuses connections while it replays its WAL ("the database system is starting
+    # up", SQLSTATE 57P03); SQLAlchemy wraps that as a plain DBAPIError, which used to answer 500.
+    for orig in (asyncpg.CannotConnectNowError("the database system is starting up"),
+                 asyncpg.AdminShutdownError("terminating connection"), asyncpg.TooManyConnectionsError("full")):
+        assert unavailable(DBAPIError(None, None, orig, connection_invalidated=False))
+    assert not unavailable(DBAPIError("INSERT", None, asyncpg.UniqueViolationError("dup")))
