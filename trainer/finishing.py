@@ -101,10 +101,12 @@ def _counts(probs: np.ndarray, y: np.ndarray, fold_of: np.ndarray, exclusive: bo
 
 
 def finish(x: np.ndarray, labels: Labels, scored: Scored, exclusive: bool,
-           config: FitConfig) -> tuple[list[TagFit], float]:
+           config: FitConfig, real_rows: int | None = None) -> tuple[list[TagFit], float]:
     """Each scored tag's calibrated classifier and figures, and the head's none logit.
 
-    ``x``: the embeddings of ``labels.rows``, in that order.
+    ``x``: the embeddings of ``labels.rows``, in that order. Rows of the embedding matrix from ``real_rows`` on
+    are pseudo-examples (tag titles): they shape the calibration and the none logit like any report, but the
+    thresholds, figures, counts and suggestion rows come from the real rows only.
     """
     y = labels.codes[:, scored.columns] == POSITIVE
     calibrations = calibrate(scored, y, config)
@@ -121,6 +123,8 @@ def finish(x: np.ndarray, labels: Labels, scored: Scored, exclusive: bool,
     fits = []
     for j, col in enumerate(scored.columns):
         present = labels.codes[:, col] >= 0
+        if real_rows is not None:
+            present &= labels.rows < real_rows
         y_j = y[present, j].astype(np.int64)
         n_pos = int(y_j.sum())
         threshold, counts = 0.5, None
@@ -128,7 +132,7 @@ def finish(x: np.ndarray, labels: Labels, scored: Scored, exclusive: bool,
         if has_oof[j]:
             threshold, counts = _counts(probs[present, j], y_j, scored.folds[present, j], exclusive)
             explicit = np.flatnonzero(np.isin(labels.codes[:, col], (POSITIVE, NEGATIVE))
-                                      & ~np.isnan(scored.oof[:, j]))
+                                      & ~np.isnan(scored.oof[:, j]) & present)
             oof_rows, oof_probabilities = labels.rows[explicit], probs[explicit, j].astype(np.float32)
         fits.append(TagFit(tag_id=labels.tag_ids[col], weights=scored.weights[j], bias=float(scored.bias[j]),
                            calibration=(float(calibrations[j, 0]), float(calibrations[j, 1])), threshold=threshold,

@@ -5,7 +5,7 @@ Two scorers (``trainer.logistic`` per tag, ``trainer.ridge`` every tag at once),
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -16,7 +16,7 @@ from trainer.labels import ABSENT, POSITIVE, Labels, build_labels
 from trainer.logistic import prototype, score_logistic
 from trainer.ridge import score_ridge
 
-__all__ = ["FitConfig", "FitResult", "NothingToFit", "Report", "TagFit", "fit_head", "uses_ridge"]
+__all__ = ["FitConfig", "FitResult", "NothingToFit", "Report", "TagFit", "fit_head", "uses_ridge", "with_titles"]
 
 
 def uses_ridge(rows: int, tags: int, config: FitConfig) -> bool:
@@ -38,13 +38,37 @@ def _score(vectors: np.ndarray, labels: Labels, columns: list[int], config: FitC
     return x64[labels.rows], scored
 
 
+def with_titles(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[int],
+                titles: Mapping[int, np.ndarray], config: FitConfig) -> tuple[np.ndarray, list[Report]]:
+    """The matrix and reports with each title of a listed tag that has a positive report as one more positive
+    example of it (rows appended after ``vectors``'); unchanged when the switch is off or the dataset is large."""
+    reports = list(reports)
+    if not config.title_examples or not titles or len({r.row for r in reports}) >= config.title_max_rows:
+        return vectors, reports
+    positive = {r.tag_id for r in reports if r.positive}
+    extra = [t for t in dict.fromkeys(tag_ids) if t in positive and t in titles]
+    if not extra:
+        return vectors, reports
+    rows = np.stack([np.asarray(titles[t], dtype=vectors.dtype).reshape(-1) for t in extra])
+    if rows.shape[1] != vectors.shape[1]:
+        raise ValueError(f"title embeddings have {rows.shape[1]} dimensions, the items {vectors.shape[1]}")
+    n = len(vectors)
+    return np.vstack([vectors, rows]), reports + [Report(n + i, t, True) for i, t in enumerate(extra)]
+
+
 def fit_head(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[int],
-             config: FitConfig | None = None) -> FitResult:
-    """Fit every tag of ``tag_ids`` that has a positive report; CPU-bound, run it in a thread."""
+             config: FitConfig | None = None, titles: Mapping[int, np.ndarray] | None = None) -> FitResult:
+    """Fit every tag of ``tag_ids`` that has a positive report; CPU-bound, run it in a thread.
+
+    ``titles``: tag id -> the embedding of the tag's title by the items' own model (text datasets only: an
+    image model cannot embed a title), used as a pseudo-example with ``FitConfig.title_examples``.
+    """
     config = config or FitConfig()
     if not reports:
         raise NothingToFit("the dataset has no reports")
     vectors = np.asarray(vectors)
+    real_rows, report_count = len(vectors), len(reports)
+    vectors, reports = with_titles(vectors, reports, tag_ids, titles or {}, config)
     labels = build_labels(reports, tag_ids, config.implicit_negatives)
     positives = (labels.codes == POSITIVE).sum(axis=0)
     in_set = (labels.codes != ABSENT).sum(axis=0)
@@ -53,6 +77,7 @@ def fit_head(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[i
     for j, tag_id in enumerate(labels.tag_ids):
         if positives[j] and positives[j] == in_set[j]:
             rows, _, _ = labels.column(j, config.implicit_weight)
+            rows = rows[rows < real_rows]  # a lone tag's centroid and reach come from its reports alone
             prototypes[tag_id] = prototype(tag_id, np.asarray(vectors[rows], dtype=np.float64))
         elif positives[j]:
             columns.append(j)
@@ -65,8 +90,8 @@ def fit_head(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[i
     none_logit = 0.0
     if columns:
         x, scored = _score(vectors, labels, columns, config)
-        fits, none_logit = finish(x, labels, scored, exclusive, config)
+        fits, none_logit = finish(x, labels, scored, exclusive, config, real_rows)
         fitted.update((fit.tag_id, fit) for fit in fits)
     return FitResult(tags=[fitted[t] for t in labels.tag_ids if t in fitted], dim=vectors.shape[1],
-                     report_count=len(reports), skipped=[t for t in labels.tag_ids if t not in fitted],
+                     report_count=report_count, skipped=[t for t in labels.tag_ids if t not in fitted],
                      exclusive=exclusive, none_logit=none_logit)

@@ -1,0 +1,210 @@
+"""Tag quality against plain logistic regression on the same frozen embeddings, and the levers of issue 17.
+
+Per track and examples per tag n (4, 8, 16), over many random splits (``n`` training items per tag, every other
+item held out): macro-F1 of the tags returned for the held-out items (one tag or unknown; unknown = no tag) for
+- ``LR``: a plain scikit-learn ``LogisticRegression()`` (defaults, multinomial) on the embeddings, its argmax;
+- ``ours``: Kashf's head as the trainer fits it (``trainer.fitting.fit_head``) and the services tag with it
+  (``modelkit.heads.tag_vectors``);
+- ``+title`` (text): each tag's title, embedded like a text (e5 ``query:``), as one more positive example
+  (``fit_head``'s ``titles``, ``FitConfig.title_examples``);
+- ``+ngrams`` (text): hashed character 2-4-grams beside the embedding (``beta`` weight, both blocks unit norm);
+- ``zero-shot`` (text): the nearest tag title by cosine, no example at all (the n = 0 row).
+Delta = method - LR per split (and lever - ours); mean, sd over splits and s.e. of the mean. Tracks: Persian reviews
+(``tests/unit/trainer/reviews.py``), English topic posts (``bench/quality_texts.py``), photo variants
+(``bench.heads.image_track``). Run: ``python -m bench.quality`` (``--seeds dev`` for the tuning splits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.feature_extraction.text import HashingVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from bench.heads import DEV_SEEDS, IMAGE_MODEL, REPO, REPORT_SEEDS, TEXT_MODEL, image_track, set_f1, split
+from modelkit.heads import UNKNOWN_TAG_ID, tag_vectors
+from shared.schemas.inference import TagRef
+from trainer.fitting import FitConfig, Report, fit_head
+
+NS = (4, 8, 16)
+
+
+@dataclass(frozen=True)
+class QTrack:
+    name: str
+    x: np.ndarray  # (items, dim) unit rows
+    y: np.ndarray  # (items,) class index
+    texts: list[str] | None  # raw texts (text tracks)
+    titles: np.ndarray | None  # (tags, dim) embedded tag titles (text tracks)
+    model_id: str
+
+
+def macro_f1(pred: np.ndarray, y: np.ndarray, n_tags: int) -> float:
+    """Macro-F1 of one predicted class per item (-1 = unknown, no tag) against the true class."""
+    eye = np.eye(n_tags + 1, dtype=bool)[:, :n_tags]
+    return set_f1(eye[np.where(pred < 0, n_tags, pred)], np.eye(n_tags, dtype=bool)[y])[1]
+
+
+def plain_lr(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    out: np.ndarray = LogisticRegression().fit(x_train, y_train).predict(x_test)
+    return out
+
+
+def kashf(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_tags: int,
+          config: FitConfig | None = None, titles: np.ndarray | None = None) -> np.ndarray:
+    """The class the head returns first for each test row (-1 for unknown), fitted and scored as in production.
+
+    ``titles``: (n_tags, dim) embedded tag titles passed to the fit (``FitConfig.title_examples``)."""
+    refs = [TagRef(id=t + 1, title=f"tag {t}") for t in range(n_tags)]
+    reports = [Report(row, int(t) + 1, True) for row, t in enumerate(y_train)]
+    by_tag = {t + 1: titles[t] for t in range(n_tags)} if titles is not None else None
+    head = fit_head(x_train, reports, [r.id for r in refs], config, by_tag).head("m", 1)
+    rows = tag_vectors(head, x_test, refs)
+    return np.array([-1 if row[0].id == UNKNOWN_TAG_ID else row[0].id - 1 for row in rows])
+
+
+_ARABIC = str.maketrans({"ي": "ی", "ك": "ک", "\u200c": " ", **{chr(0x06F0 + d): str(d) for d in range(10)},
+                         **{chr(0x0660 + d): str(d) for d in range(10)}})
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text.translate(_ARABIC)).strip().lower()
+
+
+def ngrams(texts: Sequence[str], n_features: int = 2 ** 12) -> np.ndarray:
+    """Hashed character 2-4-grams (within words), unit rows; a fixed hash, so no fitted vocabulary."""
+    vec = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 4), n_features=n_features, alternate_sign=False,
+                            norm="l2", preprocessor=normalise)
+    out: np.ndarray = vec.transform(list(texts)).toarray()
+    return out
+
+
+def with_ngrams(x: np.ndarray, grams: np.ndarray, beta: float) -> np.ndarray:
+    out: np.ndarray = np.hstack([x, beta * grams]) / np.sqrt(1.0 + beta * beta)
+    return out
+
+
+Method = Callable[[QTrack, np.ndarray, np.ndarray], np.ndarray]
+
+
+def methods(beta: float) -> dict[str, Method]:
+    """name -> f(track, train rows, test rows) -> predicted class per test row."""
+    def lr(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        return plain_lr(t.x[tr], t.y[tr], t.x[te])
+
+    def ours(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        return kashf(t.x[tr], t.y[tr], t.x[te], int(t.y.max()) + 1)
+
+    def title(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        assert t.titles is not None
+        return kashf(t.x[tr], t.y[tr], t.x[te], len(t.titles), titles=t.titles)
+
+    grams_of: dict[int, np.ndarray] = {}
+
+    def grams(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        assert t.texts is not None
+        g = grams_of.setdefault(id(t), ngrams(t.texts))
+        z = with_ngrams(t.x, g, beta)
+        return kashf(z[tr], t.y[tr], z[te], int(t.y.max()) + 1)
+
+    def lr_grams(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        assert t.texts is not None
+        z = with_ngrams(t.x, grams_of.setdefault(id(t), ngrams(t.texts)), beta)
+        return plain_lr(z[tr], t.y[tr], z[te])
+
+    return {"LR": lr, "ours": ours, "+title": title, "+ngrams": grams, "LR+ngrams": lr_grams}
+
+
+def zero_shot(t: QTrack) -> float:
+    assert t.titles is not None
+    return macro_f1((t.x @ t.titles.T).argmax(1), t.y, len(t.titles))
+
+
+def run(track: QTrack, ns: Sequence[int], seeds: Sequence[int], chosen: dict[str, Method],
+        out: Callable[[str], None] = print) -> None:
+    n_tags = int(track.y.max()) + 1
+    names = [m for m in chosen if track.texts is not None or m in ("LR", "ours")]
+    out(f"\n{track.name}: {n_tags} tags, {len(track.y)} items, {track.model_id}; {len(seeds)} splits "
+        f"(seeds {seeds[0]}..{seeds[-1]}); macro-F1 mean +- sd; delta vs LR: mean +- sd (s.e.)")
+    out(f"{'n/tag':>5} " + " ".join(f"{m:>13}" for m in names) + " | "
+        + " ".join(f"{'d ' + m:>22}" for m in names if m != "LR")
+        + "".join(f" {m + ' - ours':>22}" for m in names if m not in ("LR", "ours") and "ours" in names))
+    if track.titles is not None:
+        out(f"{0:>5} zero-shot (nearest title): macro-F1 {zero_shot(track):.3f} (chance {1 / n_tags:.3f})")
+    for n in ns:
+        start = time.perf_counter()
+        f1 = {m: [] for m in names}  # type: dict[str, list[float]]
+        for seed in seeds:
+            tr, te = split(track.y, n, seed)
+            for m in names:
+                f1[m].append(macro_f1(chosen[m](track, tr, te), track.y[te], n_tags))
+        cells = [f"{np.mean(f1[m]):.3f}+-{np.std(f1[m], ddof=1):.3f}" for m in names]
+        deltas = []
+        for m in names[1:]:
+            d = np.array(f1[m]) - np.array(f1["LR"])
+            deltas.append(f"{d.mean():+.3f}+-{d.std(ddof=1):.3f} ({d.std(ddof=1) / np.sqrt(len(d)):.3f})")
+        for m in names:
+            if m not in ("LR", "ours") and "ours" in names:
+                d = np.array(f1[m]) - np.array(f1["ours"])
+                deltas.append(f"{d.mean():+.3f}+-{d.std(ddof=1):.3f} ({d.std(ddof=1) / np.sqrt(len(d)):.3f})")
+        out(f"{n:>5} " + " ".join(f"{c:>13}" for c in cells) + " | " + " ".join(f"{c:>22}" for c in deltas)
+            + f"   ({time.perf_counter() - start:.0f} s)")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def text_tracks(models_dir: Path) -> list[QTrack]:
+    from bench.quality_texts import TOPICS
+    from modelkit.onnx.text import TextEncoder
+    from tests.unit.trainer.reviews import TAGS
+
+    encoder = TextEncoder(models_dir / TEXT_MODEL, device="cpu")
+    out = []
+    for name, groups in (("text-fa (reviews)", TAGS), ("text-en (topics)", TOPICS)):
+        texts = [t for group in groups.values() for t in group]
+        y = np.array([i for i, group in enumerate(groups.values()) for _ in group])
+        out.append(QTrack(name, encoder.encode(texts), y, texts, encoder.encode(list(groups)), encoder.model_id))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models-dir", type=Path, default=REPO / "models")
+    parser.add_argument("--track", choices=("text", "image", "both"), default="both")
+    parser.add_argument("--seeds", choices=("report", "dev"), default="report")
+    parser.add_argument("--splits", type=int, default=None, help="use only the first N splits")
+    parser.add_argument("--beta", type=float, default=0.3, help="weight of the n-gram block")
+    parser.add_argument("--methods", default="LR,ours,+title,+ngrams")
+    args = parser.parse_args()
+    seeds = list(REPORT_SEEDS if args.seeds == "report" else DEV_SEEDS)[:args.splits]
+    every = methods(args.beta)
+    chosen = {m: every[m] for m in ["LR"] + [m for m in args.methods.split(",") if m != "LR"]}
+    print(f"models: {TEXT_MODEL} ({_cpu_sha(args.models_dir / TEXT_MODEL)}), "
+          f"{IMAGE_MODEL} ({_cpu_sha(args.models_dir / IMAGE_MODEL)}); beta {args.beta}")
+    if args.track in ("text", "both"):
+        for track in text_tracks(args.models_dir):
+            run(track, NS, seeds, chosen)
+    if args.track in ("image", "both"):
+        t = image_track(args.models_dir)
+        run(QTrack("image (photo variants)", t.x, t.y, None, None, t.model_id), NS, seeds, chosen)
+
+
+def _cpu_sha(model_dir: Path) -> str:
+    import json
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    name = manifest.get("cpu_file", "")
+    return f"{name} sha256 {_sha(model_dir / name)}" if name else "?"
+
+
+if __name__ == "__main__":
+    main()
