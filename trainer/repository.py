@@ -273,12 +273,13 @@ async def live_version(session: AsyncSession, dataset_id: int) -> int | None:
 
 async def pool_missing_embedding(session: AsyncSession, dataset_id: int, model_id: str,
                                  limit: int) -> list[ItemToEmbed]:
-    """Items of the dataset (reported or kept inputs) without an embedding by ``model_id``, newest first."""
+    """Kept inputs of the dataset without an embedding by ``model_id``, newest first. Reported items are the
+    refit's to embed: one it could not embed (an unreadable image) is not sent to the model again here."""
     embedded = select(Embedding.item_id).where(Embedding.model_id == model_id)
     rows = await session.execute(
         select(DataItem.id, DataItem.kind, DataItem.content, DataItem.media, DataItem.media_type,
                DataItem.source_url)
-        .where(DataItem.dataset_id == dataset_id, DataItem.id.not_in(embedded))
+        .where(DataItem.dataset_id == dataset_id, DataItem.origin == "input", DataItem.id.not_in(embedded))
         .order_by(DataItem.id.desc()).limit(limit)
     )
     return [ItemToEmbed(id=r.id, kind=r.kind, content=r.content, media=r.media, media_type=r.media_type,
