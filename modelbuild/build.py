@@ -249,7 +249,8 @@ def folder_digest(path: Path) -> str:
     return h.hexdigest()[:24]
 
 
-def st_target(path: Path, name: str, prefix: str, max_length: int, quantize: bool) -> Target:
+def st_target(path: Path, name: str, prefix: str, max_length: int, quantize: bool,
+              row_scales: bool = True) -> Target:
     """Any local sentence-transformers folder, exported like the built-in text model."""
     from modelbuild.export import export_sentence_transformer
 
@@ -258,10 +259,11 @@ def st_target(path: Path, name: str, prefix: str, max_length: int, quantize: boo
     def build(work: Path, cache_dir: Path, key: str, timer: Timer) -> ModelManifest:
         return export_sentence_transformer(
             path, work, name=name, prefix=prefix, max_length=max_length, sources=[source],
-            build_key=key, quantize=quantize, step=timer,
+            build_key=key, quantize=quantize, row_scales=row_scales, step=timer,
         )
 
-    return Target("text", name, (source,), build, extra_key=f"{prefix}|{max_length}|{quantize}")
+    scales = "" if row_scales else "|call-scales"
+    return Target("text", name, (source,), build, extra_key=f"{prefix}|{max_length}|{quantize}{scales}")
 
 
 def openclip_target(model_name: str, checkpoint: Path, name: str) -> Target:

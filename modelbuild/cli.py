@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--prefix", default="", help='text prefix, e.g. "query: " for e5 models')
     st.add_argument("--max-length", type=int, default=512)
     st.add_argument("--no-int8", action="store_true", help="skip the dynamically quantised CPU file")
+    st.add_argument("--int8-scales", choices=["row", "call"], default="row",
+                    help="activation scales per text (default: a text's vector ignores its batch-mates) "
+                         "or one per model call (quantize_dynamic as is: batch-dependent)")
 
     oc = sub.add_parser("export-openclip", help="export an open_clip model from a local checkpoint")
     common(oc)
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         targets = [t for t in default_targets() if args.only in (None, t.modality)]
     elif args.command == "export-st":
-        targets = [st_target(args.path, args.name, args.prefix, args.max_length, not args.no_int8)]
+        targets = [st_target(args.path, args.name, args.prefix, args.max_length, not args.no_int8,
+                             row_scales=args.int8_scales == "row")]
     else:
         targets = [openclip_target(args.model, args.checkpoint, args.name)]
     for target in targets:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelbuild.rowquant import per_row_activation_scales
 from modelbuild.smoothing import smooth_ffn_inputs
 from modelkit.onnx.manifest import (
     MANIFEST_NAME,
@@ -99,9 +100,16 @@ def export_sentence_transformer(
     sources: Sequence[SourcePackage],
     build_key: str,
     quantize: bool = True,
+    row_scales: bool = True,
     step: Callable[[str], Any] | None = None,
 ) -> ModelManifest:
-    """ONNX of a sentence-transformers folder: (input_ids, attention_mask) -> L2-normalised embedding."""
+    """ONNX of a sentence-transformers folder: (input_ids, attention_mask) -> L2-normalised embedding.
+
+    ``row_scales``: the int8 file scales activations per text (``modelbuild/rowquant.py``), so a text's
+    vector does not depend on the texts batched with it; False keeps ``quantize_dynamic``'s one scale
+    per call (faster, batch-dependent).
+    """
+    import onnx
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -156,6 +164,7 @@ def export_sentence_transformer(
 
         int8 = out_dir / INT8_FILE
         smoothed = out_dir / "model.smoothed.onnx.tmp"
+        per_call = out_dir / "model.int8-per-call.onnx.tmp"
         with timed("smooth the feed-forward outputs for int8"):
             smooth_ffn_inputs(fp32, smoothed, out_dir / "tokenizer.json", prefix, max_length, pad_id)
         root = logging.getLogger()
@@ -164,12 +173,24 @@ def export_sentence_transformer(
         try:
             with timed("quantise ONNX int8 (dynamic, per channel)"):
                 # Every weight MatMul (activation x activation ones, in attention, stay fp32).
-                quantize_dynamic(smoothed, int8, weight_type=QuantType.QInt8, per_channel=True,
-                                 extra_options={"MatMulConstBOnly": True})
+                quantize_dynamic(smoothed, per_call if row_scales else int8, weight_type=QuantType.QInt8,
+                                 per_channel=True, extra_options={"MatMulConstBOnly": True})
+            if row_scales:
+                with timed("activation scales per text (rowquant)"):
+                    quantised = onnx.load(str(per_call))
+                    per_row_activation_scales(quantised)
+                    onnx.save(quantised, str(int8))
         finally:
             root.setLevel(level)
             smoothed.unlink(missing_ok=True)
-        _check_close(f"{name} int8", expected, _onnx_run(int8, feeds)[0], 0.98)
+            per_call.unlink(missing_ok=True)
+        together = _onnx_run(int8, feeds)[0]
+        _check_close(f"{name} int8", expected, together, 0.98)
+        if row_scales:  # each text alone gives what the padded batch gave it
+            lengths = feeds["attention_mask"].sum(axis=1)
+            alone = np.concatenate([_onnx_run(int8, {k: v[i : i + 1, : lengths[i]] for k, v in feeds.items()})[0]
+                                    for i in range(len(lengths))])
+            _check_close(f"{name} int8 alone vs batched", together, alone, 0.99999)
         cpu_file = INT8_FILE
     files = [p for p in (FP32_FILE, INT8_FILE, "tokenizer.json") if (out_dir / p).is_file()]
     with timed("hash files"):
