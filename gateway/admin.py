@@ -52,19 +52,27 @@ async def retrain_all(sessions: async_sessionmaker[AsyncSession], settings: Gate
         await session.commit()
     print(f"queued {len(dataset_ids)} datasets for retraining")
     published = await _publish(sessions, settings, outbox_ids)
-    if published < len(outbox_ids):
-        print(f"{len(outbox_ids) - published} requests are still in the outbox: a running gateway publishes "
+    left = 0
+    if published < 0:  # NATS did not answer here: every request waits in the outbox
+        left = len(outbox_ids)
+    elif published < len(outbox_ids):
+        # NATS answered: rows this publisher skipped a running gateway's sweep held, and may have published.
+        async with sessions() as session:
+            left = await Repository(session).count_unpublished(outbox_ids)
+    if left:
+        print(f"{left} requests are still in the outbox: a running gateway publishes "
               f"them (every KASHF_OUTBOX_SWEEP_S)", file=sys.stderr)
     return 0
 
 
 async def _publish(sessions: async_sessionmaker[AsyncSession], settings: GatewaySettings, ids: list[int]) -> int:
+    """How many of ``ids`` this command published; -1 when NATS did not answer."""
     if not ids:
         return 0
     try:
         bus = Bus(await connect(settings.nats_url, "kashf-admin", connect_timeout=2.0))
     except Unavailable:
-        return 0
+        return -1  # NATS unreachable from here
     try:
         publisher = OutboxPublisher(sessions, bus, sweep_s=settings.outbox_sweep_s)
         published = 0

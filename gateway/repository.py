@@ -572,6 +572,12 @@ class Repository:
         if rows:
             await self.session.execute(insert(Outbox).values(list(rows)))
 
+    async def count_unpublished(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        query = select(func.count()).select_from(Outbox).where(Outbox.id.in_(list(ids)), Outbox.published_at.is_(None))
+        return int(await self.session.scalar(query) or 0)
+
     async def lock_unpublished(self, ids: Sequence[int] | None, limit: int) -> Sequence[Outbox]:
         """Unpublished rows, locked; rows another replica holds are skipped, not waited for."""
         query = select(Outbox).where(Outbox.published_at.is_(None))
