@@ -1,5 +1,6 @@
 """Curating an image dataset as a new user would, on the real processes: upload photos from disk, train,
-list them back and fetch each kept copy, delete a wrong report, retrain."""
+list them back and fetch each kept copy, delete a wrong report, retrain, see version 2, roll back to version 1
+and see version 1's predictions come back."""
 
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ async def test_upload_list_fetch_delete_retrain(
     await api.post("/api/train_dataset/", json={"dataset": "shelf"})
     info = await wait_trained(api, "shelf")
     assert (info["report_count"], info["data_count"]) == (3 * PER_TAG + 1, 3 * PER_TAG)
+    assert info["version"] == 1
+    v1 = await _probabilities(api)
 
     # Every item comes back once over the pages, newest first, with a kept copy to look at.
     listed: list[dict] = []
@@ -89,3 +92,24 @@ async def test_upload_list_fetch_delete_retrain(
     info = await wait_trained(api, "shelf")
     assert (info["report_count"], info["data_count"]) == (3 * PER_TAG, 3 * PER_TAG)
     assert {tag["title"]: tag["reports"] for tag in info["tags"]} == {name: PER_TAG for name in TAGS}
+    assert info["version"] == 2
+    versions = (await api.post("/api/list_versions/", json={"dataset": "shelf"})).json()
+    assert [(v["version"], v["state"]) for v in versions] == [(2, "live"), (1, "kept")]
+    v2 = await _probabilities(api)
+    assert all(len(tags) == len(TAGS) for tags in v2.values()), v2  # min_probability 0: every tag scored
+
+    r = await api.post("/api/use_version/", json={"dataset": "shelf", "version": 1})
+    assert r.status_code == 200 and r.json()["version"] == 1, r.text
+    assert await _probabilities(api) == v1
+    r = await api.post("/api/use_version/", json={"dataset": "shelf", "version": 2})
+    assert r.status_code == 200 and r.json()["version"] == 2, r.text
+    assert await _probabilities(api) == v2
+
+
+async def _probabilities(api: httpx.AsyncClient) -> dict[str, dict[int, float]]:
+    """Every tag's probability (min_probability 0) for photos no report used, by file name."""
+    files = [(f"unseen-{name}.jpg", jpeg(variant(photos()[name], 40))) for name in TAGS]
+    r = await api.post("/api/tag_images/", data={"dataset": "shelf", "min_probability": "0"},
+                       files=[("image_file", (name, data, "image/jpeg")) for name, data in files])
+    assert r.status_code == 200, r.text
+    return {element["image_file"]: {t["id"]: t["probability"] for t in element["tags"]} for element in r.json()}
