@@ -158,6 +158,29 @@ def run(track: QTrack, ns: Sequence[int], seeds: Sequence[int], chosen: dict[str
             + f"   ({time.perf_counter() - start:.0f} s)")
 
 
+def timing(cases: Sequence[tuple[int, int]] = ((120, 6), (480, 20), (10_000, 50)), repeats: int = 5) -> None:
+    """Fit time (best of ``repeats``) with and without titles on bench.refit's e5-like items, one report each
+    (titles are used below FitConfig.title_max_rows reported items only)."""
+    from bench.refit import e5_like
+
+    print(f"\nfit time, e5-like items (bench.refit), best of {repeats}: items x tags, no titles, titles")
+    for n, tags in cases:
+        data = e5_like(n, tags, seed=0, n_test=10)
+        reports = [Report(i, int(np.flatnonzero(row)[0]) + 1, True) for i, row in enumerate(data["y"])]
+        # A title lands near its tag's items, as e5 titles do: the tag's centroid, unit length.
+        first = data["y"].argmax(1)
+        titles = {t + 1: c / np.linalg.norm(c) for t in range(tags) if (c := data["x"][first == t].mean(0)).any()}
+        took = []
+        for by_tag in (None, titles):
+            best = np.inf
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fit_head(data["x"], reports, list(range(1, tags + 1)), None, by_tag)
+                best = min(best, time.perf_counter() - start)
+            took.append(best)
+        print(f"{n:>6} x {tags:<3} {took[0]:7.2f} s {took[1]:7.2f} s")
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
@@ -184,7 +207,11 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=None, help="use only the first N splits")
     parser.add_argument("--beta", type=float, default=0.3, help="weight of the n-gram block")
     parser.add_argument("--methods", default="LR,ours,+title,+ngrams")
+    parser.add_argument("--timing", action="store_true", help="only the fit time with and without titles")
     args = parser.parse_args()
+    if args.timing:
+        timing()
+        return
     seeds = list(REPORT_SEEDS if args.seeds == "report" else DEV_SEEDS)[:args.splits]
     every = methods(args.beta)
     chosen = {m: every[m] for m in ["LR"] + [m for m in args.methods.split(",") if m != "LR"]}
