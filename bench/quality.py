@@ -29,8 +29,8 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from bench.heads import DEV_SEEDS, IMAGE_MODEL, REPO, REPORT_SEEDS, TEXT_MODEL, image_track, set_f1, split
-from modelkit.heads import UNKNOWN_TAG_ID, tag_vectors
-from shared.schemas.inference import TagRef
+from modelkit.heads import tag_vectors
+from shared.schemas.inference import UNKNOWN_TAG_ID, TagRef
 from trainer.fitting import FitConfig, Report, fit_head
 
 NS = (4, 8, 16)
