@@ -47,8 +47,8 @@ class FitConfig:
     # BLAS threads for the per-tag fits: their small products lose more to thread hand-offs than they gain.
     blas_threads: int | None = 1
     # Tag titles (when the caller passes their embeddings to fit_head: text datasets, e5 "query: " form) join
-    # the fit as one positive example of their tag, never evaluated nor suggested: +0.01 to +0.06 macro-F1
-    # at 4-16 examples per tag on bench/quality.py's text tracks. Only below title_max_rows reported items,
+    # the fit as one positive example of their tag, never evaluated nor suggested: +0.05 macro-F1 at 4 examples
+    # per tag, +0.01 at 8, none at 16 (bench/quality.py's text tracks). Only below title_max_rows reported items,
     # where one example per tag still counts (and the matrix copy is small).
     title_examples: bool = True
     title_max_rows: int = 500
