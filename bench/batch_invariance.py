@@ -14,7 +14,8 @@ Ways: ``int8 per call`` (baseline: ``quantize_dynamic`` as built until now), ``i
 (the baseline model, batch 1), ``fp32 batched``, ``static int8 (QDQ)`` (fixed activation scales
 calibrated on ``modelbuild.smoothing.CALIBRATION_TEXTS``) and ``int8 per row`` (``modelbuild/rowquant.py``:
 dynamic scales per text). The shipped ``model.int8.onnx`` is one of the last two, whichever the build makes.
-Run: ``python -m bench.batch_invariance`` (about 5 min on 2 cores; needs ``make models``).
+Run: ``python -m bench.batch_invariance`` (10 to 20 min on 2 cores, most of it the static way's
+calibration and runs; ``--no-static`` skips it; needs ``make models``).
 """
 
 from __future__ import annotations
