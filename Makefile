@@ -52,6 +52,7 @@ bench: models
 	$(BIN)/python -m bench.refit
 	$(BIN)/python -m bench.suggest
 	$(BIN)/python -m bench.search
+	$(BIN)/python -m bench.quality
 
 clean:
 	rm -rf .kashf .pytest_cache .mypy_cache .ruff_cache

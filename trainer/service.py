@@ -72,7 +72,7 @@ def fingerprint(model_id: str, reports: Sequence[ReportRow], tags: Sequence[TagR
     """A digest of everything a fit reads: the model, each report, each tag and whether it is active,
     and the fit's settings. Items never change (one content each), so their ids stand for them."""
     inputs = [model_id, repr(config), sorted((r.item_id, r.tag_id, r.positive) for r in reports),
-              sorted((t.id, t.active) for t in tags)]
+              sorted((t.id, t.active, t.title if config.title_examples else "") for t in tags)]
     return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
 
@@ -192,7 +192,8 @@ class Trainer:
             embedded = await self._embed_missing(dataset_id, kind, model)
             async with self.sessions() as session:
                 vectors = await repository.load_embeddings(session, {r.item_id for r in reports}, model.model_id)
-            result = await asyncio.to_thread(self._fit, reports, tags, vectors)
+            titles = await self._title_vectors(kind, tags, model.model_id)
+            result = await asyncio.to_thread(self._fit, reports, tags, vectors, titles)
         except (Unsupported, NothingToFit) as exc:
             await self.mark(dataset_id, "failed", str(exc))
             return RefitOutcome(dataset_id, "failed", reason=str(exc))
@@ -288,14 +289,25 @@ class Trainer:
             stored += len(done)
         return stored
 
+    async def _title_vectors(self, kind: str, tags: Sequence[TagRow], model_id: str) -> dict[int, np.ndarray]:
+        """Text datasets: each tag title's embedding by the items' model (FitConfig.title_examples), else none."""
+        if kind != "text" or not self.config.title_examples or not tags:
+            return {}
+        items = [ItemToEmbed(id=t.id, kind="text", content=t.title, media=None, media_type=None, source_url=None)
+                 for t in tags]
+        got_model, vectors = await self.embedder.embed("text", items)
+        if got_model != model_id:  # the service moved to another model meanwhile: fit without titles
+            return {}
+        return {t.id: v for t, v in zip(tags, vectors, strict=True) if v is not None}
+
     def _fit(self, reports: Sequence[ReportRow], tags: Sequence[TagRow],
-             vectors: Mapping[int, np.ndarray]) -> FitResult:
+             vectors: Mapping[int, np.ndarray], titles: Mapping[int, np.ndarray] | None = None) -> FitResult:
         rows = {item_id: row for row, item_id in enumerate(sorted(vectors))}
         usable = [Report(rows[r.item_id], r.tag_id, r.positive) for r in reports if r.item_id in rows]
         if not rows or not usable:
             raise Unsupported("no reported item could be embedded")
         matrix = np.stack([vectors[item_id] for item_id in sorted(vectors)])
-        return fit_head(matrix, usable, [t.id for t in tags], self.config)
+        return fit_head(matrix, usable, [t.id for t in tags], self.config, titles)
 
     async def _commit(self, dataset_id: int, model_id: str, tags: Sequence[TagRow], result: FitResult,
                       inputs: str, *, force: bool) -> tuple[int, str | None]:

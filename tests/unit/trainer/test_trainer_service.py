@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from modelkit.heads import load_head, object_name
 from shared.bus import Bus
 from shared.db.models import DataItem, Dataset, Embedding, HeadVersion, Report, Tag
+from shared.schemas.inference import EmbedReply, EmbedTextsRequest
 from shared.subjects import HEADS_BUCKET
 from tests.unit.trainer.helpers import TextModel, seed
 from trainer.embedder import BusEmbedder
@@ -151,3 +152,38 @@ async def test_old_head_versions_are_pruned_once_a_new_head_is_live(
     stored = {v: await trainer.heads.exists(object_name(dataset_id, v)) for v in range(1, 5)}
     assert stored == {1: False, 2: True, 3: True, 4: True}  # the live head and the two before it
     assert (await load_head(bus.js, dataset_id, 4)).model_id == "model-a"
+
+
+async def test_a_text_refit_fits_the_tag_titles_as_examples_and_a_retitle_refits(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], nats_url: str,
+) -> None:
+    class Recording(TextModel):
+        def __init__(self) -> None:
+            super().__init__("model-a")
+            self.texts: list[str] = []
+
+        async def embed(self, request: EmbedTextsRequest) -> EmbedReply:
+            self.texts += request.texts
+            return await super().embed(request)
+
+    model = Recording()
+    responder = await Bus.connect(nats_url, "test-text-model")
+    await model.serve(responder)
+    try:
+        dataset_id, tags = await seed(sessions)
+        off = Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js),
+                      config=FitConfig(cv_folds=3, title_examples=False))
+        assert (await off.refit(dataset_id)).state == "trained"
+        assert not set(tags) & set(model.texts)  # switched off: titles are never embedded
+        on = Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js), config=FitConfig(cv_folds=3))
+        model.texts.clear()
+        assert (await on.refit(dataset_id)).state == "trained"
+        assert set(tags) <= set(model.texts)  # every tag's title embedded for the fit
+        assert (await on.refit(dataset_id)).state == "unchanged"
+        async with sessions.begin() as s:
+            tag = await s.get(Tag, next(iter(tags.values())))
+            assert tag is not None
+            tag.title = "a new title"
+        assert (await on.refit(dataset_id)).state == "trained"  # the title is an input of the fit
+    finally:
+        await responder.close(5)
