@@ -65,12 +65,12 @@ async def test_concurrent_model_calls_give_what_one_call_at_a_time_gives(client:
     texts = [*BUY, *POOR, *OTHER, UNRELATED]
     alone = np.stack([(await embed(client, [t])).array()[0] for t in texts])
     replies = await asyncio.gather(*(embed(client, [t]) for t in texts), *(embed(client, texts) for _ in range(4)))
-    # Not bit-equal: the int8 model quantises activations per call, so a text's batch-mates (and their
-    # padding) move its vector a little. A call clobbered by another would be far off.
+    # The int8 model scales activations per text (modelbuild/rowquant.py): a text's batch-mates and their
+    # padding leave its vector as it is, to float rounding. A call clobbered by another would be far off.
     together = np.stack([r.array()[0] for r in replies[: len(texts)]])
-    assert np.min(np.sum(together * alone, axis=1)) > 0.995
+    assert np.min(np.sum(together * alone, axis=1)) > 0.99999
     for batch in replies[len(texts) :]:
-        assert np.min(np.sum(batch.array() * alone, axis=1)) > 0.995
+        assert np.min(np.sum(batch.array() * alone, axis=1)) > 0.99999
 
 
 async def test_spelling_variants_embed_as_the_same_text(client: Bus) -> None:
