@@ -87,9 +87,16 @@ async def _holding(gw: Gateway, lock: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def _terminate_when_blocked(conn: asyncpg.Connection, times: int) -> None:
-    """``times`` times: wait until a gateway statement waits on the lock, then terminate every gateway backend."""
+    """``times`` times: wait until a gateway statement waits on the lock, then terminate every gateway backend.
+    A terminated backend can stay in the activity view for a moment: the next round waits for another one."""
+    terminated: set[int] = set()
+
+    async def new_waiter() -> list[int]:
+        return [r["pid"] for r in await _waiting(conn) if r["pid"] not in terminated]
+
     for _ in range(times):
-        assert await eventually(lambda: _waiting(conn), timeout_s=10)
+        assert await eventually(new_waiter, timeout_s=10)
+        terminated |= {r["pid"] for r in await _waiting(conn)}
         await conn.execute(TERMINATE)
 
 
