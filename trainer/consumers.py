@@ -20,6 +20,7 @@ from modelkit.metrics import Metrics, default_metrics
 from shared import subjects
 from shared.bus import Bus, pull
 from shared.bus.pull import Delivery, HandBack, PullConfig, PullWorker, finish_or_cancel
+from shared.db.faults import connection_lost, server_unavailable
 from shared.errors import KashfError
 from shared.schemas.events import DatasetsChanged, ReportEvent, TrainRequest
 from trainer.service import RefitOutcome, Trainer
@@ -30,25 +31,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-# SQLSTATEs of a server that cannot serve now (besides class 08): too many connections, shut down by an
-# administrator or a crash, or starting up (replaying its WAL after a crash; a plain DBAPIError once wrapped).
-_UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
-
-
-def _server_unavailable(exc: BaseException) -> bool:
-    for err in (exc, getattr(exc, "orig", None), exc.__cause__):
-        state = getattr(err, "sqlstate", None)
-        if isinstance(state, str) and (state.startswith("08") or state in _UNAVAILABLE_SQLSTATES):
-            return True
-    return False
-
-
 def is_transient(exc: BaseException) -> bool:
     """The bus policy's transient failures, and the database unreachable."""
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        return bool(exc.connection_invalidated) or isinstance(
-            exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or _server_unavailable(exc)
-    if _server_unavailable(exc):
+        return connection_lost(exc)
+    if server_unavailable(exc):  # asyncpg's own error, unwrapped
         return True
     return pull.is_transient(exc) or isinstance(exc, asyncpg.PostgresConnectionError | sqlalchemy.exc.TimeoutError)
 
