@@ -10,6 +10,7 @@ import structlog
 from shared import subjects
 from shared.bus import Bus
 from shared.bus.blobs import BlobStore
+from shared.errors import Unavailable
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest, ModelInfoReply, ModelInfoRequest
 from shared.schemas.media import EmbedImagesReply, EmbedImagesRequest, MediaInput
 from trainer.repository import ItemToEmbed
@@ -17,6 +18,12 @@ from trainer.repository import ItemToEmbed
 log = structlog.get_logger(__name__)
 
 MODEL_INFO = {"text": subjects.TEXT_MODEL_INFO, "image": subjects.IMAGE_MODEL_INFO}
+
+
+class ModelChanged(Unavailable):
+    """The served model is not the one this refit started with; a retry starts over with the new one."""
+
+    code = "model_changed"
 
 
 class BusEmbedder:

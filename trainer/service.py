@@ -25,9 +25,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelkit.heads import Head
-from shared.errors import KashfError, Unavailable
+from shared.errors import KashfError
 from shared.schemas.inference import ModelInfoReply
 from trainer import repository, suggestions
+from trainer.embedder import ModelChanged
 from trainer.evaluation import NULL_FIGURES
 from trainer.fitting import FitConfig, FitResult, NothingToFit, Report, fit_head
 from trainer.repository import ItemToEmbed, LiveHead, ReportRow, TagRow, VersionFigures
@@ -60,12 +61,6 @@ class HeadStore(Protocol):
 
 class Unsupported(ValueError):
     """The dataset cannot be trained as it stands (no reports, no positives, unknown kind)."""
-
-
-class ModelChanged(Unavailable):
-    """The served model is not the one this refit started with; a retry starts over with the new one."""
-
-    code = "model_changed"
 
 
 def fingerprint(model_id: str, reports: Sequence[ReportRow], tags: Sequence[TagRow], config: FitConfig) -> str:
@@ -270,16 +265,23 @@ class Trainer:
     async def _embed_missing(self, dataset_id: int, kind: str, model: ModelInfoReply) -> int:
         async with self.sessions() as session:
             missing = await repository.items_missing_embedding(session, dataset_id, model.model_id)
-        missing = [item for item in missing if item.kind == kind]
+        stored, _ = await self.embed_and_store(kind, [item for item in missing if item.kind == kind], model)
+        return stored
+
+    async def embed_and_store(self, kind: str, items: Sequence[ItemToEmbed],
+                              model: ModelInfoReply) -> tuple[int, list[int]]:
+        """Embed ``items`` with ``model`` chunk by chunk and store their vectors: (how many were stored, ids of
+        the items the model could not embed). ModelChanged when a replica on another model answers."""
         chunk = self.chunks[kind]
-        stored = 0
-        for start in range(0, len(missing), chunk):
-            part = missing[start:start + chunk]
+        stored, failed = 0, []
+        for start in range(0, len(items), chunk):
+            part = items[start:start + chunk]
             got_model, vectors = await self.embedder.embed(kind, part)
             done = [(item.id, v) for item, v in zip(part, vectors, strict=True) if v is not None]
             if got_model != model.model_id or any(v.shape != (model.dim,) for _, v in done):
                 # A replica on another model answered: storing its vectors under this id would mix models.
                 raise ModelChanged(f"the {kind} model changed during training ({model.model_id} -> {got_model})")
+            failed += [item.id for item, v in zip(part, vectors, strict=True) if v is None]
             if not done:
                 continue
             # Each chunk commits on its own, so a crash mid-refit keeps the work already paid for.
@@ -287,7 +289,7 @@ class Trainer:
                 await repository.store_embeddings(session, model.model_id, [i for i, _ in done],
                                                   np.stack([v for _, v in done]))
             stored += len(done)
-        return stored
+        return stored, failed
 
     async def _title_vectors(self, kind: str, tags: Sequence[TagRow], model_id: str) -> dict[int, np.ndarray]:
         """Text datasets: each tag title's embedding by the items' model (FitConfig.title_examples), else none."""

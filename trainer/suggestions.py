@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.schemas.inference import ModelInfoReply
 from trainer import repository
+from trainer.embedder import ModelChanged
 from trainer.fitresult import FitResult
 from trainer.repository import ItemToEmbed
 
@@ -133,12 +134,8 @@ class Fitter(Protocol):
     sessions: async_sessionmaker[AsyncSession]
     chunks: dict[str, int]
 
-    @property
-    def embedder(self) -> _Embedder: ...
-
-
-class _Embedder(Protocol):
-    async def embed(self, kind: str, items: Sequence[ItemToEmbed]) -> tuple[str, list[np.ndarray | None]]: ...
+    async def embed_and_store(self, kind: str, items: Sequence[ItemToEmbed],
+                              model: ModelInfoReply) -> tuple[int, list[int]]: ...
 
 
 async def refresh(trainer: Fitter, dataset_id: int, version: int, model: ModelInfoReply, result: FitResult,
@@ -158,27 +155,16 @@ async def _embed_pool(trainer: Fitter, dataset_id: int, model: ModelInfoReply, c
         missing = await repository.pool_missing_embedding(session, dataset_id, model.model_id,
                                                           config.embed_per_refit)
     stored = 0
-    for kind in ("text", "image"):
-        items = [item for item in missing if item.kind == kind]
-        chunk = trainer.chunks.get(kind, 8)
-        for start in range(0, len(items), chunk):
-            part = items[start:start + chunk]
-            got_model, vectors = await trainer.embedder.embed(kind, part)
-            if got_model != model.model_id:
-                continue  # another model answered: its vectors are not this head's space
-            done = [(item.id, v) for item, v in zip(part, vectors, strict=True)
-                    if v is not None and v.shape == (model.dim,)]
-            failed = [item.id for item, v in zip(part, vectors, strict=True) if v is None]
-            if failed:
-                # A kept input image whose URL no longer answers would be fetched again at every fit.
-                async with trainer.sessions.begin() as session:
-                    await repository.drop_inputs(session, failed)
-            if not done:
-                continue
+    for kind in trainer.chunks:
+        try:
+            embedded, failed = await trainer.embed_and_store(kind, [i for i in missing if i.kind == kind], model)
+        except ModelChanged:
+            return stored  # another model answered: its vectors are not this head's space
+        stored += embedded
+        if failed:
+            # A kept input image whose URL no longer answers would be fetched again at every fit.
             async with trainer.sessions.begin() as session:
-                await repository.store_embeddings(session, model.model_id, [i for i, _ in done],
-                                                  np.stack([v for _, v in done]))
-            stored += len(done)
+                await repository.drop_inputs(session, failed)
     return stored
 
 

@@ -15,10 +15,10 @@ from shared.db.models import DataItem, Dataset, Embedding, HeadVersion, Report, 
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest
 from shared.subjects import HEADS_BUCKET
 from tests.unit.trainer.helpers import TextModel, seed
-from trainer.embedder import BusEmbedder
+from trainer.embedder import BusEmbedder, ModelChanged
 from trainer.fitting import FitConfig
 from trainer.heads import ObjectStoreHeads
-from trainer.service import ModelChanged, Trainer
+from trainer.service import Trainer
 
 
 @pytest.fixture
