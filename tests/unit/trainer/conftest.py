@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.bus import Bus, ensure_streams
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.subjects import EVENTS_STREAM
-from tests.unit.trainer.helpers import Responder, TextModel
+from tests.unit.trainer.helpers import MODEL_ID, Responder, TextModel
 from trainer.consumers import TrainerConsumer
 from trainer.embedder import BusEmbedder
 from trainer.fitting import FitConfig
@@ -41,6 +41,22 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
     await bus.js.purge_stream(EVENTS_STREAM)
     yield bus
     await bus.close(5)
+
+
+@pytest.fixture
+def text_model_id() -> str:
+    """The model id ``text_model`` answers with (a test module may override it)."""
+    return MODEL_ID
+
+
+@pytest.fixture
+async def text_model(nats_url: str, text_model_id: str) -> AsyncIterator[TextModel]:
+    """A test text model serving embeddings and model info on the real subjects."""
+    model = TextModel(text_model_id)
+    responder = await Bus.connect(nats_url, "test-text-model")
+    await model.serve(responder)
+    yield model
+    await responder.close(5)
 
 
 @pytest.fixture

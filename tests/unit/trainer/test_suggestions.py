@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -83,15 +82,6 @@ def test_suspects_rank_flipped_labels_first() -> None:
     precision = len(top & set(flipped.tolist())) / len(flipped)
     assert precision >= 0.75, precision
     assert contradiction[order[0]] > 0.75
-
-
-@pytest.fixture
-async def text_model(nats_url: str) -> AsyncIterator[TextModel]:
-    model = TextModel("model-a")
-    responder = await Bus.connect(nats_url, "test-text-model")
-    await model.serve(responder)
-    yield model
-    await responder.close(5)
 
 
 async def add_inputs(sessions: async_sessionmaker[AsyncSession], dataset_id: int, texts: list[str]) -> list[int]:

@@ -3,9 +3,6 @@ SQL) is a new fit on one report fewer, not the live head kept as unchanged."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -17,15 +14,6 @@ from trainer.embedder import BusEmbedder
 from trainer.fitting import FitConfig
 from trainer.heads import ObjectStoreHeads
 from trainer.service import Trainer
-
-
-@pytest.fixture
-async def text_model(nats_url: str) -> AsyncIterator[TextModel]:
-    model = TextModel()
-    responder = await Bus.connect(nats_url, "test-text-model")
-    await model.serve(responder)
-    yield model
-    await responder.close(5)
 
 
 async def test_the_refit_after_a_deleted_report_fits_without_it(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import func, select
@@ -22,12 +21,8 @@ from trainer.service import Trainer
 
 
 @pytest.fixture
-async def text_model(nats_url: str) -> AsyncIterator[TextModel]:
-    model = TextModel("model-a")
-    responder = await Bus.connect(nats_url, "test-text-model")
-    await model.serve(responder)
-    yield model
-    await responder.close(5)
+def text_model_id() -> str:
+    return "model-a"
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ old version rows and their blobs but never the live one. Real Postgres, NATS obj
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,15 +17,6 @@ from trainer.fitting import FitConfig
 from trainer.heads import ObjectStoreHeads
 from trainer.repository import VersionFigures
 from trainer.service import Trainer, promotion_gate
-
-
-@pytest.fixture
-async def text_model(nats_url: str) -> AsyncIterator[TextModel]:
-    model = TextModel()
-    responder = await Bus.connect(nats_url, "test-text-model-versions")
-    await model.serve(responder)
-    yield model
-    await responder.close(5)
 
 
 def make_trainer(bus: Bus, sessions: async_sessionmaker[AsyncSession], kept: int = 3) -> Trainer:
