@@ -9,6 +9,16 @@ export async function loadDataset(name) {
   return { name, kind: entry ? entry.kind : null, info, tags, byId: new Map(tags.map((t) => [t.id, t])) };
 }
 
+/** The page's dataset, or null once the page says why it could not be read. */
+export async function datasetOr(root, name) {
+  try {
+    return await loadDataset(name);
+  } catch (error) {
+    failure(root, error);
+    return null;
+  }
+}
+
 export function pageHead(title, ds, ...extra) {
   return h('div', { class: 'page-head' }, h('h1', {}, title, ' · ', user(ds.info.title || ds.name)), ...extra);
 }

@@ -1,18 +1,13 @@
 import { call, upload, imageUrl, listItems } from '../api.js';
 import { h, field, notice, user, button, dropZone, newId } from '../dom.js';
-import { loadDataset, pageHead, tagSelect, tagName, failure } from './common.js';
+import { datasetOr, pageHead, tagSelect, tagName } from './common.js';
 import { shortTime } from './dataset.js';
 
 const PAGE = 24;
 
 export async function render(root, [name], ctx) {
-  let ds;
-  try {
-    ds = await loadDataset(name);
-  } catch (error) {
-    failure(root, error);
-    return null;
-  }
+  const ds = await datasetOr(root, name);
+  if (!ds) return null;
   const filter = tagSelect(ds.tags, ['', 'All tags']);
   const [filterField] = field('Show items with a report of', filter);
   const grid = h('ul', { class: 'items', id: 'items', 'aria-label': 'Items, newest first' });

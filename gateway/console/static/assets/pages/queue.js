@@ -1,6 +1,6 @@
 import { call } from '../api.js';
 import { h, field, notice, user, button } from '../dom.js';
-import { loadDataset, pageHead, tagSelect, tagName, failure } from './common.js';
+import { datasetOr, pageHead, tagSelect, tagName } from './common.js';
 import { thumbnail } from './items.js';
 
 const REASONS = {
@@ -9,13 +9,8 @@ const REASONS = {
 };
 
 export async function render(root, [name], ctx) {
-  let ds;
-  try {
-    ds = await loadDataset(name);
-  } catch (error) {
-    failure(root, error);
-    return null;
-  }
+  const ds = await datasetOr(root, name);
+  if (!ds) return null;
   const filter = tagSelect(ds.tags, ['', 'Any tag']);
   const [filterField] = field('Suggest for', filter);
   const stage = h('section', { class: 'card queue', 'aria-live': 'polite', id: 'queue' });

@@ -1,15 +1,10 @@
 import { call, upload } from '../api.js';
 import { h, field, notice, user, button, dropZone } from '../dom.js';
-import { loadDataset, pageHead, failure, tagChips } from './common.js';
+import { datasetOr, pageHead, tagChips } from './common.js';
 
 export async function render(root, [name], ctx) {
-  let ds;
-  try {
-    ds = await loadDataset(name);
-  } catch (error) {
-    failure(root, error);
-    return null;
-  }
+  const ds = await datasetOr(root, name);
+  if (!ds) return null;
   const urls = [];
   const local = (file) => {
     const url = URL.createObjectURL(file);
