@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from modelkit.runtime import stop_service
+from shared.bus import Bus
+from shared.settings import TextServiceSettings
 from shared.textnorm import normalize_text
 from tests.unit.text.texts import CORPUS
 from tests.unit.text.tiny_text_model import build_tiny_text_model
+from text_service.main import setup
 
 REPO = Path(__file__).resolve().parents[3]
 REAL_TEXT_MODEL = "text/multilingual-e5-small"
@@ -32,3 +37,17 @@ def real_models_dir() -> Path:
     if not (root / REAL_TEXT_MODEL / "manifest.json").is_file():
         pytest.skip(f"no built text model under {root} (run `make models`)")
     return root
+
+
+@pytest.fixture(scope="module")
+async def client(nats_url: str, real_models_dir: Path) -> AsyncIterator[Bus]:
+    """The real text model served over NATS once per test module, and a client bus."""
+    settings = TextServiceSettings(  # type: ignore[call-arg]
+        nats_url=nats_url, models_dir=real_models_dir, device="cpu"  # the default text model
+    )
+    bus = await Bus.connect(nats_url, "text_service")
+    readiness = await setup(settings, bus)
+    client = await Bus.connect(nats_url, "test-client")
+    yield client
+    await client.close()
+    await stop_service(bus, readiness, 10.0)

@@ -8,7 +8,6 @@ probability). The built model scales each text on its own (``modelbuild/rowquant
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +16,11 @@ from sklearn.linear_model import LogisticRegression
 
 from modelkit.onnx.layout import load_model, model_layout
 from modelkit.onnx.text import TextEncoder
-from modelkit.runtime import stop_service
 from shared.bus import Bus
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest
-from shared.settings import TextServiceSettings
 from shared.subjects import TEXT_EMBED
 from tests.unit.models.sentences import ENGLISH, PERSIAN
 from tests.unit.text.texts import BUY, BUY_HELD_OUT, OTHER, POOR, POOR_HELD_OUT
-from text_service.main import setup
 
 pytestmark = pytest.mark.models
 
@@ -68,19 +64,6 @@ def test_a_text_embeds_the_same_alone_and_in_a_batch_of_32(encoder: TextEncoder)
     head = LogisticRegression(C=10.0, max_iter=1000).fit(
         encoder.encode([*BUY, *POOR]), [1] * len(BUY) + [0] * len(POOR))
     assert np.abs(head.predict_proba(alone) - head.predict_proba(together)).max() < 0.005
-
-
-@pytest.fixture(scope="module")
-async def client(nats_url: str, real_models_dir: Path) -> AsyncIterator[Bus]:
-    settings = TextServiceSettings(  # type: ignore[call-arg]
-        nats_url=nats_url, models_dir=real_models_dir, device="cpu"
-    )
-    bus = await Bus.connect(nats_url, "text_service")
-    readiness = await setup(settings, bus)
-    client = await Bus.connect(nats_url, "test-client")
-    yield client
-    await client.close()
-    await stop_service(bus, readiness, 10.0)
 
 
 async def _embed(bus: Bus, texts: list[str]) -> np.ndarray:

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
 from modelkit.heads import Head, store_head
-from modelkit.runtime import stop_service
 from shared.bus import Bus
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest, HeadRef, TagRef, TagReply, TagTextsRequest
-from shared.settings import TextServiceSettings
 from shared.subjects import TEXT_EMBED, TEXT_TAG
 from tests.unit.text.texts import (
     BUY,
@@ -26,26 +22,11 @@ from tests.unit.text.texts import (
     UNRELATED,
     VARIANTS,
 )
-from text_service.main import setup
 
 pytestmark = pytest.mark.models
 
 BUY_TAG = TagRef(id=39, title="توصیه خرید")
 POOR_TAG = TagRef(id=40, title="کیفیت پایین")
-
-
-@pytest.fixture(scope="module")
-async def client(nats_url: str, real_models_dir: Path) -> AsyncIterator[Bus]:
-    """The real model served over NATS once for this module, and a client bus."""
-    settings = TextServiceSettings(  # type: ignore[call-arg]
-        nats_url=nats_url, models_dir=real_models_dir, device="cpu"  # the default text model
-    )
-    bus = await Bus.connect(nats_url, "text_service")
-    readiness = await setup(settings, bus)
-    client = await Bus.connect(nats_url, "test-client")
-    yield client
-    await client.close()
-    await stop_service(bus, readiness, 10.0)
 
 
 async def embed(bus: Bus, texts: list[str]) -> EmbedReply:
