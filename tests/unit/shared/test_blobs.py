@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from shared.bus import Bus, ensure_streams
+from shared.bus import Bus
 from shared.bus.blobs import BlobStore
 from shared.errors import NotFound, TooLarge, Unavailable
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_url, "test-blobs")
-    await ensure_streams(bus.js)
-    yield bus
-    await bus.close(5)
 
 
 async def test_put_get_delete(bus: Bus) -> None:

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.bus import Bus, ensure_streams
+from shared.bus import Bus
 from shared.bus.blobs import BlobStore
 from shared.bus.blobstream import blob_info, read_chunks
 from shared.errors import NotFound
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(nats_url, "test-blobstream")
-    await ensure_streams(bus.js)
-    yield bus
-    await bus.close(5)
 
 
 async def test_an_object_comes_back_whole_in_chunks(bus: Bus) -> None:
