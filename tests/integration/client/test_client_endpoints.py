@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from devtools.stack import Stack
-from kashf_client import AsyncClient, Client, ItemReport, KashfError, TextReport
+from kashf_client import AsyncClient, Client, ItemReport, TextReport
 from tests.integration import media
 from tests.integration.texts import DELIVERY, RECOMMEND, TRAIN, UNHAPPY
 
@@ -136,12 +136,7 @@ def test_webhooks(stack: Stack, token: str, trained: str) -> None:
 def test_export_streams_the_zip_to_a_file(stack: Stack, token: str, trained: str, tmp_path: Path) -> None:
     target = tmp_path / "out" / "export.zip"
     with Client(stack.url, token) as client:
-        try:
-            path = client.export_dataset(trained, target)
-        except KashfError as exc:
-            if exc.detail == "no such endpoint":
-                pytest.skip("export_dataset is not in this build yet")
-            raise
+        path = client.export_dataset(trained, target)
     assert path == target and not target.with_name("export.zip.part").exists()
     with zipfile.ZipFile(target) as archive:
         assert {"model.onnx", "kashf.json"} <= set(archive.namelist())
