@@ -25,8 +25,8 @@ async def test_confusion_is_null_before_training_and_the_live_versions_after(gw:
     token = await gw.token("acme")
     await gw.post("/api/create_dataset/", {"dataset": "fresh", "kind": "text"}, token)
     await gw.post("/api/create_tag/", {"dataset": "fresh", "title": "x"}, token)
-    for tags in (True, False):
-        info = (await gw.post("/api/dataset_info/", {"dataset": "fresh", "tags": tags}, token)).json()
+    for flag in (True, False):
+        info = (await gw.post("/api/dataset_info/", {"dataset": "fresh", "tags": flag}, token)).json()
         assert "confusion" in info and info["confusion"] is None
 
     dataset_id, tags = await _seed(gw, token)
