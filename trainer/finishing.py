@@ -130,7 +130,9 @@ def finish(x: np.ndarray, labels: Labels, scored: Scored, exclusive: bool, confi
     del logits
     real = labels.rows < real_rows if real_rows is not None else np.ones(len(labels.rows), dtype=bool)
     # The same probabilities as the per-tag counts: out-of-fold wherever a tag has them.
-    matrix = exclusive_confusion(probs[real], y[real]) if exclusive and has_oof.any() else None
+    matrix = None
+    if exclusive and has_oof.any():  # (a copy of probs only when title rows must be left out)
+        matrix = exclusive_confusion(probs, y) if real.all() else exclusive_confusion(probs[real], y[real])
     fits = []
     for j, col in enumerate(scored.columns):
         present = (labels.codes[:, col] >= 0) & real
