@@ -616,6 +616,11 @@ class Repository:
             select(HeadVersion).where(HeadVersion.dataset_id == dataset_id, HeadVersion.version == version)
         )).scalar_one_or_none()
 
+    async def version_confusion(self, dataset_id: int, version: int) -> dict[str, Any] | None:
+        return await self.session.scalar(
+            select(HeadVersion.confusion).where(HeadVersion.dataset_id == dataset_id, HeadVersion.version == version)
+        )
+
     async def make_live(self, dataset_id: int, version: HeadVersion) -> None:
         """Point the dataset at ``version`` with its figures, and each tag at the threshold and figures that
         version learned (none for a tag it did not know). A held version is held no more."""

@@ -374,6 +374,30 @@ class TagInfo(BaseModel):
     threshold: float | None = Field(None, description="in force: update_tag's override, else the learned one")
 
 
+class TagCounts(BaseModel):
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+
+class Confusion(BaseModel):
+    """A fit's out-of-fold confusion counts on the reports it was fitted from (the figures' cross-validation)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"exclusive": True, "tag_ids": [3, 4], "matrix": [[7, 1, 0], [0, 8, 1], [1, 0, 2]]},
+        {"exclusive": False, "tag_ids": [3, 4], "counts": [{"tp": 7, "fp": 1, "fn": 2, "tn": 30}, None]},
+    ]})
+
+    exclusive: bool = Field(description="true: at most one tag per item, the counts are a matrix")
+    tag_ids: list[int] = Field(description="the head's tags, in the order of the rows and columns (or counts)")
+    matrix: list[list[int]] | None = Field(None, exclude_if=_none, description=(
+        "exclusive heads: (tags + 1) x (tags + 1); row i: items whose true tag is tag_ids[i], last row: items "
+        "reported negative only (no tag); column j: items answered with tag_ids[j], last column: unknown"))
+    counts: list[TagCounts | None] | None = Field(None, exclude_if=_none, description=(
+        "other heads: per tag of tag_ids, at its cross-validated threshold; null: too few reports to evaluate"))
+
+
 class DatasetInfoOut(BaseModel):
     title: str
     state: str
@@ -383,6 +407,7 @@ class DatasetInfoOut(BaseModel):
     tags: list[TagInfo] | None = Absent
     version: int | None = Field(None, description="the live head version; null before the first fit")
     suggestions: int = 0  # open suggest_labels suggestions (not reported since they were computed)
+    confusion: Confusion | None = Field(None, description="the live version's; null before the first fit")
 
 
 class DatasetOut(BaseModel):
@@ -668,6 +693,7 @@ class VersionOut(BaseModel):
     )
     report_count: int
     evaluation: TagEvaluation | None = Field(description="cross-validated, percent (as dataset_info)")
+    confusion: Confusion | None = Field(None, description="this version's, as dataset_info's")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -83,6 +83,29 @@ def cross_fitted_counts(probs: np.ndarray, y: np.ndarray, folds: Folds) -> Count
     return total
 
 
+def exclusive_confusion(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The (k + 1, k + 1) counts of an exclusive head's answers against the true tags.
+
+    ``probs`` (rows, k): the head's probabilities; ``truth`` (rows, k) bool, at most one true tag per row.
+    Row i counts the items whose true tag is column i (row k: items with no true tag, reported negative only),
+    column j the items answered with tag j (column k: unknown). An item is answered with its top tag when that
+    tag's probability reaches 0.5 (only the top tag of an exclusive head can), else unknown.
+    """
+    rows, k = probs.shape
+    truth = np.asarray(truth, dtype=bool)
+    if truth.shape != probs.shape:
+        raise ValueError(f"truth has shape {truth.shape}, probs {probs.shape}")
+    if rows and int(truth.sum(axis=1).max()) > 1:
+        raise ValueError("an item of an exclusive head has at most one true tag")
+    actual = np.where(truth.any(axis=1), truth.argmax(axis=1), k)
+    answered = np.full(rows, k)
+    if k:
+        top = probs.argmax(axis=1)
+        answered = np.where(probs[np.arange(rows), top] >= 0.5, top, k)
+    cells = np.bincount(actual * (k + 1) + answered, minlength=(k + 1) ** 2)
+    return cells.reshape(k + 1, k + 1).astype(np.int64)
+
+
 def best_none_logit(logits: np.ndarray, truth: np.ndarray) -> float:
     """The lowest "none" logit maximising micro-F1 + top-1 accuracy of the top-tag-or-unknown answers.
 

@@ -17,7 +17,14 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from modelkit.heads import exclusive_probabilities, sigmoid
-from trainer.evaluation import Counts, best_none_logit, best_threshold, count, cross_fitted_counts
+from trainer.evaluation import (
+    Counts,
+    best_none_logit,
+    best_threshold,
+    count,
+    cross_fitted_counts,
+    exclusive_confusion,
+)
 from trainer.fitresult import FitConfig, Scored, TagFit
 from trainer.labels import NEGATIVE, POSITIVE, Labels
 
@@ -100,9 +107,10 @@ def _counts(probs: np.ndarray, y: np.ndarray, fold_of: np.ndarray, exclusive: bo
     return best_threshold(probs, y), cross_fitted_counts(probs, y, folds)
 
 
-def finish(x: np.ndarray, labels: Labels, scored: Scored, exclusive: bool,
-           config: FitConfig, real_rows: int | None = None) -> tuple[list[TagFit], float]:
-    """Each scored tag's calibrated classifier and figures, and the head's none logit.
+def finish(x: np.ndarray, labels: Labels, scored: Scored, exclusive: bool, config: FitConfig,
+           real_rows: int | None = None) -> tuple[list[TagFit], float, np.ndarray | None]:
+    """Each scored tag's calibrated classifier and figures, the head's none logit and, for an exclusive head
+    with out-of-fold scores, its confusion matrix (``exclusive_confusion``, in the order of ``scored.columns``).
 
     ``x``: the embeddings of ``labels.rows``, in that order. Rows of the embedding matrix from ``real_rows`` on
     are pseudo-examples (tag titles): they shape the calibration and the none logit like any report, but the
@@ -120,11 +128,14 @@ def finish(x: np.ndarray, labels: Labels, scored: Scored, exclusive: bool,
         none_logit = (per_tag * best_none_logit(logits, truth) + m * config.none_prior) / (per_tag + m)
     probs = _probabilities(logits, exclusive, none_logit)
     del logits
+    real = labels.rows < real_rows if real_rows is not None else np.ones(len(labels.rows), dtype=bool)
+    # The same probabilities as the per-tag counts: out-of-fold wherever a tag has them.
+    matrix = None
+    if exclusive and has_oof.any():  # (a copy of probs only when title rows must be left out)
+        matrix = exclusive_confusion(probs, y) if real.all() else exclusive_confusion(probs[real], y[real])
     fits = []
     for j, col in enumerate(scored.columns):
-        present = labels.codes[:, col] >= 0
-        if real_rows is not None:
-            present &= labels.rows < real_rows
+        present = (labels.codes[:, col] >= 0) & real
         y_j = y[present, j].astype(np.int64)
         n_pos = int(y_j.sum())
         threshold, counts = 0.5, None
@@ -138,7 +149,7 @@ def finish(x: np.ndarray, labels: Labels, scored: Scored, exclusive: bool,
                            calibration=(float(calibrations[j, 0]), float(calibrations[j, 1])), threshold=threshold,
                            counts=counts, positives=n_pos, negatives=len(y_j) - n_pos, c=scored.c[j],
                            method=scored.method, oof_rows=oof_rows, oof_probabilities=oof_probabilities))
-    return fits, none_logit
+    return fits, none_logit, matrix
 
 
 def rows_of(vectors: np.ndarray, rows: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -95,6 +95,9 @@ class FitResult:
     skipped: list[int] = field(default_factory=list)  # tags with no positive report: not in the head
     exclusive: bool = False  # at most one tag per item (no item was reported positive for two tags)
     none_logit: float = 0.0
+    # Exclusive heads: out-of-fold (true tag, answered tag) counts in the order of ``tags``, plus a last row
+    # (no true tag) and column (unknown), see trainer.evaluation.exclusive_confusion; None otherwise.
+    matrix: np.ndarray | None = None
 
     def head(self, model_id: str, version: int) -> Head:
         k = len(self.tags)
@@ -109,6 +112,24 @@ class FitResult:
             exclusive=self.exclusive,
             none_logit=self.none_logit,
         )
+
+    def confusion(self) -> dict[str, Any] | None:
+        """The out-of-fold confusion counts stored with the version (JSON); None when nothing was evaluated.
+
+        Exclusive: ``{"exclusive": true, "tag_ids": [...], "matrix": [[...], ...]}``, (k + 1) x (k + 1), row i
+        the items of true tag ``tag_ids[i]`` (last row: items with no tag), column j those answered with
+        ``tag_ids[j]`` (last column: unknown). Otherwise ``{"exclusive": false, "tag_ids": [...], "counts":
+        [{"tp", "fp", "fn", "tn"} | null, ...]}``, each tag at the threshold the other folds chose (as its
+        figures), null for a tag with too few reports to evaluate."""
+        tag_ids = [t.tag_id for t in self.tags]
+        if self.exclusive:
+            if self.matrix is None:
+                return None
+            return {"exclusive": True, "tag_ids": tag_ids, "matrix": self.matrix.astype(int).tolist()}
+        if all(t.counts is None for t in self.tags):
+            return None
+        return {"exclusive": False, "tag_ids": tag_ids,
+                "counts": [None if t.counts is None else asdict(t.counts) for t in self.tags]}
 
     def dataset_evaluation(self, active: set[int] | None = None) -> dict[str, Any]:
         """Micro-average over the evaluated (active) tags; null figures when none could be evaluated."""

@@ -87,11 +87,12 @@ def fit_head(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[i
     # when no item carries two tags, the head answers with at most one tag (or unknown) per item.
     exclusive = (config.exclusive == "auto" and not prototypes and len(columns) >= 2 and labels.multi_tag_rows == 0)
     fitted = dict(prototypes)
-    none_logit = 0.0
+    none_logit, matrix = 0.0, None
     if columns:
         x, scored = _score(vectors, labels, columns, config)
-        fits, none_logit = finish(x, labels, scored, exclusive, config, real_rows)
+        fits, none_logit, matrix = finish(x, labels, scored, exclusive, config, real_rows)
         fitted.update((fit.tag_id, fit) for fit in fits)
+    # An exclusive head has no prototype: its tags are the scored columns, in order, as the matrix's.
     return FitResult(tags=[fitted[t] for t in labels.tag_ids if t in fitted], dim=vectors.shape[1],
                      report_count=report_count, skipped=[t for t in labels.tag_ids if t not in fitted],
-                     exclusive=exclusive, none_logit=none_logit)
+                     exclusive=exclusive, none_logit=none_logit, matrix=matrix)

@@ -336,6 +336,7 @@ class Trainer:
                 report_count=result.report_count, evaluation=result.dataset_evaluation(active),
                 tags={int(tag_id): (fig["threshold"], fig["evaluation"]) for tag_id, fig in figures.items()},
                 fingerprint=inputs, macro_f1=macro_f1(figures, active), held_reason=held_reason,
+                confusion=result.confusion(),
             )
         return version, held_reason
 

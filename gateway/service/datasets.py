@@ -8,6 +8,7 @@ from gateway.infra.outbox import OutboxEvent
 from gateway.infra.predictions import PredictionCounter
 from gateway.repository import Repository
 from gateway.schemas import (
+    Confusion,
     CreateDatasetBody,
     DatasetEvaluation,
     DatasetInfoBody,
@@ -122,4 +123,11 @@ async def dataset_info(
         tags=await _tags_info(uow, dataset.id, counter) if body.tags else None,
         version=dataset.head_version,
         suggestions=await uow.repo.open_suggestions(dataset.id),
+        confusion=confusion(await uow.repo.version_confusion(dataset.id, dataset.head_version)
+                            if dataset.head_version is not None else None),
     )
+
+
+def confusion(stored: dict[str, Any] | None) -> Confusion | None:
+    """A version's stored confusion counts (trainer.fitresult.FitResult.confusion), null for one without."""
+    return None if stored is None else Confusion.model_validate(stored)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gateway.infra.predictions import PredictionCounter
 from gateway.schemas import DatasetInfoBody, DatasetInfoOut, TagEvaluation, UseVersionBody, VersionOut
-from gateway.service.datasets import dataset_info, load_dataset
+from gateway.service.datasets import confusion, dataset_info, load_dataset
 from gateway.uow import UnitOfWork
 from shared.db.models import HeadVersion
 from shared.errors import BadRequest, NotFound
@@ -30,7 +30,7 @@ async def list_versions(uow: UnitOfWork, account_id: int, name: str) -> list[Ver
     dataset = await load_dataset(uow.repo, account_id, name)
     return [
         VersionOut(version=row.version, created=row.created_at.isoformat(), state=_state(row, dataset.head_version),
-                   report_count=row.report_count, evaluation=_evaluation(row))
+                   report_count=row.report_count, evaluation=_evaluation(row), confusion=confusion(row.confusion))
         for row in await uow.repo.head_versions(dataset.id)
     ]
 

@@ -184,6 +184,9 @@ class HeadVersion(Base):
     macro_f1: Mapped[float | None] = mapped_column(Float)  # cross-validated, for the promotion gate
     # Per tag id (as a string): {"threshold": learned threshold, "evaluation": figures}; restored by use_version.
     tags: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Migration 0006. The fit's out-of-fold confusion counts (trainer.fitresult.FitResult.confusion): null for a
+    # fit with nothing evaluated, or one stored before 0006.
+    confusion: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 

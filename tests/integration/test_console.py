@@ -5,6 +5,7 @@ back a version; user text stays text. Screenshots of each page go to .kashf/scre
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import pytest
 from devtools.stack import Stack
 from tests.integration.media import jpeg, photos, variant
 from tests.integration.test_text_flow import wait_trained
+from tests.integration.texts import DELIVERY, RECOMMEND, TRAIN
 from tests.media_video import slideshow
 from tests.unit.gateway.harness import sql
 
@@ -58,6 +60,11 @@ class Console:
     async def shot(self, name: str) -> None:
         SHOTS.mkdir(parents=True, exist_ok=True)
         await self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+    async def shot_of(self, selector: str, name: str) -> None:
+        """A screenshot of one part of the page (scrolled into view)."""
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await self.page.locator(selector).screenshot(path=str(SHOTS / f"{name}.png"))
 
     async def go(self, hash_route: str) -> None:
         await self.page.goto(f"{self.url}/ui/{hash_route}")
@@ -123,6 +130,38 @@ async def train_and_wait(page: Any, timeout_s: float = 240) -> None:
     await expect(page.locator("#train-state")).to_have_text("trained")
 
 
+async def expect_confusion(page: Any, info: dict[str, Any]) -> None:
+    """The Dataset page's table is dataset_info's (or a version's) confusion: the tags' titles as text, in the
+    order of its tag_ids, each count in its cell, the right answers (the matrix's diagonal) highlighted."""
+    from playwright.async_api import expect
+
+    confusion = info["confusion"]
+    assert confusion is not None
+    titles = {t["id"]: t["title"] for t in info["tags"]}
+    names = [titles[i] for i in confusion["tag_ids"]]
+    table = page.locator("#confusion-table")
+    await expect(table).to_be_visible()
+    rows = table.locator("tbody tr")
+    await expect(rows).to_have_count(len(names) + 1 if confusion["exclusive"] else len(names))
+    if confusion["exclusive"]:
+        await expect(table.locator("caption")).to_contain_text("held out of the fit")
+        await expect(table.locator("thead th[scope=col]")).to_have_text([*names, "unknown"])
+        await expect(table.locator("tbody th[scope=row]")).to_have_text([*names, re.compile(r"^no tag")])
+        # Titles keep their own direction (a Persian one reads right to left), as everywhere in the console.
+        await expect(table.locator("thead th[scope=col] .user[dir=auto]")).to_have_count(len(names))
+        await expect(table.locator("tbody th[scope=row] .user[dir=auto]")).to_have_count(len(names))
+        for i, counts in enumerate(confusion["matrix"]):
+            await expect(rows.nth(i).locator("td")).to_have_text([str(n) for n in counts])
+            await expect(rows.nth(i).locator("td").nth(i)).to_have_class(re.compile(r"\bhit\b"))
+        await expect(table.locator("td.hit")).to_have_count(len(names) + 1)
+    else:
+        await expect(table.locator("tbody th[scope=row]")).to_have_text(names)
+        for i, counts in enumerate(confusion["counts"]):
+            cells = [str(counts[k]) for k in ("tp", "fp", "fn", "tn")] if counts else ["too few reports to evaluate"]
+            await expect(rows.nth(i).locator("td")).to_have_text(cells)
+    assert await table.locator("img, script, b").count() == 0  # the hostile title stayed text
+
+
 async def test_sign_in_create_upload_train_and_chart(ui: Console, token: str, tmp_path: Path) -> None:
     from playwright.async_api import expect
 
@@ -181,7 +220,12 @@ async def test_sign_in_create_upload_train_and_chart(ui: Console, token: str, tm
                 "aria-label", f"{tag['title']}: precision {tag['evaluation']['precision']:.1f}%, "
                 f"recall {tag['evaluation']['recall']:.1f}%, F1 {f1:.1f}%")
     ui.facts["tags"] = {t["title"]: t["id"] for t in info["tags"]}
+    # One tag per photo, so an exclusive head: the matrix of the 16 photos, each held out of the fit once.
+    assert info["confusion"]["exclusive"] and sum(map(sum, info["confusion"]["matrix"])) == 16
+    assert [sum(row) for row in info["confusion"]["matrix"]] == [4, 4, 4, 4, 0]
+    await expect_confusion(page, info)
     await ui.shot("04-dataset-trained")
+    await ui.shot_of("#confusion", "04-confusion-matrix")
     ui.assert_clean()
 
 
@@ -314,6 +358,9 @@ async def test_thresholds_versions_and_rollback(ui: Console, tmp_path: Path) -> 
     info = (await ui.api.post("/api/dataset_info/", json={"dataset": DATASET})).json()
     assert info["version"] == target
     await expect(page.locator(f"#versions-table tr[data-version='{target}']")).to_contain_text("live")
+    # The page shows the matrix of the version made live: its own, as list_versions has it.
+    assert info["confusion"] == next(v["confusion"] for v in versions if v["version"] == target)
+    await expect_confusion(page, info)
     await ui.shot("07-versions")
     ui.assert_clean()
 
@@ -357,6 +404,34 @@ async def test_user_text_renders_as_text_and_reports_can_be_deleted(ui: Console)
     await expect(results.nth(0).locator(".chip").first).to_be_visible()
     assert await page.locator("main b, main script, img[src='x']").count() == 0
     await ui.shot("10-try-text")
+    ui.assert_clean()
+
+
+async def test_a_multi_label_dataset_shows_each_tags_counts(ui: Console) -> None:
+    """Items reported with two tags make a multi-label head: the page shows each tag's true and false positives
+    and negatives, under its title (a Persian one right to left)."""
+    api, name = ui.api, "console-multi"
+    await api.post("/api/create_dataset/", json={"dataset": name, "title": "چندبرچسبی", "kind": "text"})
+    tags = {t: (await api.post("/api/create_tag/", json={"dataset": name, "title": t})).json()["tag_id"]
+            for t in (RECOMMEND, DELIVERY)}
+    reports = [{"content": text, "tag_id": tags[tag], "positive": True}
+               for tag in (RECOMMEND, DELIVERY) for text in TRAIN[tag][:4]]
+    # Praise for the product and its delivery at once: each of these is reported for both tags.
+    both = ["عالیه، پیشنهاد میکنم؛ ارسال هم یک روزه بود", "Great phone, and it arrived a day early.",
+            "خرید خوبی بود و پیک سریع آورد", "Worth buying, delivery was fast too."]
+    reports += [{"content": text, "tag_id": tag, "positive": True} for text in both for tag in tags.values()]
+    assert (await api.post("/api/report_text_tags/", json=reports)).status_code == 200
+    await api.post("/api/train_dataset/", json={"dataset": name})
+    info = await wait_trained(api, name)
+    assert info["confusion"] is not None and not info["confusion"]["exclusive"]
+    for counts in info["confusion"]["counts"]:  # every item counted once per tag
+        assert counts is not None and sum(counts.values()) == 12 and counts["tp"] + counts["fn"] == 8
+    await ui.go(f"#/d/{name}")
+    await expect_confusion(ui.page, info)
+    direction = await ui.page.locator("#confusion-table tbody th .user").first.evaluate(
+        "el => getComputedStyle(el).direction")
+    assert direction == "rtl"
+    await ui.shot_of("#confusion", "11-confusion-multi-label")
     ui.assert_clean()
 
 

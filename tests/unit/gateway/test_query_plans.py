@@ -60,6 +60,12 @@ async def _exercise_api(gw: Gateway) -> None:
     await gw.post("/api/dataset_info/", {"dataset": "d", "tags": True}, token)
     await gw.post("/api/update_tag/", {"dataset": "d", "tag_id": a, "title": "a2"}, token)
     await gw.post("/api/train_dataset/", {"dataset": "d"}, token)
+    # A live version: dataset_info also reads its confusion counts.
+    await sql(gw.settings.database_url,
+              "INSERT INTO head_version (dataset_id, version, model_id, object_name, report_count) "
+              "SELECT id, 1, 'm', 'o', 6 FROM dataset WHERE name = 'd'")
+    await sql(gw.settings.database_url, "UPDATE dataset SET head_version = 1 WHERE name = 'd'")
+    await gw.post("/api/dataset_info/", {"dataset": "d", "tags": False}, token)
     await gw.post("/api/delete_tag/", {"tag_id": b}, token)
 
 
@@ -87,6 +93,7 @@ async def test_no_query_needs_a_sequential_scan_of_a_growing_table(gw: Gateway) 
         await _exercise_api(gw)
         await _exercise_trainer(gw.settings.database_url)
     assert len(statements) >= 15  # the scenario really ran the request path and the trainer's queries
+    assert any("head_version.confusion" in statement for statement, _ in statements)
     conn = await asyncpg.connect(gw.settings.database_url.replace("postgresql+asyncpg://", "postgresql://"))
     offenders: list[str] = []
     try:

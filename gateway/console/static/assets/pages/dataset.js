@@ -1,6 +1,7 @@
 import { call, datasetInfo } from '../api.js';
 import { h, field, notice, user, pct, button, newId } from '../dom.js';
 import { metricsChart } from '../chart.js';
+import { confusionTable } from '../confusion.js';
 
 const BUSY = new Set(['waiting', 'training']);
 const POLL_MS = 1500;
@@ -11,10 +12,11 @@ export async function render(root, [name], ctx) {
   const head = h('div', { class: 'page-head' });
   const training = h('section', { class: 'card', 'aria-labelledby': 'train-h' });
   const chartBox = h('section', { class: 'card', 'aria-labelledby': 'chart-h' });
+  const confusionBox = h('section', { class: 'card', 'aria-labelledby': 'confusion-h', id: 'confusion' });
   const tagsBox = h('section', { class: 'card', 'aria-labelledby': 'tags-h' });
   const versionsBox = h('section', { class: 'card', 'aria-labelledby': 'versions-h' });
   root.append(head, h('div', { class: 'columns wide-left' },
-    h('div', {}, chartBox, tagsBox), h('div', { class: 'side' }, training, versionsBox)));
+    h('div', {}, chartBox, confusionBox, tagsBox), h('div', { class: 'side' }, training, versionsBox)));
 
   const trainState = h('span', { class: 'state', id: 'train-state' });
   const trainNote = h('div', { 'aria-live': 'polite', id: 'train-note' });
@@ -42,6 +44,10 @@ export async function render(root, [name], ctx) {
     drawTraining(info);
     chartBox.replaceChildren(h('h2', { id: 'chart-h' }, 'What was learned'), overall(info),
       (info.tags || []).length ? metricsChart(info.tags) : h('p', {}, 'No tags yet.'));
+    confusionBox.replaceChildren(h('h2', { id: 'confusion-h' }, 'Confusion matrix'),
+      info.confusion ? confusionTable(info.confusion, info.tags) : h('p', { class: 'muted' }, info.version == null
+        ? 'Not trained yet: the matrix comes from the cross-validation of the first fit.'
+        : 'This version has no cross-validated counts (too few reports, or fitted before they were kept).'));
     drawTags(info);
     await drawVersions();
     return info;
