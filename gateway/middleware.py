@@ -66,8 +66,9 @@ class BodyDeadline:
 
 
 class RequestContextMiddleware:
-    """Binds X-Request-Id (or a new id) for logs and the bus, returns it, bounds the time the body takes, and
-    records the request. A response sent before the body was read closes the connection after it."""
+    """Binds X-Request-Id (or a new id) for logs and the bus, and the client's address for logs (from
+    X-Forwarded-For only behind a trusted proxy: ``gateway.server``), returns the id, bounds the time the body
+    takes, and records the request. A response sent before the body was read closes the connection after it."""
 
     def __init__(self, app: ASGIApp, metrics: HttpMetrics, body_timeout_s: float, body_min_rate: int) -> None:
         self.app = app
@@ -83,6 +84,8 @@ class RequestContextMiddleware:
         given = headers.get(REQUEST_ID_HEADER)
         # A client's id is kept only when it is harmless in logs and headers.
         cid = bind_correlation_id(given if given and _SAFE_ID.match(given) else None)
+        client = scope.get("client")
+        structlog.contextvars.bind_contextvars(client=client[0] if client else None)
         body = BodyDeadline(receive, headers, self.body_timeout_s, self.body_min_rate)
         started = time.perf_counter()
         status = 500

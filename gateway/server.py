@@ -1,6 +1,9 @@
 """The gateway's uvicorn configuration, with a deadline on request headers: uvicorn has none (its keep-alive
 timer stops at the first byte), so a client sending headers a byte at a time held a connection forever. The
-deadline on the body is the middleware's (``gateway.middleware``), which can still answer 408 in JSON."""
+deadline on the body is the middleware's (``gateway.middleware``), which can still answer 408 in JSON.
+
+Proxy headers are believed only from ``KASHF_TRUSTED_PROXIES`` (none by default): uvicorn's own default trusts
+loopback, and reads FORWARDED_ALLOW_IPS behind the settings' back."""
 
 from __future__ import annotations
 
@@ -82,5 +85,8 @@ def server_config(app: FastAPI, settings: GatewaySettings) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         server_header=False,
-        proxy_headers=True,
+        # The client's address (the per-address limit before authentication, logs) comes from
+        # X-Forwarded-For only when the connection is from a trusted proxy.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies.split(",") if settings.trusted_proxies else [],
     )

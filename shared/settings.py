@@ -6,6 +6,7 @@ read without prefix; the rest carry ``KASHF_`` or a per-service prefix.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -88,6 +89,12 @@ class GatewaySettings(DatabaseSettings):
     # Requests whose token this replica has not found before, per client address: each costs a token lookup.
     rate_per_ip_per_minute: int = Field(300, validation_alias=_alias("KASHF_RATE_PER_IP_PER_MINUTE"))
     rate_per_ip_burst: int = Field(100, validation_alias=_alias("KASHF_RATE_PER_IP_BURST"))
+    # The reverse proxies in front of the gateway (IP addresses or CIDR networks, comma-separated): only a
+    # connection from one of them has its X-Forwarded-For / X-Forwarded-Proto believed, and the client's address
+    # is then the nearest one in X-Forwarded-For that is not a trusted proxy. Empty (the default): no one; the
+    # connection's own address is the client's (the per-address limit, logs). uvicorn's FORWARDED_ALLOW_IPS is
+    # read as the same setting.
+    trusted_proxies: str = Field("", validation_alias=_alias("KASHF_TRUSTED_PROXIES", "FORWARDED_ALLOW_IPS"))
     # A token a lookup did not find is refused without another lookup for this long (0: no negative cache).
     token_unknown_cache_s: float = Field(30.0, validation_alias=_alias("KASHF_TOKEN_UNKNOWN_CACHE_S"))
     # Slow clients: request headers must arrive within header_timeout_s; a body within body_timeout_s plus
@@ -123,6 +130,25 @@ class GatewaySettings(DatabaseSettings):
     @classmethod
     def _ports(cls, value: str) -> str:
         return InferenceSettings._ports(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        """Each entry an address or a network, written as uvicorn compares them (it would take a malformed
+        entry, or a network with host bits such as 10.0.0.1/8, for a name that never matches)."""
+        entries = []
+        for entry in (e.strip() for e in value.split(",")):
+            if not entry:
+                continue
+            try:
+                entries.append(str(ipaddress.ip_network(entry, strict=False)) if "/" in entry
+                               else str(ipaddress.ip_address(entry)))
+            except ValueError:
+                raise ValueError(
+                    f"KASHF_TRUSTED_PROXIES: {entry!r} is not an IP address or CIDR network (trusting everyone, "
+                    "'*', would let any client choose the address it is limited and logged by)"
+                ) from None
+        return ",".join(entries)
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> GatewaySettings:

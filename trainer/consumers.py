@@ -1,15 +1,16 @@
 """JetStream transport of the trainer: report and train events through ``shared.bus.pull.PullWorker``.
 
 Events are debounced per dataset into one refit (train requests at once); its outcome settles them all.
-Events arriving during a refit make one batch for the next; a dataset another replica refits is waited for."""
+Events arriving during a refit make one batch for the next; a dataset another replica refits is waited for.
+The webhook deliveries a refit committed are published once it is done (``trainer.webhook_events``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import asyncpg
 import sqlalchemy.exc
@@ -23,10 +24,9 @@ from shared.bus.pull import Delivery, HandBack, PullConfig, PullWorker, finish_o
 from shared.db.faults import connection_lost, server_unavailable
 from shared.errors import KashfError
 from shared.schemas.events import DatasetsChanged, ReportEvent, TrainRequest
-from trainer.service import RefitOutcome, Trainer
-
-if TYPE_CHECKING:
-    from trainer.webhooks import WebhookEvents
+from trainer import webhook_events
+from trainer.service import Trainer
+from trainer.webhook_repository import Queued
 
 log = structlog.get_logger(__name__)
 
@@ -108,11 +108,9 @@ class TrainerConsumer:
         max_held: int = 1000,
         busy_retry_s: float = 1.0,
         metrics: Metrics | None = None,
-        webhooks: WebhookEvents | None = None,
     ) -> None:
         self.bus = bus
         self.trainer = trainer
-        self.webhooks = webhooks  # training events for the accounts' webhooks, when set
         self.metrics = metrics or default_metrics()
         self.debounce_s = debounce_s
         self.max_debounce_s = max_debounce_s if max_debounce_s is not None else max(10 * debounce_s, 30.0)
@@ -213,20 +211,14 @@ class TrainerConsumer:
         batch.done.set_result(None)
         if outcome.state == "trained":
             await announce_new_head(self.bus, dataset_id)
-        await self._training_event(outcome)
+        await self._publish(outcome.webhooks)
 
-    async def _training_event(self, outcome: RefitOutcome) -> None:
-        """training.finished for a new version (live, or held by the promotion gate), training.failed for a
-        dataset that cannot be trained; nothing when the live head was kept or the dataset is gone."""
-        if self.webhooks is None:
-            return
-        if outcome.state in ("trained", "held"):
-            await self.webhooks.emit(outcome.dataset_id, "training.finished",
-                                     state="live" if outcome.state == "trained" else "held",
-                                     version=outcome.version, evaluation=outcome.evaluation)
-        elif outcome.state == "failed":
-            await self.webhooks.emit(outcome.dataset_id, "training.failed", state="failed", version=None,
-                                     evaluation=None)
+    async def _publish(self, queued: Sequence[Queued]) -> None:
+        """The committed training event's deliveries: training.finished for a new version (live, or held by
+        the promotion gate), training.failed for a dataset that cannot be trained. A message that does not go
+        (or a crash before this) leaves its row pending for the webhook worker's sweep."""
+        if queued:
+            await webhook_events.publish(self.bus, queued)
 
     async def _failed(self, dataset_id: int, batch: _Batch, exc: Exception) -> Exception:
         """Record why on the dataset; the exception the events' handlers raise (the worker settles them)."""
@@ -240,14 +232,14 @@ class TrainerConsumer:
             log.error("refit_failed", dataset_id=dataset_id, reason=reason, delivery=deliveries,
                       exc_info=not is_transient(exc))
         try:
-            await self.trainer.mark(dataset_id, "waiting" if retry else "failed",
-                                    f"retrying: {reason}" if retry else reason)
+            queued = await self.trainer.mark(dataset_id, "waiting" if retry else "failed",
+                                             f"retrying: {reason}" if retry else reason)
         except Exception as mark_exc:
             if not retry:
                 # The failure could not be recorded (database away): the worker's policy for that
                 # error applies instead, so the events come back rather than vanish unrecorded.
                 log.warning("refit_failure_unrecorded", dataset_id=dataset_id)
                 return mark_exc
-        if not retry:
-            await self._training_event(RefitOutcome(dataset_id, "failed", reason=reason))
+        else:
+            await self._publish(queued)
         return exc

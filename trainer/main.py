@@ -19,7 +19,7 @@ from trainer.heads import ObjectStoreHeads
 from trainer.service import Trainer
 from trainer.suggestions import SuggestConfig
 from trainer.sweeper import StallSweeper
-from trainer.webhooks import WebhookEvents, WebhookWorker
+from trainer.webhooks import WebhookWorker
 
 
 async def database_reachable(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:
@@ -51,7 +51,7 @@ async def setup(settings: TrainerSettings, bus: Bus) -> Readiness:
     await webhooks.start()
     consumer = TrainerConsumer(
         bus, trainer, debounce_s=settings.debounce_s, max_deliver=settings.max_deliver,
-        ack_wait_s=settings.ack_wait_s, webhooks=WebhookEvents(sessions, bus),
+        ack_wait_s=settings.ack_wait_s,
     )
     await consumer.start()
     sweeper = StallSweeper(bus, sessions, durable=consumer.durable, stall_s=settings.stall_s)

@@ -7,7 +7,10 @@ Every fit is a numbered ``HeadVersion`` with its figures. The promotion gate (``
 whose cross-validated macro-F1 is worse than the live version's by more than ``promotion_tolerance`` points:
 it is stored, ``held``, and the live head keeps answering until a forced refit or ``use_version``.
 Retention then deletes the versions (rows and blobs) beyond the live one, newer held ones and the
-``versions_kept`` newest others."""
+``versions_kept`` newest others.
+
+The webhooks' training events are written in the transaction that commits the fit (or records the failure):
+the outcome carries the rows for the caller to publish once committed (``trainer.webhook_events``)."""
 
 from __future__ import annotations
 
@@ -27,11 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from modelkit.heads import Head
 from shared.errors import KashfError
 from shared.schemas.inference import ModelInfoReply
-from trainer import repository, suggestions
+from trainer import repository, suggestions, webhook_events
 from trainer.embedder import ModelChanged
 from trainer.evaluation import NULL_FIGURES
 from trainer.fitting import FitConfig, FitResult, NothingToFit, Report, fit_head
 from trainer.repository import ItemToEmbed, LiveHead, ReportRow, TagRow, VersionFigures
+from trainer.webhook_repository import Queued
 
 log = structlog.get_logger(__name__)
 
@@ -122,7 +126,7 @@ class RefitOutcome:
     live head kept answering; ``reason`` says why) | unchanged (nothing new fitted; ``version`` is the live
     one) | failed (``reason``) | missing (the dataset is gone). ``evaluation`` is the new version's
     {"recall", "precision", "f1"} (percent, as dataset_info shows) and ``macro_f1`` its gate figure, for
-    trained and held."""
+    trained and held. ``webhooks``: the delivery rows of its training event, committed with it, to publish."""
 
     dataset_id: int
     state: str
@@ -132,6 +136,7 @@ class RefitOutcome:
     result: FitResult | None = None
     evaluation: Mapping[str, Any] | None = None
     macro_f1: float | None = None
+    webhooks: tuple[Queued, ...] = ()
 
 
 class Trainer:
@@ -190,13 +195,14 @@ class Trainer:
             titles = await self._title_vectors(kind, tags, model.model_id)
             result = await asyncio.to_thread(self._fit, reports, tags, vectors, titles)
         except (Unsupported, NothingToFit) as exc:
-            await self.mark(dataset_id, "failed", str(exc))
-            return RefitOutcome(dataset_id, "failed", reason=str(exc))
+            queued = await self.mark(dataset_id, "failed", str(exc))
+            return RefitOutcome(dataset_id, "failed", reason=str(exc), webhooks=tuple(queued))
         # What this head was fitted from: items that could not be embedded are left out, so a later request
         # finds a difference and tries them again.
         used = [r for r in reports if r.item_id in vectors]
-        version, held_reason = await self._commit(dataset_id, model.model_id, tags, result,
-                                                  fingerprint(model.model_id, used, tags, self.config), force=force)
+        version, held_reason, queued = await self._commit(
+            dataset_id, model.model_id, tags, result, fingerprint(model.model_id, used, tags, self.config),
+            force=force)
         # Only once the new version is committed: a failed commit keeps every version.
         await self._retain(dataset_id)
         if held_reason is None:  # suggestions come from the live head: a held fit leaves them as they are
@@ -205,16 +211,22 @@ class Trainer:
         outcome = RefitOutcome(
             dataset_id, "held" if held_reason else "trained", version=version, reason=held_reason,
             embedded=embedded, result=result, evaluation=result.dataset_evaluation(active),
-            macro_f1=macro_f1(_tag_figures(tags, result), active),
+            macro_f1=macro_f1(_tag_figures(tags, result), active), webhooks=tuple(queued),
         )
         log.info("dataset_held" if held_reason else "dataset_trained", dataset_id=dataset_id, version=version,
                  model_id=model.model_id, reports=result.report_count, tags=len(result.tags), embedded=embedded,
                  macro_f1=outcome.macro_f1)
         return outcome
 
-    async def mark(self, dataset_id: int, state: str, reason: str | None) -> None:
+    async def mark(self, dataset_id: int, state: str, reason: str | None) -> list[Queued]:
+        """Set the dataset's state; "failed" also queues the training.failed event in the same transaction
+        (its rows are returned, to publish)."""
         async with self.sessions.begin() as session:
             await repository.set_state(session, dataset_id, state, reason)
+            if state != "failed":
+                return []
+            return await webhook_events.queue_training_event(session, dataset_id, webhook_events.FAILED,
+                                                             state="failed", version=None, evaluation=None)
 
     async def _keep(self, dataset_id: int, live: LiveHead, inputs: str) -> bool:
         """Keep the live head if it was fitted from ``inputs`` and its blob is still in the store."""
@@ -312,9 +324,10 @@ class Trainer:
         return fit_head(matrix, usable, [t.id for t in tags], self.config, titles)
 
     async def _commit(self, dataset_id: int, model_id: str, tags: Sequence[TagRow], result: FitResult,
-                      inputs: str, *, force: bool) -> tuple[int, str | None]:
+                      inputs: str, *, force: bool) -> tuple[int, str | None, list[Queued]]:
         """Store the new version; live unless the promotion gate holds it (``force`` skips the gate).
-        Returns its number and, when held, why."""
+        Returns its number, when held why, and the rows of its training.finished event, written in the same
+        transaction: a crash after the commit cannot lose the event (the webhook sweep publishes them)."""
         active = {t.id for t in tags if t.active}
         figures = _tag_figures(tags, result)
         async with self.sessions.begin() as session:
@@ -338,7 +351,10 @@ class Trainer:
                 fingerprint=inputs, macro_f1=macro_f1(figures, active), held_reason=held_reason,
                 confusion=result.confusion(),
             )
-        return version, held_reason
+            queued = await webhook_events.queue_training_event(
+                session, dataset_id, webhook_events.FINISHED, state="held" if held_reason else "live",
+                version=version, evaluation=result.dataset_evaluation(active))
+        return version, held_reason, queued
 
 
 def _tag_figures(tags: Sequence[TagRow], result: FitResult) -> dict[str, dict[str, Any]]:

@@ -1,7 +1,7 @@
-"""Webhook deliveries of training events: queued durably, POSTed signed under the image fetch rules, retried.
+"""Webhook deliveries of training events: POSTed signed under the image fetch rules, retried.
 
-``WebhookEvents.emit`` writes one pending ``webhook_delivery`` row per subscribed webhook (one transaction), then
-publishes a message per row to ``KASHF_WEBHOOKS`` (id fixed by the row, so JetStream drops a republished copy).
+The trainer writes one pending ``webhook_delivery`` row per subscribed webhook in the transaction that commits
+what the event says, then publishes a message per row to ``KASHF_WEBHOOKS`` (``trainer.webhook_events``).
 ``WebhookWorker`` pulls them: it locks the row, sends only a pending one that is due (so a delivered event is
 never sent again, whatever the redeliveries), records the attempt, and has a failed one delivered again by the
 pull worker's doubling delay until ``retry_for_s`` after the event. Its sweep republishes overdue pending rows."""
@@ -18,12 +18,11 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelkit.fetch import Fetcher, FetchPolicy, policy_from_settings
@@ -35,12 +34,11 @@ from shared.errors import BadRequest, KashfError, Unavailable
 from shared.settings import TrainerSettings
 from trainer import webhook_repository as repo
 from trainer.consumers import is_transient
-from trainer.webhook_repository import Due, Queued
+from trainer.webhook_events import WebhookDue, publish
+from trainer.webhook_repository import Due
 
 log = structlog.get_logger(__name__)
 
-FINISHED = "training.finished"
-FAILED = "training.failed"
 PAYLOAD_KEYS = ("event", "dataset", "version", "state", "evaluation", "at")
 SIGNATURE_HEADER = "Kashf-Signature"
 
@@ -53,14 +51,6 @@ def _version() -> str:
 
 
 USER_AGENT = f"Kashf-Webhooks/{_version()}"
-
-
-class WebhookDue(BaseModel):
-    """The message of one delivery: the row says the rest."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    delivery_id: int
 
 
 @dataclass(frozen=True)
@@ -93,12 +83,6 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest}"
 
 
-def message_id(delivery: Queued) -> str:
-    # Row ids start over after a restore or a recreated database (tests truncate): the creation time keeps an
-    # id unique for all time, so JetStream's duplicate window never drops a new delivery as an old one.
-    return f"webhook-{delivery.id}-{int(delivery.created_at.timestamp() * 1_000_000)}"
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """After attempt n fails the next is due ``delay_s * 2**(n-1)`` later (at most ``max_delay_s``), until
@@ -110,47 +94,6 @@ class RetryPolicy:
 
     def backoff(self, attempts: int) -> float:
         return float(min(self.delay_s * 2 ** max(attempts - 1, 0), self.max_delay_s))
-
-
-class WebhookEvents:
-    """Queues the training events of a refit for delivery (``trainer.consumers`` calls it after each refit)."""
-
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], bus: Bus) -> None:
-        self.sessions = sessions
-        self.bus = bus
-
-    async def emit(self, dataset_id: int, event: str, *, state: str, version: int | None,
-                   evaluation: Mapping[str, Any] | None) -> int:
-        """Write the deliveries and publish them; how many. Never raises: an event lost here is logged, and a
-        row written but not published is left to the worker's sweep."""
-        at = datetime.now(UTC).isoformat(timespec="milliseconds")
-
-        def payload(dataset: str) -> dict[str, Any]:
-            return {"event": event, "dataset": dataset, "version": version, "state": state,
-                    "evaluation": None if evaluation is None else dict(evaluation), "at": at}
-
-        try:
-            async with self.sessions.begin() as session:
-                queued = await repo.queue_event(session, dataset_id, event, payload)
-        except Exception as exc:
-            log.error("webhook_event_lost", dataset_id=dataset_id, event_name=event,
-                      error=f"{type(exc).__name__}: {exc}"[:300])
-            return 0
-        await publish(self.bus, queued)
-        return len(queued)
-
-
-async def publish(bus: Bus, queued: list[Queued]) -> int:
-    """Publish a message per row; one the stream did not take stays pending for the sweep. How many went."""
-    sent = 0
-    for delivery in queued:
-        try:
-            await bus.publish_event(subjects.WEBHOOKS_SUBJECT, WebhookDue(delivery_id=delivery.id),
-                                    msg_id=message_id(delivery))
-            sent += 1
-        except KashfError:
-            log.warning("webhook_publish_failed", delivery_id=delivery.id)
-    return sent
 
 
 class RetryLater(Unavailable):

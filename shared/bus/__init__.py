@@ -26,7 +26,7 @@ from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
-from shared.bus.requester import HEARTBEAT, HEARTBEAT_S, PROGRESS, Requester
+from shared.bus.requester import ACK, HEARTBEAT, HEARTBEAT_S, PROGRESS, Requester
 from shared.bus.streams import ensure_streams
 from shared.errors import (
     Internal,
@@ -157,6 +157,9 @@ class Bus:
             await slots.acquire()
             if msg.reply and msg.headers and HEARTBEAT in msg.headers:
                 self._working[msg.reply] = time.monotonic()
+                if msg.headers[HEARTBEAT] == ACK:  # a requester new to this subject: say at once that we beat
+                    with contextlib.suppress(nats.errors.Error, OSError):
+                        await self.nc.publish(msg.reply, b"", headers=_PROGRESS_HEADERS)
             task = asyncio.create_task(self._handle(msg, request_type, handler, slots))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

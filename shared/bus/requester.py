@@ -5,6 +5,12 @@ while it works on a request, and marks its replies ``Kashf-Heartbeat``. Once a s
 to do so, a request that hears nothing for ``SILENCE_S`` is taken as held by a dead replica: an idempotent one
 is sent again (the queue group picks a replica), others fail with 503. Slow but live work is never cut short:
 only the subject's timeout (504) ends it. While the connection is down, requests fail at once (503).
+
+Until a subject is known, its requests ask for a heartbeat at once on receipt (``Kashf-Heartbeat: ack``): the
+first word from any of its responders makes it known, and from then on every request of it in flight is watched
+too, so even the first requests after a start are noticed when the replica holding them dies. A responder of
+an older release never says it, and is waited for. A request no responder ever says a word about while none of
+that subject ever has (the only replica hung from the start) still waits for the subject's timeout.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ log = structlog.get_logger(__name__)
 
 HEARTBEAT = "Kashf-Heartbeat"  # on a request: send heartbeats; on a reply: this responder sends them
 PROGRESS = "Kashf-Progress"  # a heartbeat: the responder still works on the request
+ACK = "ack"  # HEARTBEAT's value asking for a first heartbeat at once (the subject is not known yet)
 HEARTBEAT_S = 1.0
 # Four heartbeat intervals: a busy event loop at either end may delay one or two of them.
 SILENCE_S = 4.0
@@ -46,6 +53,7 @@ class _ConnectionLost(Exception):
 
 @dataclass(eq=False)
 class _Call:
+    subject: str
     reply: asyncio.Future[Msg]
     deadline: float  # loop time
     watch: bool  # end the call after SILENCE_S without a word
@@ -81,7 +89,8 @@ class Requester:
         deadline = loop.time() + timeout_s
         pauses = iter(NO_RESPONDERS_PAUSES_S)
         while True:
-            ended = await self._attempt(nc, subject, data, {**headers, HEARTBEAT: "1"}, deadline)
+            beat = "1" if subject.name in self._heartbeating else ACK
+            ended = await self._attempt(nc, subject, data, {**headers, HEARTBEAT: beat}, deadline)
             if isinstance(ended, Msg):
                 return ended
             left = deadline - loop.time()
@@ -106,7 +115,7 @@ class Requester:
         prefix = await self._inbox(nc)
         loop = asyncio.get_running_loop()
         token = self._nuid.next().decode()
-        call = _Call(loop.create_future(), deadline, watch=subject.name in self._heartbeating)
+        call = _Call(subject.name, loop.create_future(), deadline, watch=subject.name in self._heartbeating)
         self._calls[token] = call
         try:
             async with asyncio.timeout_at(deadline) as scope:
@@ -129,8 +138,6 @@ class Requester:
             self._calls.pop(token, None)
         if not msg.data and msg.headers and msg.headers.get(_STATUS) == "503":
             return _Ended.NO_RESPONDERS
-        if msg.headers and HEARTBEAT in msg.headers:
-            self._heartbeating.add(subject.name)
         return msg
 
     async def _inbox(self, nc: NATS) -> str:
@@ -148,7 +155,21 @@ class Requester:
         call = self._calls.get(msg.subject[len(self._prefix):])
         if call is None or call.reply.done():
             return  # late: the caller gave up, or a heartbeat after the reply
+        now = asyncio.get_running_loop().time()
+        if msg.headers and (PROGRESS in msg.headers or HEARTBEAT in msg.headers):
+            self._learned(call.subject, now)
         if msg.headers and PROGRESS in msg.headers:
-            call.heard(asyncio.get_running_loop().time())
+            call.heard(now)
             return
         call.reply.set_result(msg)
+
+    def _learned(self, subject: str, now: float) -> None:
+        """``subject``'s responders send heartbeats: its calls already in flight are ended by silence too
+        (one a dead replica took before it could say a word is noticed from now)."""
+        if subject in self._heartbeating:
+            return
+        self._heartbeating.add(subject)
+        for call in self._calls.values():
+            if call.subject == subject and not call.watch:
+                call.watch = True
+                call.heard(now)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.gateway.harness import Gateway, make_settings, running
+from tests.unit.gateway.harness import Gateway, make_settings, running, serving
 
 
 @pytest.fixture
@@ -24,3 +24,9 @@ def gateway_factory(clean_db: str, nats_url: str) -> Callable[..., Any]:
 async def gw(gateway_factory: Callable[..., Any]) -> AsyncIterator[Gateway]:
     async with gateway_factory() as gateway:
         yield gateway
+
+
+@pytest.fixture
+def serve(clean_db: str, nats_url: str) -> Callable[..., Any]:
+    """``async with serve(header_timeout_s=0.5) as served:`` the app behind the real uvicorn server."""
+    return lambda **overrides: serving(clean_db, nats_url, **overrides)

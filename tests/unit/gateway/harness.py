@@ -1,4 +1,5 @@
-"""Gateway test helpers: the real app (lifespan running) on the session's real Postgres and NATS."""
+"""Gateway test helpers: the real app (lifespan running) on the session's real Postgres and NATS, in process or
+served by uvicorn as `python -m gateway` serves it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Any
 
 import httpx
 import nats
+import uvicorn
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from gateway.app import create_app
+from gateway.server import server_config
 from gateway.service.auth import create_token
 from gateway.state import AppState
 from shared.settings import GatewaySettings
@@ -63,6 +66,35 @@ async def running(settings: GatewaySettings) -> AsyncIterator[Gateway]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://kashf.test") as client:
             yield Gateway(client, settings, app, lifespan_state["kashf"])
+
+
+@dataclass
+class Served:
+    port: int
+    token: str  # of account "acme"
+
+
+@asynccontextmanager
+async def serving(database_url: str, nats_url: str, **overrides: Any) -> AsyncIterator[Served]:
+    """The app behind the real uvicorn server the gateway runs (``gateway.server``), on a free loopback port."""
+    settings = make_settings(database_url, nats_url, host="127.0.0.1", port=0, **overrides)
+    app = create_app(settings)
+    server = uvicorn.Server(server_config(app, settings))
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return server.started
+
+    assert await eventually(started, timeout_s=20)
+    state: AppState = app.state.kashf
+    async with state.unit_of_work() as uow:
+        _, token = await create_token(uow.repo, "acme", PEPPER)
+        await uow.commit()
+    try:
+        yield Served(server.servers[0].sockets[0].getsockname()[1], token)
+    finally:
+        server.should_exit = True
+        await task
 
 
 @asynccontextmanager

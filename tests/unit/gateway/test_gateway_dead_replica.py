@@ -1,5 +1,6 @@
 """Tag calls held by a model replica that dies are answered by another one within seconds (idempotent bus
-requests), instead of waiting the subject's whole timeout for a 504."""
+requests), instead of waiting the subject's whole timeout for a 504: the gateway's very first calls too, before
+it has heard from the subject's responders."""
 
 from __future__ import annotations
 
@@ -64,7 +65,6 @@ async def test_tag_calls_held_by_a_dying_replica_are_answered_by_another(
     live = await Bus.connect(nats_url, "test-live-model")
     await live.serve(subject, request_type, live_model, concurrency=64)
     body = {"dataset": "d", **extra}
-    assert (await gw.post(path, body, token)).status_code == 200  # the gateway now knows they send heartbeats
     taken: list[Msg] = []
     dead = await nats.connect(nats_url)
 
@@ -81,13 +81,15 @@ async def test_tag_calls_held_by_a_dying_replica_are_answered_by_another(
 
     calls = [asyncio.create_task(call()) for _ in range(16)]
     for _ in range(1000):
-        if len(taken) + len(served) == 17:  # every model request reached one of the two replicas
+        if len(taken) + len(served) == 16:  # every model request reached one of the two replicas
             break
         await asyncio.sleep(0.01)
     assert taken, "the queue group never picked the dying replica (odds 1 in 2**16)"
     await dead.close()  # it dies holding them
     results = await asyncio.gather(*calls)
     assert [status for status, _ in results] == [200] * 16
-    assert max(took for _, took in results) < SILENCE_S + MARGIN_S  # was the subject's 30-180 s, then 504
-    assert len(served) == 17  # the held ones reached the live replica, once each
+    # Was the subject's 30-180 s, then 504 (for the first calls, until 2026-12: nothing had told the gateway
+    # that the subject's responders send heartbeats).
+    assert max(took for _, took in results) < SILENCE_S + MARGIN_S < subject.timeout_s / 3
+    assert len(served) == 16  # the held ones reached the live replica, once each
     await live.close(1)

@@ -6,54 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 import structlog
-import uvicorn
 
-from gateway.app import create_app
-from gateway.server import server_config
-from gateway.service.auth import create_token
-from gateway.state import AppState
-from tests.unit.gateway.harness import PEPPER, eventually, make_settings
-
-
-@dataclass
-class Served:
-    port: int
-    token: str
-
-
-@asynccontextmanager
-async def _serving(database_url: str, nats_url: str, **overrides: Any) -> AsyncIterator[Served]:
-    settings = make_settings(database_url, nats_url, host="127.0.0.1", port=0, **overrides)
-    app = create_app(settings)
-    server = uvicorn.Server(server_config(app, settings))
-    task = asyncio.create_task(server.serve())
-    assert await eventually(lambda: _started(server), timeout_s=20)
-    state: AppState = app.state.kashf
-    async with state.unit_of_work() as uow:
-        _, token = await create_token(uow.repo, "acme", PEPPER)
-        await uow.commit()
-    try:
-        yield Served(server.servers[0].sockets[0].getsockname()[1], token)
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def _started(server: uvicorn.Server) -> bool:
-    return server.started
-
-
-@pytest.fixture
-def serving(clean_db: str, nats_url: str) -> Callable[..., Any]:
-    return lambda **overrides: _serving(clean_db, nats_url, **overrides)
+from tests.unit.gateway.harness import eventually
 
 
 def _head(token: str, length: int) -> bytes:
@@ -86,8 +45,8 @@ async def _slow_request(port: int, sent_at_once: bytes, trickled: bytes) -> tupl
     return answer, time.monotonic() - started
 
 
-async def test_slow_or_missing_headers_are_answered_408_and_closed(serving: Callable[..., Any]) -> None:
-    async with serving(header_timeout_s=0.5) as served:
+async def test_slow_or_missing_headers_are_answered_408_and_closed(serve: Callable[..., Any]) -> None:
+    async with serve(header_timeout_s=0.5) as served:
         head = _head(served.token, 2) + b"{}"
         slow = [_slow_request(served.port, head[:20], head[20:]) for _ in range(20)]
         silent = [_slow_request(served.port, b"", b"") for _ in range(20)]
@@ -102,8 +61,8 @@ async def test_slow_or_missing_headers_are_answered_408_and_closed(serving: Call
         assert elapsed < 5
 
 
-async def test_a_slow_body_is_answered_408_and_closed(serving: Callable[..., Any]) -> None:
-    async with serving(body_timeout_s=0.5, body_min_rate=1000) as served:
+async def test_a_slow_body_is_answered_408_and_closed(serve: Callable[..., Any]) -> None:
+    async with serve(body_timeout_s=0.5, body_min_rate=1000) as served:
         slow = [_slow_request(served.port, _head(served.token, 60), b" " * 60) for _ in range(10)]
         answers = await asyncio.gather(*slow)
     for answer, elapsed in answers:
@@ -113,15 +72,15 @@ async def test_a_slow_body_is_answered_408_and_closed(serving: Callable[..., Any
         assert elapsed < 5
 
 
-async def test_an_answer_before_the_body_is_read_closes_the_connection(serving: Callable[..., Any]) -> None:
-    async with serving() as served:
+async def test_an_answer_before_the_body_is_read_closes_the_connection(serve: Callable[..., Any]) -> None:
+    async with serve() as served:
         answer, elapsed = await _slow_request(served.port, _head("wrong", 1000), b" " * 1000)
     assert answer.startswith(b"HTTP/1.1 401 ") and b"connection: close" in answer.lower()
     assert elapsed < 5  # not the 100 s the rest of the body would take
 
 
-async def test_a_client_gone_mid_upload_is_one_info_line(serving: Callable[..., Any]) -> None:
-    async with serving() as served:
+async def test_a_client_gone_mid_upload_is_one_info_line(serve: Callable[..., Any]) -> None:
+    async with serve() as served:
         with structlog.testing.capture_logs() as logs:
             _, writer = await asyncio.open_connection("127.0.0.1", served.port)
             writer.write(_head(served.token, 1000) + b'{"a": "')

@@ -1,5 +1,5 @@
 """Fixtures of the trainer tests: the session database emptied, a bus with the events stream emptied,
-test text models on the bus, trainer consumers stopped after the test."""
+test text models on the bus, trainer consumers stopped after the test, the webhook deliveries stream emptied."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared import subjects
 from shared.bus import Bus, ensure_streams
+from shared.bus.streams import declare_stream, webhooks_config
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.subjects import EVENTS_STREAM
 from tests.unit.trainer.helpers import MODEL_ID, Responder, TextModel
@@ -94,3 +96,9 @@ async def make_consumer(bus: Bus, sessions: async_sessionmaker[AsyncSession]) ->
     for consumer in consumers:
         await consumer.stop(5)
 
+
+@pytest.fixture
+async def webhook_stream(bus: Bus) -> None:
+    """The deliveries stream, emptied: a new durable sees only this test's messages."""
+    await declare_stream(bus.js, webhooks_config(), None)
+    await bus.js.purge_stream(subjects.WEBHOOKS_STREAM)

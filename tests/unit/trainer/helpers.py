@@ -1,25 +1,32 @@
-"""Shared pieces of the trainer tests: a deterministic text model on the bus, a seeded dataset, polling."""
+"""Shared pieces of the trainer tests: a deterministic text model on the bus, a seeded dataset, webhooks, polling."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import hashlib
+import subprocess
+import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus import Bus
-from shared.db.models import Account, DataItem, Dataset, Report, Tag
+from shared.db.models import Account, DataItem, Dataset, Report, Tag, Webhook, WebhookDelivery
 from shared.schemas.inference import EmbedReply, EmbedTextsRequest, ModelInfoReply, ModelInfoRequest
 from shared.subjects import EVENTS_STREAM, TEXT_EMBED, TEXT_MODEL_INFO
 
 MODEL_ID = "test-embedder@1"
 DIM = 24
 GROUPS = ("sport", "food", "music")
+SECRET = "whsec_test_secret_0123456789"  # of the webhooks add_webhook makes
 
 Responder = Callable[[], Awaitable[Bus]]  # starts a TextModel on its own connection
 
@@ -103,3 +110,51 @@ async def wait_settled(bus: Bus, durable: str, timeout_s: float = 20.0) -> None:
             return
         assert asyncio.get_running_loop().time() < deadline, f"events still held: {info}"
         await asyncio.sleep(0.1)
+
+
+async def add_webhook(sessions: async_sessionmaker[AsyncSession], url: str, *, dataset: bool = True,
+                      events: list[str] | None = None) -> tuple[int, int]:
+    """An account with a dataset "news" and a webhook on it (or on every dataset); (dataset id, webhook id)."""
+    async with sessions.begin() as s:
+        account = Account(name=f"acc-{uuid.uuid4().hex[:6]}")
+        s.add(account)
+        await s.flush()
+        ds = Dataset(account_id=account.id, name="news", title="news", kind="text")
+        s.add(ds)
+        await s.flush()
+        hook = Webhook(account_id=account.id, dataset_id=ds.id if dataset else None, url=url, secret=SECRET,
+                       events=events or ["training.finished", "training.failed"])
+        s.add(hook)
+        await s.flush()
+        return ds.id, hook.id
+
+
+async def deliveries(sessions: async_sessionmaker[AsyncSession]) -> list[WebhookDelivery]:
+    async with sessions() as s:
+        return list((await s.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id))).all())
+
+
+async def until(check: Callable[[], Awaitable[Any]], timeout_s: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (value := await check()):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+    return value
+
+
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+async def wait_http(port: int, path: str, status: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while True:
+            assert proc.poll() is None, tail(log)
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}{path}")).status_code == status:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, tail(log)
+            await asyncio.sleep(0.1)

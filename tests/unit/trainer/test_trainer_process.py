@@ -8,12 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import update
 
@@ -24,7 +22,7 @@ from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Dataset
 from shared.schemas.events import DatasetsChanged, TrainRequest
 from shared.subjects import DATASETS_CHANGED, EVENTS_STREAM, TRAINER_DURABLE, train_subject
-from tests.unit.trainer.helpers import MODEL_ID, TextModel, seed, wait_state
+from tests.unit.trainer.helpers import MODEL_ID, TextModel, seed, tail, wait_http, wait_state
 
 pytestmark = pytest.mark.integration  # starts the real service process
 
@@ -42,10 +40,6 @@ async def client(nats_url: str) -> AsyncIterator[Bus]:
     await bus.close(5)
 
 
-def tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-3000:]
-
-
 @pytest.fixture
 def trainer_process(clean_db: str, nats_url: str, tmp_path: Path) -> Iterator[Running]:
     port = servers.free_port()
@@ -60,20 +54,6 @@ def trainer_process(clean_db: str, nats_url: str, tmp_path: Path) -> Iterator[Ru
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
-
-
-async def wait_http(port: int, path: str, status: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    async with httpx.AsyncClient(timeout=2.0) as http:
-        while True:
-            assert proc.poll() is None, tail(log)
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}{path}")).status_code == status:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, tail(log)
-            await asyncio.sleep(0.1)
 
 
 async def test_trainer_process_trains_and_stops_cleanly(

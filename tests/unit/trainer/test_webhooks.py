@@ -18,22 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from modelkit.fetch import policy_from_settings
 from shared import subjects
 from shared.bus import Bus
-from shared.bus.streams import declare_stream, webhooks_config
-from shared.db.models import Account, Dataset, Report, Webhook, WebhookDelivery
+from shared.db.models import Dataset, Report, Webhook, WebhookDelivery
 from shared.schemas.events import TrainRequest
-from tests.unit.trainer.helpers import Responder, seed, wait_state
+from tests.unit.trainer.helpers import SECRET, Responder, add_webhook, deliveries, seed, until, wait_state
 from tests.webhookreceiver import receiver, verify
-from trainer.webhooks import (
-    RetryPolicy,
-    WebhookConfig,
-    WebhookDue,
-    WebhookEvents,
-    WebhookMetrics,
-    WebhookWorker,
-    create_webhook_metrics,
-)
+from trainer.webhook_events import WebhookDue, publish, queue_training_event
+from trainer.webhooks import RetryPolicy, WebhookConfig, WebhookMetrics, WebhookWorker, create_webhook_metrics
 
-SECRET = "whsec_test_secret_0123456789"
 EVALUATION = {"recall": 91.7, "precision": 88.0, "f1": 89.8}
 
 
@@ -47,13 +38,6 @@ def readme_verified() -> Callable[[str, bytes], bool]:
     exec(code[:code.index("HTTPServer((")], namespace)  # everything but serving
     namespace["SECRET"] = SECRET.encode()
     return namespace["verified"]  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def webhook_stream(bus: Bus) -> None:
-    """The deliveries stream, emptied: a new durable sees only this test's messages."""
-    await declare_stream(bus.js, webhooks_config(), None)
-    await bus.js.purge_stream(subjects.WEBHOOKS_STREAM)
 
 
 @pytest.fixture
@@ -78,34 +62,14 @@ async def make_worker(
         await worker.stop(5)
 
 
-async def add_webhook(sessions: async_sessionmaker[AsyncSession], url: str, *, dataset: bool = True,
-                      events: list[str] | None = None) -> tuple[int, int]:
-    """An account with a dataset "news" and a webhook on it (or on every dataset); (dataset id, webhook id)."""
+async def emit(sessions: async_sessionmaker[AsyncSession], bus: Bus, dataset_id: int, event: str, *, state: str,
+               version: int | None, evaluation: dict[str, Any] | None) -> int:
+    """What the trainer does for an event: its rows in a transaction, published once committed; how many."""
     async with sessions.begin() as s:
-        account = Account(name=f"acc-{uuid.uuid4().hex[:6]}")
-        s.add(account)
-        await s.flush()
-        ds = Dataset(account_id=account.id, name="news", title="news", kind="text")
-        s.add(ds)
-        await s.flush()
-        hook = Webhook(account_id=account.id, dataset_id=ds.id if dataset else None, url=url, secret=SECRET,
-                       events=events or ["training.finished", "training.failed"])
-        s.add(hook)
-        await s.flush()
-        return ds.id, hook.id
-
-
-async def deliveries(sessions: async_sessionmaker[AsyncSession]) -> list[WebhookDelivery]:
-    async with sessions() as s:
-        return list((await s.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id))).all())
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := await check()):
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-    return value
+        queued = await queue_training_event(s, dataset_id, event, state=state, version=version,
+                                            evaluation=evaluation)
+    await publish(bus, queued)
+    return len(queued)
 
 
 def counted(metrics: WebhookMetrics, outcome: str) -> float:
@@ -118,8 +82,8 @@ async def test_a_receiver_failing_twice_gets_exactly_one_accepted_delivery_signe
     with receiver([500, 503, 200]) as box:
         dataset_id, hook_id = await add_webhook(sessions, box.url)
         _, metrics = await make_worker()
-        queued = await WebhookEvents(sessions, bus).emit(dataset_id, "training.finished", state="live", version=3,
-                                                         evaluation=EVALUATION)
+        queued = await emit(sessions, bus, dataset_id, "training.finished", state="live", version=3,
+                            evaluation=EVALUATION)
         assert queued == 1
 
         async def delivered() -> bool:
@@ -164,8 +128,8 @@ async def test_a_private_address_the_policy_refuses_never_receives_a_request(
             s.add(Webhook(account_id=account_id, dataset_id=None, url=f"http://localhost:{box.port}/hook",
                           secret=SECRET, events=["training.failed"]))
         _, metrics = await make_worker(allow_hosts="")
-        assert await WebhookEvents(sessions, bus).emit(dataset_id, "training.failed", state="failed", version=None,
-                                                       evaluation=None) == 2
+        assert await emit(sessions, bus, dataset_id, "training.failed", state="failed", version=None,
+                          evaluation=None) == 2
 
         async def settled() -> list[WebhookDelivery] | None:
             rows = await deliveries(sessions)
@@ -187,8 +151,8 @@ async def test_a_redirect_is_not_followed_and_counts_as_a_failed_attempt(
         hook.location = target.url  # where a receiver would send the trainer, e.g. an internal address
         dataset_id, _ = await add_webhook(sessions, hook.url)
         _, metrics = await make_worker(delay_s=5.0)
-        await WebhookEvents(sessions, bus).emit(dataset_id, "training.finished", state="live", version=1,
-                                                evaluation=None)
+        await emit(sessions, bus, dataset_id, "training.finished", state="live", version=1,
+                   evaluation=None)
         await until(lambda: asyncio.sleep(0, counted(metrics, "retry") == 1))
         [row] = await deliveries(sessions)
         assert (row.state, row.attempts, row.last_status, row.last_error) == ("pending", 1, 302, "http status 302")
@@ -207,10 +171,12 @@ async def test_only_subscribed_webhooks_of_the_datasets_account_get_the_event(
         s.add(everything)
         await s.flush()
         everything_id = everything.id
-    events = WebhookEvents(sessions, bus)
-    assert await events.emit(dataset_id, "training.finished", state="held", version=2, evaluation=EVALUATION) == 1
-    assert await events.emit(dataset_id, "training.failed", state="failed", version=None, evaluation=None) == 2
-    assert await events.emit(dataset_id + 1000, "training.failed", state="failed", version=None, evaluation=None) == 0
+    assert await emit(sessions, bus, dataset_id, "training.finished", state="held", version=2,
+                      evaluation=EVALUATION) == 1
+    assert await emit(sessions, bus, dataset_id, "training.failed", state="failed", version=None,
+                      evaluation=None) == 2
+    assert await emit(sessions, bus, dataset_id + 1000, "training.failed", state="failed", version=None,
+                      evaluation=None) == 0
     rows = await deliveries(sessions)
     assert [(r.webhook_id, r.event) for r in rows] == [
         (everything_id, "training.finished"), (mine, "training.failed"), (everything_id, "training.failed")]
@@ -224,8 +190,8 @@ async def test_a_deleted_webhook_stops_its_retries(
     with receiver([500]) as box:
         dataset_id, hook_id = await add_webhook(sessions, box.url)
         _, metrics = await make_worker(delay_s=1.0)
-        await WebhookEvents(sessions, bus).emit(dataset_id, "training.finished", state="live", version=1,
-                                                evaluation=EVALUATION)
+        await emit(sessions, bus, dataset_id, "training.finished", state="live", version=1,
+                   evaluation=EVALUATION)
         await until(lambda: asyncio.sleep(0, len(box.requests) == 1))
         async with sessions.begin() as s:
             await s.delete(await s.get(Webhook, hook_id))
@@ -240,8 +206,8 @@ async def test_retries_stop_once_the_retry_window_is_over(
     with receiver([500]) as box:
         dataset_id, _ = await add_webhook(sessions, box.url)
         _, metrics = await make_worker(delay_s=0.3, max_delay_s=0.3, retry_for_s=1.5)
-        await WebhookEvents(sessions, bus).emit(dataset_id, "training.finished", state="live", version=1,
-                                                evaluation=EVALUATION)
+        await emit(sessions, bus, dataset_id, "training.finished", state="live", version=1,
+                   evaluation=EVALUATION)
 
         async def failed() -> WebhookDelivery | None:
             row = (await deliveries(sessions))[0]
@@ -287,7 +253,7 @@ async def test_the_trainer_emits_training_events_after_a_refit(
         s.add(empty)
         await s.flush()
         empty_id = empty.id
-    await make_consumer(webhooks=WebhookEvents(sessions, bus))
+    await make_consumer()
     for target in (dataset_id, empty_id):
         await bus.publish_event(subjects.train_subject(target), TrainRequest(dataset_id=target),
                                 msg_id=uuid.uuid4().hex)
