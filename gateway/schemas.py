@@ -365,6 +365,11 @@ class TagEvaluation(DatasetEvaluation):
     f1: Percent
 
 
+HeadMode = Annotated[Literal["trained", "zero_shot"], Field(
+    description="trained: fitted from reports; zero_shot: from the tag titles alone (a text dataset with no "
+                "positive report yet), until reports train it")]
+
+
 class TagInfo(BaseModel):
     title: str
     id: int
@@ -383,6 +388,7 @@ class DatasetInfoOut(BaseModel):
     tags: list[TagInfo] | None = Absent
     version: int | None = Field(None, description="the live head version; null before the first fit")
     suggestions: int = 0  # open suggest_labels suggestions (not reported since they were computed)
+    mode: HeadMode | None = Field(None, description="how the live head was made; null before the first fit")
 
 
 class DatasetOut(BaseModel):
@@ -668,6 +674,7 @@ class VersionOut(BaseModel):
     )
     report_count: int
     evaluation: TagEvaluation | None = Field(description="cross-validated, percent (as dataset_info)")
+    mode: HeadMode = "trained"
 
 
 # ---------------------------------------------------------------------------------------------------------

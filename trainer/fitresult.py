@@ -52,6 +52,12 @@ class FitConfig:
     # where one example per tag still counts (and the matrix copy is small).
     title_examples: bool = True
     title_max_rows: int = 500
+    # Zero-shot heads (trainer.zeroshot: titles alone, no positive report yet): p = sigmoid(scale x cosine
+    # margin), "unknown" below the floor cosine. e5-small's cosines all lie near 0.8, so the scale is large:
+    # 80 is near the pooled log-loss optimum of bench/quality.py's two text tracks (--zero-shot), and the floor
+    # keeps 98-99% of their texts while turning away texts far from every title.
+    zero_shot_scale: float = 80.0
+    zero_shot_floor: float = 0.78
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,12 @@ class FitResult:
     skipped: list[int] = field(default_factory=list)  # tags with no positive report: not in the head
     exclusive: bool = False  # at most one tag per item (no item was reported positive for two tags)
     none_logit: float = 0.0
+    zero_shot: bool = False  # fitted from the tag titles alone (trainer.zeroshot), no report
+
+    @property
+    def mode(self) -> str:
+        """How the head was made: "trained" (from reports) or "zero_shot" (from tag titles)."""
+        return "zero_shot" if self.zero_shot else "trained"
 
     def head(self, model_id: str, version: int) -> Head:
         k = len(self.tags)

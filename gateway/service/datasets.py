@@ -122,4 +122,5 @@ async def dataset_info(
         tags=await _tags_info(uow, dataset.id, counter) if body.tags else None,
         version=dataset.head_version,
         suggestions=await uow.repo.open_suggestions(dataset.id),
+        mode=None if dataset.head_version is None else await uow.repo.head_mode(dataset.id, dataset.head_version),
     )

@@ -184,6 +184,8 @@ class HeadVersion(Base):
     macro_f1: Mapped[float | None] = mapped_column(Float)  # cross-validated, for the promotion gate
     # Per tag id (as a string): {"threshold": learned threshold, "evaluation": figures}; restored by use_version.
     tags: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Migration 0006: "trained" (from reports) or "zero_shot" (a text dataset's tag titles alone, no report).
+    mode: Mapped[str] = mapped_column(String(16), server_default="trained")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
