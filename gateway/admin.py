@@ -36,11 +36,11 @@ def _row(token: TokenRow) -> str:
 
 
 async def retrain_all(sessions: async_sessionmaker[AsyncSession], settings: GatewaySettings) -> int:
-    """Mark every dataset with reports waiting and queue a forced TrainRequest for it through the outbox
+    """Mark every dataset with reports or a head waiting and queue a forced TrainRequest for it through the outbox
     (durable: a running gateway publishes what this cannot); then publish them now if NATS answers."""
     async with sessions() as session:
         repo = Repository(session)
-        dataset_ids = await repo.datasets_with_reports()
+        dataset_ids = await repo.datasets_to_retrain()
         run = uuid.uuid4().hex[:12]
         events = [OutboxEvent(train_subject(d), f"train-{d}", TrainRequest(dataset_id=d, reason="retrain",
                                                                           request_id=f"retrain-all-{run}"))
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("create-token", help="create a token (and the account if needed)").add_argument("account")
     sub.add_parser("list-tokens", help="list tokens").add_argument("account", nargs="?")
     sub.add_parser("revoke-token", help="revoke a token by id or prefix").add_argument("token")
-    sub.add_parser("retrain-all", help="queue a refit of every dataset with reports (rebuilds lost heads)")
+    sub.add_parser("retrain-all", help="queue a refit of every dataset with reports or a head (rebuilds lost heads)")
     args = parser.parse_args(argv)
     settings = load_settings()
     try:

@@ -199,10 +199,12 @@ class Repository:
             .values(state="waiting", state_reason=None, train_requested_at=func.now())
         )
 
-    async def datasets_with_reports(self) -> list[int]:
-        """Ids of every account's datasets that have reports (an operator's retrain-all, never the API)."""
+    async def datasets_to_retrain(self) -> list[int]:
+        """Ids of every account's datasets that have reports or a head (a zero-shot one has no report): an
+        operator's retrain-all, never the API."""
         reported = select(Report.id).where(Report.dataset_id == Dataset.id).exists()
-        return list(await self.session.scalars(select(Dataset.id).where(reported).order_by(Dataset.id)))
+        return list(await self.session.scalars(
+            select(Dataset.id).where(reported | Dataset.head_version.is_not(None)).order_by(Dataset.id)))
 
     async def dataset_counts(self, dataset_id: int) -> tuple[int, int]:
         """(reports, data items) of the dataset."""
@@ -620,6 +622,12 @@ class Repository:
         return await self.session.scalar(
             select(HeadVersion.confusion).where(HeadVersion.dataset_id == dataset_id, HeadVersion.version == version)
         )
+
+    async def head_mode(self, dataset_id: int, version: int) -> str | None:
+        """How that version was made (trained | zero_shot); None when it is not stored."""
+        return (await self.session.execute(
+            select(HeadVersion.mode).where(HeadVersion.dataset_id == dataset_id, HeadVersion.version == version)
+        )).scalar_one_or_none()
 
     async def make_live(self, dataset_id: int, version: HeadVersion) -> None:
         """Point the dataset at ``version`` with its figures, and each tag at the threshold and figures that

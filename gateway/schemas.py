@@ -365,6 +365,11 @@ class TagEvaluation(DatasetEvaluation):
     f1: Percent
 
 
+HeadMode = Annotated[Literal["trained", "zero_shot"], Field(
+    description="trained: fitted from reports; zero_shot: from the tag titles alone (a text dataset with no "
+                "positive report yet), until reports train it")]
+
+
 class TagInfo(BaseModel):
     title: str
     id: int
@@ -408,6 +413,7 @@ class DatasetInfoOut(BaseModel):
     version: int | None = Field(None, description="the live head version; null before the first fit")
     suggestions: int = 0  # open suggest_labels suggestions (not reported since they were computed)
     confusion: Confusion | None = Field(None, description="the live version's; null before the first fit")
+    mode: HeadMode | None = Field(None, description="how the live head was made; null before the first fit")
 
 
 class DatasetOut(BaseModel):
@@ -694,6 +700,7 @@ class VersionOut(BaseModel):
     report_count: int
     evaluation: TagEvaluation | None = Field(description="cross-validated, percent (as dataset_info)")
     confusion: Confusion | None = Field(None, description="this version's, as dataset_info's")
+    mode: HeadMode = "trained"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -46,13 +46,14 @@ async def announce_new_head(bus: Bus, dataset_id: int) -> None:
 
 
 def _parse(msg: Msg) -> tuple[int, bool, bool]:
-    """The dataset id, whether the event asks for a refit at once, and whether even with nothing changed and
-    past the promotion gate (an operator's retrain, train_dataset with force); raises on a poison message."""
+    """The dataset id, whether the event asks for a refit at once (tag title changes wait like reports), and
+    whether even with nothing changed and past the promotion gate (an operator's retrain, train_dataset with
+    force); raises on a poison message."""
     if msg.subject.startswith(subjects.REPORT_EVENT + "."):
         return ReportEvent.model_validate_json(msg.data).dataset_id, False, False
     if msg.subject.startswith(subjects.TRAIN_EVENT + "."):
         request = TrainRequest.model_validate_json(msg.data)
-        return request.dataset_id, True, request.reason == "retrain" or request.force
+        return request.dataset_id, request.reason != "titles", request.reason == "retrain" or request.force
     raise ValueError(f"unexpected subject {msg.subject}")
 
 

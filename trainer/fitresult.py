@@ -52,6 +52,12 @@ class FitConfig:
     # where one example per tag still counts (and the matrix copy is small).
     title_examples: bool = True
     title_max_rows: int = 500
+    # Zero-shot heads (trainer.zeroshot: titles alone, no positive report yet): p = sigmoid(scale x cosine
+    # margin), "unknown" below the floor cosine. e5-small's cosines all lie near 0.8, so the scale is large:
+    # 80 is near the pooled log-loss optimum of bench/quality.py's two text tracks (--zero-shot), and the floor
+    # keeps 98-99% of their texts while turning away texts far from every title.
+    zero_shot_scale: float = 80.0
+    zero_shot_floor: float = 0.78
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,12 @@ class FitResult:
     # Exclusive heads: out-of-fold (true tag, answered tag) counts in the order of ``tags``, plus a last row
     # (no true tag) and column (unknown), see trainer.evaluation.exclusive_confusion; None otherwise.
     matrix: np.ndarray | None = None
+    zero_shot: bool = False  # fitted from the tag titles alone (trainer.zeroshot), no report
+
+    @property
+    def mode(self) -> str:
+        """How the head was made: "trained" (from reports) or "zero_shot" (from tag titles)."""
+        return "zero_shot" if self.zero_shot else "trained"
 
     def head(self, model_id: str, version: int) -> Head:
         k = len(self.tags)

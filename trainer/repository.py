@@ -235,6 +235,7 @@ async def save_fit(
     macro_f1: float | None = None,
     held_reason: str | None = None,
     confusion: Mapping[str, Any] | None = None,
+    mode: str = "trained",
 ) -> None:
     """Record a new head: its version row (with its figures and confusion counts, kept for use_version) and,
     unless it is held (``held_reason``), the dataset's head, state and figures and each tag's threshold and
@@ -243,6 +244,7 @@ async def save_fit(
         dataset_id=dataset_id, version=version, model_id=model_id, object_name=object_name,
         report_count=report_count, fingerprint=fingerprint, held=held_reason is not None,
         evaluation=dict(evaluation), macro_f1=macro_f1, confusion=None if confusion is None else dict(confusion),
+        mode=mode,
         tags={str(tag_id): {"threshold": threshold, "evaluation": dict(figures)}
               for tag_id, (threshold, figures) in tags.items()},
     ))

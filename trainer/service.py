@@ -36,6 +36,7 @@ from trainer.evaluation import NULL_FIGURES
 from trainer.fitting import FitConfig, FitResult, NothingToFit, Report, fit_head
 from trainer.repository import ItemToEmbed, LiveHead, ReportRow, TagRow, VersionFigures
 from trainer.webhook_repository import Queued
+from trainer.zeroshot import MIN_TAGS, zero_shot_fit
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +73,15 @@ def fingerprint(model_id: str, reports: Sequence[ReportRow], tags: Sequence[TagR
     and the fit's settings. Items never change (one content each), so their ids stand for them."""
     inputs = [model_id, repr(config), sorted((r.item_id, r.tag_id, r.positive) for r in reports),
               sorted((t.id, t.active, t.title if config.title_examples else "") for t in tags)]
+    return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
+
+
+def zero_shot_fingerprint(model_id: str, reports: Sequence[ReportRow], tags: Sequence[TagRow],
+                          config: FitConfig) -> str:
+    """``fingerprint`` of a zero-shot head: the titles always count (the active flags do not: an inactive tag
+    still competes), and only the zero-shot settings."""
+    inputs = ["zero_shot", model_id, [config.zero_shot_scale, config.zero_shot_floor],
+              sorted((r.item_id, r.tag_id, r.positive) for r in reports), sorted((t.id, t.title) for t in tags)]
     return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
 
@@ -172,14 +182,19 @@ class Trainer:
             tags = await repository.dataset_tags(session, dataset_id)
             kind = dataset.kind
         try:
-            if not reports:
+            kind = kind or (reports[0].kind if reports else None)
+            # A text dataset with no positive report yet is tagged from its tag titles (trainer.zeroshot).
+            zero_shot = kind == "text" and not any(r.positive for r in reports)
+            if not reports and not zero_shot:
                 raise Unsupported("the dataset has no reports yet")
-            kind = kind or reports[0].kind
+            if zero_shot and len(tags) < MIN_TAGS:
+                raise Unsupported(f"the dataset has no {'positive ' if reports else ''}reports yet, and tagging "
+                                  f"from tag titles alone needs at least {MIN_TAGS} tags")
             if kind not in self.chunks:
                 raise Unsupported(f"datasets of kind {kind!r} cannot be trained")
             # Asked on every refit, so a head is never fitted for a model the services stopped running.
             model = await self.embedder.model(kind)
-            inputs = fingerprint(model.model_id, reports, tags, self.config)
+            inputs = (zero_shot_fingerprint if zero_shot else fingerprint)(model.model_id, reports, tags, self.config)
             if live is not None and not force and await self._keep(dataset_id, live, inputs):
                 log.info("refit_unchanged", dataset_id=dataset_id, version=live.version)
                 return RefitOutcome(dataset_id, "unchanged", version=live.version)
@@ -189,20 +204,23 @@ class Trainer:
                 log.info("refit_unchanged_held", dataset_id=dataset_id, version=live.version, held=held.version)
                 return RefitOutcome(dataset_id, "unchanged", version=live.version)
             await self.mark(dataset_id, "training", None)
-            embedded = await self._embed_missing(dataset_id, kind, model)
-            async with self.sessions() as session:
-                vectors = await repository.load_embeddings(session, {r.item_id for r in reports}, model.model_id)
-            titles = await self._title_vectors(kind, tags, model.model_id)
-            result = await asyncio.to_thread(self._fit, reports, tags, vectors, titles)
+            embedded, vectors = 0, dict[int, np.ndarray]()
+            if zero_shot:
+                result = await self._zero_shot(tags, model.model_id)
+            else:
+                embedded = await self._embed_missing(dataset_id, kind, model)
+                async with self.sessions() as session:
+                    vectors = await repository.load_embeddings(session, {r.item_id for r in reports}, model.model_id)
+                titles = await self._title_vectors(kind, tags, model.model_id)
+                result = await asyncio.to_thread(self._fit, reports, tags, vectors, titles)
+                # What this head was fitted from: items that could not be embedded are left out, so a later
+                # request finds a difference and tries them again.
+                inputs = fingerprint(model.model_id, [r for r in reports if r.item_id in vectors], tags, self.config)
         except (Unsupported, NothingToFit) as exc:
             queued = await self.mark(dataset_id, "failed", str(exc))
             return RefitOutcome(dataset_id, "failed", reason=str(exc), webhooks=tuple(queued))
-        # What this head was fitted from: items that could not be embedded are left out, so a later request
-        # finds a difference and tries them again.
-        used = [r for r in reports if r.item_id in vectors]
-        version, held_reason, queued = await self._commit(
-            dataset_id, model.model_id, tags, result, fingerprint(model.model_id, used, tags, self.config),
-            force=force)
+        version, held_reason, queued = await self._commit(dataset_id, model.model_id, tags, result, inputs,
+                                                          force=force)
         # Only once the new version is committed: a failed commit keeps every version.
         await self._retain(dataset_id)
         if held_reason is None:  # suggestions come from the live head: a held fit leaves them as they are
@@ -215,7 +233,7 @@ class Trainer:
         )
         log.info("dataset_held" if held_reason else "dataset_trained", dataset_id=dataset_id, version=version,
                  model_id=model.model_id, reports=result.report_count, tags=len(result.tags), embedded=embedded,
-                 macro_f1=outcome.macro_f1)
+                 macro_f1=outcome.macro_f1, mode=result.mode)
         return outcome
 
     async def mark(self, dataset_id: int, state: str, reason: str | None) -> list[Queued]:
@@ -307,12 +325,22 @@ class Trainer:
         """Text datasets: each tag title's embedding by the items' model (FitConfig.title_examples), else none."""
         if kind != "text" or not self.config.title_examples or not tags:
             return {}
+        got_model, titles = await self._embed_titles(tags)
+        return titles if got_model == model_id else {}  # the service moved to another model: fit without titles
+
+    async def _embed_titles(self, tags: Sequence[TagRow]) -> tuple[str, dict[int, np.ndarray]]:
+        """The text model's id and each tag title's embedding, as the service embeds a text ("query: " form)."""
         items = [ItemToEmbed(id=t.id, kind="text", content=t.title, media=None, media_type=None, source_url=None)
                  for t in tags]
-        got_model, vectors = await self.embedder.embed("text", items)
-        if got_model != model_id:  # the service moved to another model meanwhile: fit without titles
-            return {}
-        return {t.id: v for t, v in zip(tags, vectors, strict=True) if v is not None}
+        got_model, vectors = await self.embedder.embed("text", items) if items else ("", [])
+        return got_model, {t.id: v for t, v in zip(tags, vectors, strict=True) if v is not None}
+
+    async def _zero_shot(self, tags: Sequence[TagRow], model_id: str) -> FitResult:
+        """The head from the tag titles alone (trainer.zeroshot); ModelChanged if another model answers."""
+        got_model, titles = await self._embed_titles(tags)
+        if got_model != model_id:
+            raise ModelChanged(f"the text model changed during training ({model_id} -> {got_model})")
+        return zero_shot_fit(titles, [t.id for t in tags], self.config)
 
     def _fit(self, reports: Sequence[ReportRow], tags: Sequence[TagRow],
              vectors: Mapping[int, np.ndarray], titles: Mapping[int, np.ndarray] | None = None) -> FitResult:
@@ -349,7 +377,7 @@ class Trainer:
                 report_count=result.report_count, evaluation=result.dataset_evaluation(active),
                 tags={int(tag_id): (fig["threshold"], fig["evaluation"]) for tag_id, fig in figures.items()},
                 fingerprint=inputs, macro_f1=macro_f1(figures, active), held_reason=held_reason,
-                confusion=result.confusion(),
+                confusion=result.confusion(), mode=result.mode,
             )
             queued = await webhook_events.queue_training_event(
                 session, dataset_id, webhook_events.FINISHED, state="held" if held_reason else "live",

@@ -91,6 +91,7 @@ class DatasetInfo(_Model):
     evaluation: Evaluation | None = None
     tags: list[TagInfo] | None = None
     version: int | None = None
+    mode: str | None = None  # how the live head was made: "trained" (reports) or "zero_shot" (tag titles alone)
 
 
 class Dataset(_Model):
@@ -158,6 +159,7 @@ class Version(_Model):
     state: str
     report_count: int | None = None
     evaluation: Evaluation | None = None
+    mode: str | None = None  # "trained" or "zero_shot", as dataset_info's
 
 
 class WebhookDelivery(_Model):

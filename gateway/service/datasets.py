@@ -125,6 +125,7 @@ async def dataset_info(
         suggestions=await uow.repo.open_suggestions(dataset.id),
         confusion=confusion(await uow.repo.version_confusion(dataset.id, dataset.head_version)
                             if dataset.head_version is not None else None),
+        mode=None if dataset.head_version is None else await uow.repo.head_mode(dataset.id, dataset.head_version),
     )
 
 

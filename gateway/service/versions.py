@@ -30,7 +30,8 @@ async def list_versions(uow: UnitOfWork, account_id: int, name: str) -> list[Ver
     dataset = await load_dataset(uow.repo, account_id, name)
     return [
         VersionOut(version=row.version, created=row.created_at.isoformat(), state=_state(row, dataset.head_version),
-                   report_count=row.report_count, evaluation=_evaluation(row), confusion=confusion(row.confusion))
+                   report_count=row.report_count, evaluation=_evaluation(row), confusion=confusion(row.confusion),
+                   mode=row.mode)
         for row in await uow.repo.head_versions(dataset.id)
     ]
 

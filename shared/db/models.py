@@ -187,6 +187,8 @@ class HeadVersion(Base):
     # Migration 0006. The fit's out-of-fold confusion counts (trainer.fitresult.FitResult.confusion): null for a
     # fit with nothing evaluated, or one stored before 0006.
     confusion: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Migration 0007: "trained" (from reports) or "zero_shot" (a text dataset's tag titles alone, no report).
+    mode: Mapped[str] = mapped_column(String(16), server_default="trained")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 

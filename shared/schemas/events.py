@@ -17,8 +17,9 @@ class ReportEvent(Message):
 
 class TrainRequest(Message):
     dataset_id: int
-    # retrain: refit even if nothing changed (kashf-admin retrain-all); requeued: by the trainer's stall sweeper.
-    reason: Literal["api", "reports", "model_change", "retrain", "requeued"] = "api"
+    # retrain: refit even if nothing changed (kashf-admin retrain-all); requeued: by the trainer's stall sweeper;
+    # titles: a tag of a dataset tagged from its tag titles changed (debounced like a report).
+    reason: Literal["api", "reports", "model_change", "retrain", "requeued", "titles"] = "api"
     request_id: str = ""
     # train_dataset {"force": true}: refit even if nothing changed and make the fit live past the promotion gate.
     force: bool = False

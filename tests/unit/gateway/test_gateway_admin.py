@@ -13,7 +13,7 @@ from devtools import servers
 from modelkit.heads import load_head
 from shared.bus import Bus
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Account, Dataset
+from shared.db.models import Account, Dataset, Tag
 from shared.subjects import EVENTS_STREAM, HEADS_BUCKET
 from tests.unit.gateway.harness import PEPPER, Gateway, eventually, sql
 from tests.unit.trainer.helpers import MODEL_ID, TextModel, seed
@@ -126,6 +126,11 @@ async def test_retrain_all_rebuilds_every_head_after_the_object_store_is_lost(gw
         s.add(account)
         await s.flush()
         s.add(Dataset(account_id=account.id, name="nothing", title="nothing", kind="text"))
+        titles = Dataset(account_id=account.id, name="titles", title="titles", kind="text")
+        s.add(titles)
+        await s.flush()
+        s.add_all([Tag(dataset_id=titles.id, title="sport"), Tag(dataset_id=titles.id, title="food")])
+        zero_shot = titles.id
 
     bus = await Bus.connect(nats_url, "test-retrain-all")
     await bus.js.purge_stream(EVENTS_STREAM)
@@ -135,8 +140,9 @@ async def test_retrain_all_rebuilds_every_head_after_the_object_store_is_lost(gw
                                durable=f"trainer-admin-{os.getpid()}")
     await consumer.start()
 
-    async def heads_at(version: int) -> bool:
-        rows = await sql(url, "SELECT state, head_version FROM dataset WHERE id = ANY($1::bigint[])", [first, second])
+    async def heads_at(version: int, *, also: tuple[int, ...] = ()) -> bool:
+        rows = await sql(url, "SELECT state, head_version FROM dataset WHERE id = ANY($1::bigint[])",
+                         [first, second, *also])
         return all((r["state"], r["head_version"]) == ("trained", version) for r in rows)
 
     try:
@@ -144,19 +150,21 @@ async def test_retrain_all_rebuilds_every_head_after_the_object_store_is_lost(gw
         assert code == 0, err
         assert "queued 2 datasets" in out and "outbox" not in err
         assert await eventually(lambda: heads_at(1), timeout_s=30)
+        # A dataset tagged from its tag titles alone has a head but no report: retrain-all rebuilds it too.
+        assert (await trainer.refit(zero_shot)).version == 1
 
         await bus.js.delete_object_store(HEADS_BUCKET)  # every head blob is gone; Postgres still has it all
         code, out, err = await admin(url, "retrain-all", nats_url=nats_url)
-        assert code == 0 and "queued 2 datasets" in out, err
-        assert await eventually(lambda: heads_at(2), timeout_s=30)
-        for dataset_id in (first, second):
+        assert code == 0 and "queued 3 datasets" in out, err
+        assert await eventually(lambda: heads_at(2, also=(zero_shot,)), timeout_s=30)
+        for dataset_id in (first, second, zero_shot):
             assert (await load_head(bus.js, dataset_id, 2)).model_id == MODEL_ID
 
         # NATS unreachable from where the operator runs it: the requests wait in the outbox, durable, and
         # the running gateway's sweep publishes them.
         code, out, err = await admin(url, "retrain-all", nats_url=f"nats://127.0.0.1:{servers.free_port()}")
-        assert code == 0 and "queued 2 datasets" in out and "2 requests are still in the outbox" in err
-        assert await eventually(lambda: heads_at(3), timeout_s=30)
+        assert code == 0 and "queued 3 datasets" in out and "3 requests are still in the outbox" in err
+        assert await eventually(lambda: heads_at(3, also=(zero_shot,)), timeout_s=30)
         unpublished = await sql(url, "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
         assert unpublished[0]["n"] == 0
     finally:

@@ -76,6 +76,7 @@ async def test_dataset_calls_answer_the_reference_shapes(gw: Gateway) -> None:
         "version": None,
         "suggestions": 0,
         "confusion": None,
+        "mode": None,
     }
     without_tags = await gw.post("/api/dataset_info/", {"dataset": "iran", "tags": False}, token)
     assert "tags" not in without_tags.json()

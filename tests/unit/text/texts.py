@@ -44,3 +44,16 @@ PARAPHRASES = [
     ("ارسال سفارش خیلی طول کشید", "بسته خیلی دیر به دستم رسید"),
 ]
 UNRELATED = "فردا در تهران باران می‌بارد"
+# Zero-shot (tag titles alone): four clearly different topics (sport, cooking, weather, phones), and unseen texts,
+# one Persian and one English per topic, that do not repeat their title's words: (text, index of its title).
+ZERO_SHOT_TITLES = ("فوتبال و ورزش", "آشپزی و دستور غذا", "آب و هوا", "گوشی موبایل")
+ZERO_SHOT_UNSEEN = [
+    ("تیم ملی در بازی دیشب دو گل زد و برنده شد", 0),
+    ("The striker scored twice and the team won the match", 0),
+    ("برای پختن قورمه سبزی اول سبزی را سرخ کنید", 1),
+    ("Add the onions to the pan and simmer the sauce for ten minutes", 1),
+    ("فردا در تهران باران می‌بارد و هوا سرد می‌شود", 2),
+    ("Heavy snow and strong winds are expected tomorrow", 2),
+    ("باتری این گوشی تا شب شارژ نگه می‌داره و دوربینش عالیه", 3),
+    ("My new smartphone has a great camera and the battery lasts all day", 3),
+]
