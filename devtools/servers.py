@@ -77,6 +77,53 @@ def start_nats(store_dir: Path, port: int | None = None, *, quiet: bool = True,
     return proc, natsauth.with_user(url, "admin", passwords["admin"]) if passwords else url
 
 
+class NatsCluster:
+    """A JetStream cluster of ``size`` nats-servers on loopback, routed to each other (nodes n0, n1, ...)."""
+
+    def __init__(self, root: Path, size: int = 3) -> None:
+        self.root = root
+        self.client_ports = [free_port() for _ in range(size)]
+        self.route_ports = [free_port() for _ in range(size)]
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def url(self, node: str) -> str:
+        return f"nats://127.0.0.1:{self.client_ports[int(node[1:])]}"
+
+    @property
+    def urls(self) -> str:
+        """Every node, comma-separated: a ``NATS_URL`` for the whole cluster."""
+        return ",".join(self.url(f"n{i}") for i in range(len(self.client_ports)))
+
+    def start(self) -> None:
+        routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.route_ports)
+        for i, (client, route) in enumerate(zip(self.client_ports, self.route_ports, strict=True)):
+            conf = self.root / f"n{i}.conf"
+            conf.write_text(
+                f'server_name: "n{i}"\nlisten: "127.0.0.1:{client}"\n'
+                f'jetstream {{ store_dir: "{self.root / f"store{i}"}" }}\n'
+                f'cluster {{ name: "kashf-test", listen: "127.0.0.1:{route}", routes: [{routes}] }}\n',
+                encoding="utf-8",
+            )
+            self.procs[f"n{i}"] = subprocess.Popen(
+                [nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in self.client_ports:
+            wait_port("127.0.0.1", port)
+
+    def alive(self) -> list[str]:
+        return [node for node, proc in self.procs.items() if proc.poll() is None]
+
+    def kill(self, node: str) -> None:
+        """SIGKILL one node: no goodbye to its clients or its peers."""
+        self.procs[node].kill()
+        self.procs[node].wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+
 async def _pg_answers(url: str) -> bool:
     try:
         conn = await asyncpg.connect(_plain(url), timeout=2)

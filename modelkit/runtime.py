@@ -24,6 +24,7 @@ from starlette.routing import Route
 from modelkit.metrics import default_metrics
 from shared.bus import Bus
 from shared.logging import configure_logging
+from shared.natsauth import server_urls
 from shared.settings import CommonSettings
 
 log = structlog.get_logger(__name__)
@@ -109,7 +110,14 @@ class _QuietServer(uvicorn.Server):
 
 
 async def nats_answers(url: str, timeout_s: float = 2.0) -> bool:
-    """True when a NATS server greets on ``url``'s host and port (its INFO line)."""
+    """True when a NATS server ``url`` names (one of a comma-separated list) greets on its host and port."""
+    for one in server_urls(url):
+        if await _one_answers(one, timeout_s):
+            return True
+    return False
+
+
+async def _one_answers(url: str, timeout_s: float) -> bool:
     parts = urlsplit(url)
     try:
         reader, writer = await asyncio.wait_for(
@@ -154,8 +162,7 @@ async def connect_bus(url: str, name: str, stop: asyncio.Event, *, max_wait_s: f
 
 def _safe_url(url: str) -> str:
     # Never log credentials embedded in the URL.
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or 4222}"
+    return ",".join(f"{p.scheme}://{p.hostname}:{p.port or 4222}" for p in map(urlsplit, server_urls(url)))
 
 
 async def serve_process(name: str, settings: CommonSettings, setup: Setup) -> int:

@@ -112,11 +112,23 @@ def permissions() -> dict[str, Permissions]:
     }
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers ``NATS_URL`` names: one URL, or several separated by commas (the seeds of a cluster)."""
+    urls = [part.strip() for part in url.split(",") if part.strip()]
+    if not urls:
+        raise ValueError("NATS_URL names no server")
+    return urls
+
+
 def with_user(url: str, user: str, password: str) -> str:
-    """``url`` with ``user:password@`` in place of any credentials it carries."""
+    """``url`` (each server of a list) with ``user:password@`` in place of any credentials it carries."""
+    return ",".join(_one_with_user(one, user, password) for one in server_urls(url))
+
+
+def _one_with_user(url: str, user: str, password: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
-    netloc = f"{quote(user)}:{quote(password)}@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -38,7 +38,7 @@ from shared.errors import (
     from_wire,
 )
 from shared.logging import CORRELATION_HEADER, bind_correlation_id, current_correlation_id
-from shared.natsauth import inbox_prefix
+from shared.natsauth import inbox_prefix, server_urls
 
 log = structlog.get_logger(__name__)
 
@@ -56,19 +56,23 @@ __all__ = ["Bus", "connect", "ensure_streams", "synced"]
 
 async def connect(url: str, name: str, *, connect_timeout: float = 5.0,
                   disconnected: Callable[[], Awaitable[None]] | None = None) -> NATS:
-    """Connect, retrying forever on later disconnects; ``disconnected`` is called each time the link drops."""
+    """Connect, retrying forever on later disconnects; ``disconnected`` is called each time the link drops.
+
+    ``url`` may name several servers separated by commas (a cluster's seeds): the first that answers is used,
+    and the link moves to another (a named one or one the cluster announced) when its server goes away."""
+    urls = server_urls(url)
     try:
         # With unlimited reconnects nats-py also retries the *first* connect forever: bound it.
         return await asyncio.wait_for(
             nats.connect(
-                servers=[url],
+                servers=urls,
                 name=name,
                 connect_timeout=connect_timeout,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
                 # With NATS users (shared.natsauth) each may only read inboxes under its own name.
-                inbox_prefix=inbox_prefix(user) if (user := urlsplit(url).username) else "_INBOX",
+                inbox_prefix=inbox_prefix(user) if (user := urlsplit(urls[0]).username) else "_INBOX",
                 disconnected_cb=disconnected,
                 # A server that vanished without closing the link (host or network down) is noticed after
                 # about three intervals (nats-py's default of 2 minutes would mean 4 to 6 minutes).

@@ -4,7 +4,6 @@ on a real three-server JetStream cluster a stored head survives losing the serve
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from nats.js import JetStreamContext
 
-from devtools import servers
+from devtools.servers import NatsCluster
 from modelkit.heads import Head, load_head, store_head
 from shared import subjects
 from shared.bus import Bus, ensure_streams
@@ -77,45 +76,9 @@ async def test_one_server_keeps_one_copy_and_refuses_three_by_name(bus: Bus) -> 
 # A real JetStream cluster: three nats-servers on loopback, routed to each other.
 
 
-class Cluster:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.client_ports = [servers.free_port() for _ in range(3)]
-        self.route_ports = [servers.free_port() for _ in range(3)]
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def url(self, node: str) -> str:
-        return f"nats://127.0.0.1:{self.client_ports[int(node[1:])]}"
-
-    def start(self) -> None:
-        routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.route_ports)
-        for i, (client, route) in enumerate(zip(self.client_ports, self.route_ports, strict=True)):
-            conf = self.root / f"n{i}.conf"
-            conf.write_text(
-                f'server_name: "n{i}"\nlisten: "127.0.0.1:{client}"\n'
-                f'jetstream {{ store_dir: "{self.root / f"store{i}"}" }}\n'
-                f'cluster {{ name: "kashf-test", listen: "127.0.0.1:{route}", routes: [{routes}] }}\n',
-                encoding="utf-8",
-            )
-            self.procs[f"n{i}"] = subprocess.Popen(
-                [servers.nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for port in self.client_ports:
-            servers.wait_port("127.0.0.1", port)
-
-    def kill(self, node: str) -> None:
-        self.procs[node].kill()
-        self.procs[node].wait(timeout=10)
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=10)
-
-
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path)
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    cluster = NatsCluster(tmp_path)
     cluster.start()
     yield cluster
     cluster.stop()
@@ -139,7 +102,7 @@ def _head(version: int) -> Head:
                 calibration=np.array([[1.0, 0.0]], dtype=np.float32), thresholds=np.array([0.5], dtype=np.float32))
 
 
-async def test_three_copies_on_a_cluster_survive_losing_the_leader(cluster: Cluster) -> None:
+async def test_three_copies_on_a_cluster_survive_losing_the_leader(cluster: NatsCluster) -> None:
     bus = await Bus.connect(cluster.url("n0"), "test-cluster")
     await _until_ok(lambda: ensure_streams(bus.js))  # as an older release left them: one copy
     names = _video_names()
