@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 
 from shared import natsauth
 
@@ -84,6 +85,7 @@ class NatsCluster:
         self.root = root
         self.client_ports = [free_port() for _ in range(size)]
         self.route_ports = [free_port() for _ in range(size)]
+        self.monitor_ports = [free_port() for _ in range(size)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def url(self, node: str) -> str:
@@ -99,7 +101,7 @@ class NatsCluster:
         for i, (client, route) in enumerate(zip(self.client_ports, self.route_ports, strict=True)):
             conf = self.root / f"n{i}.conf"
             conf.write_text(
-                f'server_name: "n{i}"\nlisten: "127.0.0.1:{client}"\n'
+                f'server_name: "n{i}"\nlisten: "127.0.0.1:{client}"\nhttp: "127.0.0.1:{self.monitor_ports[i]}"\n'
                 f'jetstream {{ store_dir: "{self.root / f"store{i}"}" }}\n'
                 f'cluster {{ name: "kashf-test", listen: "127.0.0.1:{route}", routes: [{routes}] }}\n',
                 encoding="utf-8",
@@ -108,6 +110,23 @@ class NatsCluster:
                 [nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in self.client_ports:
             wait_port("127.0.0.1", port)
+
+    def monitor(self, node: str, endpoint: str) -> dict[str, Any]:
+        """A node's monitoring endpoint (``jsz``, ``connz`` ...) as JSON."""
+        port = self.monitor_ports[int(node[1:])]
+        return dict(httpx.get(f"http://127.0.0.1:{port}/{endpoint}", timeout=5.0).json())
+
+    def meta_leader(self) -> str | None:
+        """The node that leads JetStream's meta group (None while there is none), as a live node sees it."""
+        for node in self.alive():
+            leader = self.monitor(node, "jsz").get("meta_cluster", {}).get("leader")
+            if leader:
+                return str(leader)
+        return None
+
+    def clients(self, node: str) -> list[str]:
+        """The names of the client connections a node holds."""
+        return sorted(str(c.get("name", "")) for c in self.monitor(node, "connz?limit=1024").get("connections") or [])
 
     def alive(self) -> list[str]:
         return [node for node, proc in self.procs.items() if proc.poll() is None]

@@ -54,6 +54,18 @@ _PROGRESS_HEADERS = {PROGRESS: "1"}
 __all__ = ["Bus", "connect", "ensure_streams", "synced"]
 
 
+# A server going away (a cluster node, a restart) is an event the link recovers from, not a fault.
+_LINK_LOST = (OSError, nats.errors.StaleConnectionError, nats.errors.UnexpectedEOF, nats.errors.NoServersError)
+
+
+async def _nats_error(exc: Exception) -> None:
+    """nats-py's asynchronous errors, logged in one line (its default logs each with a traceback, at error level)."""
+    if isinstance(exc, _LINK_LOST):
+        log.warning("nats_link_lost", error=f"{type(exc).__name__}: {exc}")
+    else:  # a refusal by the server (permissions, protocol): an operator must look
+        log.error("nats_error", error=f"{type(exc).__name__}: {exc}")
+
+
 async def connect(url: str, name: str, *, connect_timeout: float = 5.0,
                   disconnected: Callable[[], Awaitable[None]] | None = None) -> NATS:
     """Connect, retrying forever on later disconnects; ``disconnected`` is called each time the link drops.
@@ -74,6 +86,7 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0,
                 # With NATS users (shared.natsauth) each may only read inboxes under its own name.
                 inbox_prefix=inbox_prefix(user) if (user := urlsplit(urls[0]).username) else "_INBOX",
                 disconnected_cb=disconnected,
+                error_cb=_nats_error,
                 # A server that vanished without closing the link (host or network down) is noticed after
                 # about three intervals (nats-py's default of 2 minutes would mean 4 to 6 minutes).
                 ping_interval=5,

@@ -3,7 +3,12 @@ answers, service start-up waits for any of them, and per-service credentials go 
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
+
 import pytest
+import structlog
 
 from devtools import servers
 from modelkit.runtime import _safe_url, nats_answers
@@ -35,3 +40,33 @@ async def test_the_first_named_server_down_the_next_one_is_used(nats_url: str) -
         await bus.nc.flush()
     finally:
         await bus.close(1)
+
+
+async def test_losing_the_server_moves_the_link_and_logs_one_warning(tmp_path: Path) -> None:
+    first, first_url = servers.start_nats(tmp_path / "a")
+    second, second_url = servers.start_nats(tmp_path / "b")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            bus = await Bus.connect(f"{first_url},{second_url}", "test-server-list-move")
+            try:
+                assert bus.nc.connected_url is not None
+                held = first if bus.nc.connected_url.port == int(first_url.rsplit(":", 1)[1]) else second
+                held.kill()
+                held.wait(timeout=10)
+                deadline = time.monotonic() + 15
+                while not (bus.nc.is_connected and bus.nc.connected_url and held.poll() is not None
+                           and bus.nc.connected_url.port != int((first_url if held is first else second_url)
+                                                                .rsplit(":", 1)[1])):
+                    assert time.monotonic() < deadline, "the link did not move to the other server"
+                    await asyncio.sleep(0.1)
+                await bus.nc.flush(timeout=5)
+            finally:
+                await bus.close(1)
+        events = [(e["log_level"], e["event"]) for e in logs]
+        assert ("warning", "nats_link_lost") in events, events
+        assert not [e for e in logs if e["log_level"] == "error"], logs
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
