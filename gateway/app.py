@@ -16,6 +16,7 @@ from gateway.infra.datasetcache import DatasetCache
 from gateway.infra.outbox import OutboxPublisher
 from gateway.infra.predictions import PredictionCounter
 from gateway.infra.ratelimit import RateLimiter
+from gateway.infra.sharedrate import SharedRateLimiter
 from gateway.infra.tokens import TokenCache
 from gateway.middleware import RequestContextMiddleware
 from gateway.routes import console, datasets, health, items, reports, suggest, tagging, tags, video_jobs, webhooks
@@ -24,6 +25,7 @@ from gateway.routes import versions as version_routes
 from gateway.service.tagging import kept_inputs_settled
 from gateway.state import AppState
 from shared.bus import Bus, ensure_streams
+from shared.bus.streams import declare_key_value, rate_config
 from shared.bus.video_jobs import VideoJobStore
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.schemas.events import DatasetsChanged
@@ -49,6 +51,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         try:
             await ensure_streams(bus.js, replicas=settings.jetstream_replicas)
             await VideoJobStore(bus.js, replicas=settings.jetstream_replicas).ensure()
+            rate_kv = await declare_key_value(bus.js, rate_config(), settings.jetstream_replicas)
             sessionmaker = make_sessionmaker(engine)
             publisher = OutboxPublisher(sessionmaker, bus, sweep_s=settings.outbox_sweep_s)
             state = AppState(
@@ -57,7 +60,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 sessionmaker=sessionmaker,
                 bus=bus,
                 outbox=publisher,
-                limiter=RateLimiter(settings.rate_per_minute, settings.rate_burst),
+                limiter=SharedRateLimiter(
+                    rate_kv, lambda: bus.nc.is_connected, settings.rate_per_minute, settings.rate_burst,
+                    local=RateLimiter(settings.rate_per_minute, settings.rate_burst),
+                ),
                 addresses=RateLimiter(
                     settings.rate_per_ip_per_minute,
                     settings.rate_per_ip_burst,

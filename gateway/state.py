@@ -15,6 +15,7 @@ from gateway.infra.dbfaults import lost_before_commit
 from gateway.infra.outbox import OutboxPublisher
 from gateway.infra.predictions import PredictionCounter
 from gateway.infra.ratelimit import RateLimiter
+from gateway.infra.sharedrate import SharedRateLimiter
 from gateway.infra.tokens import TokenCache
 from gateway.uow import UnitOfWork
 from shared.bus import Bus
@@ -31,7 +32,7 @@ class AppState:
     sessionmaker: async_sessionmaker[AsyncSession]
     bus: Bus
     outbox: OutboxPublisher
-    limiter: RateLimiter  # per account
+    limiter: SharedRateLimiter  # per account, over every replica
     addresses: RateLimiter  # per client address, of requests whose token needs a lookup
     predictions: PredictionCounter
     tokens: TokenCache

@@ -69,6 +69,13 @@ def _video_jobs(*, submit: bool) -> list[str]:
     return allowed
 
 
+def _rate_store() -> list[str]:
+    """The gateways' shared rate-limit bucket: declare it, read a key (from the stream leader), write a key
+    expecting its last revision (``$KV.<bucket>.<key>`` with a header; the answer comes to the inbox)."""
+    stream = f"KV_{subjects.RATE_BUCKET}"
+    return [*_streams_declared(stream), f"{_API}.STREAM.MSG.GET.{stream}", f"$KV.{subjects.RATE_BUCKET}.>"]
+
+
 def _common(service: str) -> list[str]:
     return [f"{_API}.INFO", f"{_API}.STREAM.NAMES", *_streams_declared(subjects.EVENTS_STREAM),
             *_objects(subjects.HEADS_BUCKET, write=service == "trainer"),
@@ -91,7 +98,8 @@ def permissions() -> dict[str, Permissions]:
         "video_service": [subjects.VIDEO_TAG.name],
     }
     publish = {
-        "gateway": [*models, "kashf.events.>", subjects.DATASETS_CHANGED, *_video_jobs(submit=True)],
+        "gateway": [*models, "kashf.events.>", subjects.DATASETS_CHANGED, *_video_jobs(submit=True),
+                    *_rate_store()],
         "trainer": [subjects.TEXT_EMBED.name, subjects.VISION_EMBED.name, subjects.TEXT_MODEL_INFO.name,
                     subjects.IMAGE_MODEL_INFO.name, subjects.DATASETS_CHANGED, subjects.TRAIN_EVENT + ".>",
                     *_pull(subjects.EVENTS_STREAM, subjects.TRAINER_DURABLE),

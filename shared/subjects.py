@@ -54,6 +54,12 @@ WEBHOOKS_MAX_AGE_S = 2 * 24 * 3600.0
 # changed, so gateways drop what they cached of them.
 DATASETS_CHANGED = "kashf.datasets.changed.v1"
 
+# JetStream KV: the per-account rate limit shared by every gateway replica (gateway.infra.sharedrate): one key
+# per account, its bucket's tokens and when they were counted. Kept in memory; a key idle this long is
+# dropped, which leaves a full bucket (it would have refilled long before).
+RATE_BUCKET = "kashf-rate"
+RATE_KEY_TTL_S = 3600.0
+
 # Object stores: fitted heads (per dataset) and large payloads (uploads, videos).
 HEADS_BUCKET = "kashf-heads"
 BLOBS_BUCKET = "kashf-blobs"

@@ -1,6 +1,6 @@
-"""Token buckets in memory: per account (after authentication) and per client address (before a token lookup).
-Each gateway process keeps its own buckets, so with N replicas a client may reach up to N times the configured
-rate; that is accepted (no shared store on the request path)."""
+"""Token buckets in memory, per key. The per-address limit of token lookups uses them as they are (each replica
+protects its own share of the database); the per-account limit holds across replicas through
+``gateway.infra.sharedrate``, which falls back to these buckets while its store is unreachable."""
 
 from __future__ import annotations
 
@@ -65,8 +65,10 @@ class RateLimiter:
         bucket.tokens = min(self._capacity, bucket.tokens + (now - bucket.updated) * self._rate)
         bucket.updated = now
         if bucket.tokens < 1.0:
-            raise OverRate(
-                f"over {self._what} of {self._per_minute} requests per minute ({self._settings})",
-                retry_after_s=max(1, math.ceil((1.0 - bucket.tokens) / self._rate)),
-            )
+            raise self.refusal((1.0 - bucket.tokens) / self._rate)
         bucket.tokens -= 1.0
+
+    def refusal(self, wait_s: float) -> OverRate:
+        """The 429 of this limit, retried after ``wait_s`` (whole seconds, at least 1)."""
+        return OverRate(f"over {self._what} of {self._per_minute} requests per minute ({self._settings})",
+                        retry_after_s=max(1, math.ceil(wait_s)))

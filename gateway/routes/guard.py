@@ -55,7 +55,7 @@ class ApiRoute(APIRoute):
             settings = state.settings
             address = request.client.host if request.client else "unknown"
             account_id = await authenticate(state, request.headers.get("authorization"), address)
-            state.limiter.check(account_id)
+            await state.limiter.check(account_id)
             request.state.account_id = account_id
             if request.method == "GET":  # a read with no body (an item's kept image): nothing more to check
                 return await handler(request)

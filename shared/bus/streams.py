@@ -56,6 +56,12 @@ def blobs_config(replicas: int = 1) -> ObjectStoreConfig:
                              replicas=replicas)
 
 
+def rate_config(replicas: int = 1) -> KeyValueConfig:
+    """The gateways' shared rate-limit state: small, rewritten often and cheap to lose (buckets refill)."""
+    return KeyValueConfig(bucket=subjects.RATE_BUCKET, history=1, ttl=subjects.RATE_KEY_TTL_S,
+                          storage=StorageType.MEMORY, replicas=replicas)
+
+
 async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -> None:
     """Declare the events stream and the heads and uploads object stores; safe to call from every process."""
     await declare_stream(js, events_config(), replicas)

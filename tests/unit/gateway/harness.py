@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import nats
+import nats.js.errors
 import uvicorn
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -20,7 +21,7 @@ from gateway.server import server_config
 from gateway.service.auth import create_token
 from gateway.state import AppState
 from shared.settings import GatewaySettings
-from shared.subjects import Subject
+from shared.subjects import RATE_BUCKET, Subject
 
 PEPPER = "test-pepper"
 
@@ -59,8 +60,21 @@ def make_settings(database_url: str, nats_url: str, **overrides: Any) -> Gateway
     return GatewaySettings(**values)
 
 
+async def forget_rates(nats_url: str) -> None:
+    """Empty the shared rate-limit bucket: clean_db restarts account ids at 1, and a new test's account 1 must
+    not inherit the tokens an earlier test's account 1 spent."""
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.jetstream().purge_stream(f"KV_{RATE_BUCKET}")
+    except nats.js.errors.NotFoundError:
+        pass  # no gateway has declared it yet
+    finally:
+        await nc.close()
+
+
 @asynccontextmanager
 async def running(settings: GatewaySettings) -> AsyncIterator[Gateway]:
+    await forget_rates(settings.nats_url)
     app = create_app(settings)
     async with app.router.lifespan_context(app) as lifespan_state:
         transport = httpx.ASGITransport(app=app)
@@ -78,6 +92,7 @@ class Served:
 async def serving(database_url: str, nats_url: str, **overrides: Any) -> AsyncIterator[Served]:
     """The app behind the real uvicorn server the gateway runs (``gateway.server``), on a free loopback port."""
     settings = make_settings(database_url, nats_url, host="127.0.0.1", port=0, **overrides)
+    await forget_rates(nats_url)
     app = create_app(settings)
     server = uvicorn.Server(server_config(app, settings))
     task = asyncio.create_task(server.serve())

@@ -16,6 +16,7 @@ from modelkit.heads import Head, load_head, store_head
 from shared import natsauth, subjects
 from shared.bus import Bus, ensure_streams
 from shared.bus.blobs import BlobStore
+from shared.bus.streams import declare_key_value, rate_config
 from shared.errors import Unavailable
 
 Server = tuple[str, dict[str, str]]
@@ -152,3 +153,19 @@ async def test_the_trainer_reads_events_by_subject_and_model_services_cannot(aut
     assert not await violations(auth_server, "trainer", last_event)  # the stall sweeper's read
     for user in ("text_service", "vision_service", "video_service"):
         assert await violations(auth_server, user, last_event), user
+
+
+async def test_the_gateways_share_the_rate_bucket_and_no_other_service_writes_it(
+    auth_server: Server, buses: dict[str, Bus],
+) -> None:
+    kv = await declare_key_value(buses["gateway"].js, rate_config(), None)  # as the gateway does at start
+    revision = await kv.update("a1", b"5.0 1700000000.0", last=0)  # gateway.infra.sharedrate's write
+    assert (await kv.get("a1")).value == b"5.0 1700000000.0"
+    await kv.update("a1", b"4.0 1700000001.0", last=revision)
+
+    async def write_rate(nc: nats.NATS) -> None:
+        await nc.publish(f"$KV.{subjects.RATE_BUCKET}.a1", b"999.0 1700000002.0")
+
+    assert not await violations(auth_server, "gateway", write_rate)
+    for user in ("text_service", "vision_service", "video_service", "trainer"):
+        assert await violations(auth_server, user, write_rate), user
