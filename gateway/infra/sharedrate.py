@@ -164,8 +164,9 @@ class SharedRateLimiter:
             try:
                 revision = await self._kv.update(key, f"{left!r} {now!r}".encode(), last=seen.revision)
             except nats.js.errors.KeyWrongLastSequenceError:
-                seen = None  # someone wrote it since: read it again, after a jittered pause so one busy
-                await asyncio.sleep(random.uniform(0.0, 0.001 * attempt))  # replica does not starve another
+                seen = None  # someone wrote it since: read it again (after a second conflict, a jittered
+                if attempt > 1:  # pause first, so one busy replica cannot starve another)
+                    await asyncio.sleep(random.uniform(0.0, 0.001 * attempt))
                 continue
             lease.seen = _Seen(left, now, revision)
             return taken, 0.0
