@@ -168,6 +168,9 @@ class InferenceSettings(CommonSettings):
     # cores shared out among them as intra-op threads; on GPU one call at a time.
     model_workers: int | None = Field(None, ge=1, validation_alias=_alias("KASHF_MODEL_WORKERS"))
     threads: int | None = Field(None, ge=1, validation_alias=_alias("KASHF_THREADS"))
+    # Datasets' heads kept loaded per replica (least recently used dropped, read again from the object store
+    # when next asked): memory is about this many times tags x embedding dimensions x 4 bytes.
+    head_cache_entries: int = Field(256, ge=1, validation_alias=_alias("KASHF_HEAD_CACHE_ENTRIES"))
     fetch_allow_hosts: str = Field("", validation_alias=_alias("FETCH_ALLOW_HOSTS"))
     # Ports an image or video URL may name on a public host (allowlisted hosts: any port).
     fetch_allow_ports: str = Field("80,443", validation_alias=_alias("FETCH_ALLOW_PORTS"))

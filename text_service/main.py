@@ -26,7 +26,8 @@ async def setup(settings: TextServiceSettings, bus: Bus, encoder: Encoder | None
         encoder = await asyncio.to_thread(load_model, TextEncoder, settings.text_model_dir, settings.device, layout)
     # the heads bucket must exist before the first tag request
     await ensure_streams(bus.js, replicas=settings.jetstream_replicas)
-    service = TextService(encoder, HeadCache(bus.js), batching=Batching.of(settings, layout.workers))
+    heads = HeadCache(bus.js, settings.head_cache_entries)
+    service = TextService(encoder, heads, batching=Batching.of(settings, layout.workers))
     service.start()
     await handlers.serve(bus, service, concurrency=settings.concurrency)
     await serve_export(bus, TEXT_EXPORT, service, settings.text_model_dir)  # export_dataset

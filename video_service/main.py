@@ -52,7 +52,7 @@ async def setup(settings: VideoServiceSettings, bus: Bus, encoder: Encoder | Non
     fetcher = Fetcher(fetch_policy(settings))
     blobs = BlobStore(bus.js, media="video", size_setting="KASHF_MAX_VIDEO_BYTES")
     service = VideoService(
-        encoder, HeadCache(bus.js), fetcher, blobs,
+        encoder, HeadCache(bus.js, settings.head_cache_entries), fetcher, blobs,
         limits=video_limits(settings), max_video_bytes=settings.max_video_bytes,
         sync_video_seconds=settings.sync_video_seconds, active_videos=settings.active_videos,
         frame_batch=settings.frame_batch, tmp_dir=settings.tmp_dir, batching=Batching.of(settings, layout.workers),

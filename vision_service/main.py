@@ -55,7 +55,7 @@ async def setup(settings: VisionServiceSettings, bus: Bus, encoder: Encoder | No
     fetcher = Fetcher(fetch_policy(settings))
     uploads = BlobStore(bus.js, media="image", size_setting="KASHF_MAX_IMAGE_BYTES")
     service = VisionService(
-        encoder, HeadCache(bus.js), fetcher, uploads,
+        encoder, HeadCache(bus.js, settings.head_cache_entries), fetcher, uploads,
         max_image_bytes=settings.max_image_bytes, max_image_pixels=settings.max_image_pixels,
         min_side=_needed_side(pre), copy_resample=_resample(pre),
         decode_workers=settings.decode_workers, batching=Batching.of(settings, layout.workers),

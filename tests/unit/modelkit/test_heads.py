@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from modelkit.heads import Head, HeadCache, load_head, store_head, tag_vectors
 from modelkit.metrics import create_metrics
+from shared import subjects
 from shared.bus import Bus, ensure_streams
 from shared.errors import Internal, Unavailable
 from shared.schemas.inference import UNKNOWN_TAG_ID, UNKNOWN_TITLE, HeadRef, TagRef
@@ -147,3 +149,60 @@ async def test_missing_head_is_unavailable_and_not_cached(js_bus: Bus) -> None:
     await store_head(js_bus.js, 424242, _head(version=9))
     head = await cache.get(ref)
     assert head is not None and head.version == 9
+
+
+def _big_head(version: int, tags: int = 200, dim: int = 1280) -> Head:
+    """An image dataset's head of 200 tags: a 1 MB blob, eight 128 KiB chunks in the object store."""
+    rng = np.random.default_rng(version)
+    return Head(model_id="test-model@1", version=version, tag_ids=np.arange(1, tags + 1, dtype=np.int64),
+                weights=rng.standard_normal((tags, dim)).astype(np.float32), bias=np.zeros(tags, np.float32),
+                calibration=np.tile(np.array([1.0, 0.0], np.float32), (tags, 1)),
+                thresholds=np.full(tags, 0.5, np.float32))
+
+
+async def test_a_head_of_many_chunks_loads_whole_and_parses_off_the_event_loop(
+    js_bus: Bus, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dataset_id = int(uuid.uuid4().int % 10**9)
+    head = _big_head(version=1)
+    assert len(head.to_bytes()) > 7 * 128 * 1024
+    await store_head(js_bus.js, dataset_id, head)
+    parsed_on: list[int] = []
+    parse = Head.from_bytes
+
+    def recording(data: bytes) -> Head:
+        parsed_on.append(threading.get_ident())
+        return parse(data)
+
+    monkeypatch.setattr(Head, "from_bytes", recording)
+    loaded = await HeadCache(js_bus.js).get(HeadRef(dataset_id=dataset_id, version=1))
+    assert loaded is not None
+    np.testing.assert_array_equal(loaded.weights, head.weights)
+    np.testing.assert_array_equal(loaded.tag_ids, head.tag_ids)
+    assert parsed_on and threading.get_ident() not in parsed_on  # never on the loop's thread
+
+
+async def test_cold_loads_leave_no_consumer_behind(js_bus: Bus) -> None:
+    """An object store ``get`` leaves a consumer for about 5 s, and the server refuses past 1,000: loads read
+    chunk by chunk instead, so any number of datasets can be loaded at once."""
+    first = int(uuid.uuid4().int % 10**9)
+    for offset in range(20):
+        await store_head(js_bus.js, first + offset, _head(version=1))
+    cache = HeadCache(js_bus.js)
+    heads = await asyncio.gather(*(cache.get(HeadRef(dataset_id=first + o, version=1)) for o in range(20)))
+    assert all(h is not None and h.version == 1 for h in heads)
+    info = await js_bus.js.stream_info(f"OBJ_{subjects.HEADS_BUCKET}")
+    assert info.state.consumer_count == 0
+
+
+async def test_a_head_whose_chunks_do_not_match_its_digest_is_an_internal_error(js_bus: Bus) -> None:
+    dataset_id = int(uuid.uuid4().int % 10**9)
+    await store_head(js_bus.js, dataset_id, _head(version=1))
+    store = await js_bus.js.object_store(subjects.HEADS_BUCKET)
+    info = await store.get_info(f"dataset-{dataset_id}-v1")
+    # The object's chunk replaced by other bytes: what is read no longer matches the metadata.
+    chunks = f"$O.{subjects.HEADS_BUCKET}.C.{info.nuid}"
+    await js_bus.js.purge_stream(f"OBJ_{subjects.HEADS_BUCKET}", subject=chunks)
+    await js_bus.js.publish(chunks, b"tampered")
+    with pytest.raises(Internal, match="corrupt"):
+        await load_head(js_bus.js, dataset_id, 1)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from modelkit.heads import Head, store_head
 from modelkit.onnx.text import TextEncoder
@@ -194,6 +195,23 @@ async def test_head_of_another_model_is_refused_with_a_retrain_hint(
         await tag(client, 11, 1, [BUY[0]])
     assert (info.value.status, info.value.error_code) == (503, "head_model_mismatch")
     assert "retrain" in info.value.detail
+
+
+async def test_the_head_cache_holds_as_many_heads_as_kashf_head_cache_entries(
+        start_service: Start, encoder: TextEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KASHF_HEAD_CACHE_ENTRIES", "1")
+    client = await start_service()
+    head = centroid_head(encoder.model_id, 1, {39: expected(encoder, BUY), 40: expected(encoder, POOR)})
+    for dataset_id in (31, 32):
+        await store_head(client.js, dataset_id, head)
+
+    def loads() -> float:  # object-store reads, as /metrics shows them
+        return REGISTRY.get_sample_value("kashf_head_loads_total") or 0.0
+
+    before = loads()
+    for dataset_id in (31, 31, 32, 31):  # one head fits: 32 pushes 31 out, so 31 is read again
+        assert (await tag(client, dataset_id, 1, [BUY[0]])).items[0].tags[0].id == 39
+    assert loads() - before == 3
 
 
 async def test_full_queue_answers_429_at_once_and_queued_work_completes(
