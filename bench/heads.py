@@ -4,13 +4,20 @@ Two scorings per examples-per-tag n: (a) top-1, the first returned tag is right 
 LR's argmax; (b) multi-label F1 (micro and macro over tags) of the returned set vs plain one-vs-rest LR at
 0.5 and vs LR's argmax as a one-tag set. Text: e5 on ``tests/unit/trainer/reviews.py``; images: EfficientNet
 on crops/flips/jitter of the photos shipped by scikit-image and scikit-learn. Run: ``python -m bench.heads``.
+
+``--track load``: what a model service pays for a head it does not hold (``HeadCache``): a cold load from the
+object store of a private nats-server against a warm hit (the baseline), for a text head (50 tags x 384) and an
+image head (200 tags x 1280) of random weights, and the event loop's longest stall meanwhile, with the parse in
+a worker thread (as shipped) and on the loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +25,12 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from sklearn.linear_model import LogisticRegression
 
-from modelkit.heads import UNKNOWN_TAG_ID, tag_vectors
-from shared.schemas.inference import TagRef
+from devtools import servers
+from modelkit.heads import UNKNOWN_TAG_ID, Head, HeadCache, object_name, store_head, tag_vectors
+from shared import subjects
+from shared.bus import Bus, ensure_streams
+from shared.bus.objects import read_object
+from shared.schemas.inference import HeadRef, TagRef
 from trainer.fitting import FitConfig, Report, fit_head
 
 REPO = Path(__file__).resolve().parent.parent
@@ -239,15 +250,97 @@ def print_table(track: Track, ns: Sequence[int], seeds: Sequence[int], config: F
             f"{o.unknown:5.3f} {o.unrelated_unknown:5.3f}   ({time.perf_counter() - start:.0f} s)")
 
 
+def random_head(dataset_id: int, tags: int, dim: int) -> Head:
+    rng = np.random.default_rng(dataset_id)
+    return Head(model_id="bench@1", version=1, tag_ids=np.arange(1, tags + 1, dtype=np.int64),
+                weights=rng.standard_normal((tags, dim)).astype(np.float32), bias=np.zeros(tags, np.float32),
+                calibration=np.tile(np.array([1.0, 0.0], np.float32), (tags, 1)),
+                thresholds=np.full(tags, 0.5, np.float32))
+
+
+async def _timed_loads(ids: Sequence[int], load: Callable[[int], Awaitable[object]]) -> tuple[list[float], float]:
+    """Milliseconds per load (one after another), and the 99th percentile of the event loop's stalls meanwhile
+    (ms): how late a 1 ms sleep woke up, sampled all along."""
+    late: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            await asyncio.sleep(0.001)
+            late.append((time.perf_counter() - start - 0.001) * 1000)
+
+    tick = asyncio.create_task(ticker())
+    samples = []
+    for dataset_id in ids:
+        start = time.perf_counter()
+        await load(dataset_id)
+        samples.append((time.perf_counter() - start) * 1000)
+    done.set()
+    await tick
+    return samples, float(np.percentile(late or [0.0], 99))  # warm hits never yield to the loop
+
+
+async def _load_row(bus: Bus, name: str, tags: int, dim: int, ids: Sequence[int]) -> str:
+    blob = random_head(ids[0], tags, dim).to_bytes()
+    for dataset_id in ids:
+        await store_head(bus.js, dataset_id, random_head(dataset_id, tags, dim))
+    await asyncio.to_thread(time.sleep, 0)  # the worker threads exist before the first load is timed
+    cache = HeadCache(bus.js, max_entries=len(ids))
+
+    async def cached(dataset_id: int) -> Head | None:
+        return await cache.get(HeadRef(dataset_id=dataset_id, version=1))
+
+    cold, stall = await _timed_loads(ids, cached)
+    warm, _ = await _timed_loads(ids, cached)
+    store = await bus.js.object_store(subjects.HEADS_BUCKET)
+
+    async def on_loop(dataset_id: int) -> Head:  # the parse where it was before: on the event loop
+        return Head.from_bytes(await read_object(bus.js, store, subjects.HEADS_BUCKET, object_name(dataset_id, 1)))
+
+    _, loop_stall = await _timed_loads(ids, on_loop)
+    parse = []
+    for _ in range(50):
+        start = time.perf_counter()
+        Head.from_bytes(blob)
+        parse.append((time.perf_counter() - start) * 1000)
+    (w50, w99), (c50, c99) = np.percentile(warm, [50, 99]), np.percentile(cold, [50, 99])
+    return (f"{name:<18} {len(blob) / 1024:8.0f} {f'{w50:.4f} / {w99:.4f}':>24} {f'{c50:.2f} / {c99:.2f}':>14} "
+            f"{c50 / w50:7.0f} {np.median(parse):9.2f} {stall:13.1f} {loop_stall:8.1f}")
+
+
+async def print_loads(per_size: int = 200) -> None:
+    """Cold loads against warm hits of a HeadCache (see the module's docstring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = servers.start_nats(Path(tmp) / "nats")
+        bus = await Bus.connect(url, "bench-heads")
+        try:
+            await ensure_streams(bus.js)
+            print(f"\nhead loads, {per_size} heads per size, one after another (ms); baseline: a warm hit; x: cold"
+                  " p50 over warm p50;\nstall: the event loop's delays during the cold loads, 99th percentile,"
+                  " with the parse in a worker thread (shipped) and on the loop")
+            print(f"{'head':<18} {'blob KiB':>8} {'warm p50/p99 (baseline)':>24} {'cold p50/p99':>14} "
+                  f"{'x p50':>7} {'parse p50':>9} {'stall: thread':>13} {'on loop':>8}")
+            print(await _load_row(bus, "text, 50 x 384", 50, 384, range(per_size)))
+            print(await _load_row(bus, "image, 200 x 1280", 200, 1280, range(10**6, 10**6 + per_size)))
+        finally:
+            await bus.close(2)
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
-    parser.add_argument("--track", choices=("text", "image", "both"), default="both")
+    parser.add_argument("--track", choices=("text", "image", "both", "load"), default="both")
     parser.add_argument("--seeds", choices=("report", "dev"), default="report",
                         help="report: the held-back splits for the figures; dev: the splits used for tuning")
     parser.add_argument("--splits", type=int, default=None, help="use only the first N splits")
     args = parser.parse_args()
     seeds = list(REPORT_SEEDS if args.seeds == "report" else DEV_SEEDS)[:args.splits]
+    if args.track == "load":
+        asyncio.run(print_loads())
+        return
     if args.track in ("text", "both"):
         print_table(text_track(args.models_dir), TEXT_N, seeds)
     if args.track in ("image", "both"):

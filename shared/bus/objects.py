@@ -3,9 +3,16 @@
 nats-py's ``ObjectStore.get`` reads the chunks through an ordered consumer made for that one read, which the
 server keeps about 5 s after it (its inactivity threshold); past 1,000 consumers on the stream it refuses more
 ("maximum consumers limit reached", measured on nats-server 2.15): a service reading more than about 200
-objects a second fails its reads. ``read_object`` asks the stream leader for each chunk by subject instead
-(``$JS.API.STREAM.MSG.GET``, which every reader of a bucket may call): one request per 128 KiB chunk, and
-nothing left behind. It checks the size and the SHA-256 digest the object's metadata records, as ``get`` does.
+objects a second fails its reads. ``read_object`` asks for each chunk by subject instead, one request per
+128 KiB chunk, and leaves nothing behind; it checks the size and the SHA-256 digest that the object's metadata
+records, as ``get`` does.
+
+Chunks are asked for by direct get (``$JS.API.DIRECT.GET.<stream>``: raw bytes, any server holding the stream
+answers) rather than through the stream leader's API (``STREAM.MSG.GET``), whose answer carries the bytes
+base64-encoded in JSON: a third more to send and decoding on the event loop (a 1 MB head loaded in 46 ms that
+way, 22 ms by direct get, ``python -m bench.heads --track load``). In a cluster a follower may not hold a chunk
+yet that the leader's metadata already names: a chunk a direct get does not find is asked of the leader.
+Every reader of a bucket may make both requests (``shared.natsauth``).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
+import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_DIGEST_TYPE, OBJ_STREAM_TEMPLATE, ObjectStore
 
@@ -34,7 +42,10 @@ async def read_object(js: JetStreamContext, store: ObjectStore, bucket: str, nam
     seq = 1
     for _ in range(info.chunks or 1):
         # The first message of the object's chunk subject from ``seq`` on (the server's per-subject index).
-        msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+        try:
+            msg = await js.get_msg(stream, seq=seq, subject=subject, next=True, direct=True)
+        except nats.js.errors.NotFoundError:
+            msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
         data += msg.data or b""
         seq = (msg.seq or seq) + 1
     digest = base64.urlsafe_b64decode((info.digest or "").removeprefix(OBJ_DIGEST_TYPE))
