@@ -56,6 +56,8 @@ bench: models
 	$(BIN)/python -m bench.refit
 	$(BIN)/python -m bench.suggest
 	$(BIN)/python -m bench.search
+	$(BIN)/python -m bench.heads --track load
+	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.quality
 
 clean:

@@ -265,9 +265,9 @@ async def load_head(js: JetStreamContext, dataset_id: int, version: int) -> Head
     """Read one head version; Unavailable when it is missing or the store cannot be reached.
 
     The blob is read without a JetStream consumer (``shared.bus.objects``: cold loads of many datasets would
-    otherwise run into the server's consumer limit), then decompressed and parsed in a worker thread: 4 ms for a
-    text head of 50 tags, 18 ms for 200 tags of an image model (``python -m bench.heads --track load``) would
-    otherwise stall every request in flight."""
+    otherwise run into the server's consumer limit), then decompressed and parsed in a worker thread: about 2 ms
+    for a text head of 50 tags, 16 ms for 200 tags of an image model (``python -m bench.heads --track load``),
+    which on the event loop would stall every request in flight."""
     name = object_name(dataset_id, version)
     try:
         store = await _bucket(js, create=False)
