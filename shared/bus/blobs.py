@@ -17,6 +17,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
 
+from shared.bus.objects import CorruptObjectError, read_object
 from shared.errors import NotFound, TooLarge, Unavailable
 from shared.subjects import BLOBS_BUCKET
 
@@ -53,8 +54,8 @@ class BlobStore:
         with self._reading():
             store = await self._bucket()
             await self._check_size(store, key, max_bytes)
-            result = await store.get(key)
-        return result.data or b""
+            # Chunk by chunk without a consumer (shared.bus.objects: get's consumers cap reads near 200 a second)
+            return await read_object(self._js, store, self._bucket_name, key)
 
     async def stream_to_file(self, key: str, dest: Path, max_bytes: int) -> int:
         """Write the bytes under ``key`` into ``dest`` chunk by chunk (never whole in memory); returns the size."""
@@ -89,7 +90,7 @@ class BlobStore:
             raise NotFound(f"uploaded {self._media} not found (uploads expire after an hour)") from None
         except nats.js.errors.BucketNotFoundError:
             raise Unavailable("upload store missing") from None
-        except nats.js.errors.DigestMismatchError:
+        except (nats.js.errors.DigestMismatchError, CorruptObjectError):
             raise Unavailable(f"upload store returned a corrupted {self._media}") from None
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise Unavailable("upload store unavailable") from exc

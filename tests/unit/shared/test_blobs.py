@@ -11,6 +11,7 @@ import pytest
 from shared.bus import Bus
 from shared.bus.blobs import BlobStore
 from shared.errors import NotFound, TooLarge, Unavailable
+from shared.subjects import BLOBS_BUCKET
 
 
 async def test_put_get_delete(bus: Bus) -> None:
@@ -50,3 +51,15 @@ async def test_a_missing_bucket_is_unavailable(bus: Bus) -> None:
     with pytest.raises(Unavailable, match="upload store missing"):
         await blobs.get("any", max_bytes=10)
     await blobs.delete(["any"])  # best effort: no error
+
+
+async def test_gets_read_every_chunk_and_leave_no_consumer_behind(bus: Bus) -> None:
+    """An object store ``get`` leaves a consumer for about 5 s and the server refuses past 1,000 (reads failed
+    near 200 a second): uploads are read chunk by chunk without one, as heads are (shared.bus.objects)."""
+    blobs = BlobStore(bus.js)
+    data = os.urandom(300_000)  # three 128 KiB chunks
+    key = await blobs.put(data)
+    before = (await bus.js.stream_info(f"OBJ_{BLOBS_BUCKET}")).state.consumer_count  # the other tests' reads
+    for _ in range(20):
+        assert await blobs.get(key, max_bytes=len(data)) == data
+    assert (await bus.js.stream_info(f"OBJ_{BLOBS_BUCKET}")).state.consumer_count <= before
