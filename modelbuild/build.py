@@ -266,11 +266,17 @@ def st_target(path: Path, name: str, prefix: str, max_length: int, quantize: boo
     return Target("text", name, (source,), build, extra_key=f"{prefix}|{max_length}|{quantize}{scales}")
 
 
-def openclip_target(model_name: str, checkpoint: Path, name: str) -> Target:
-    from modelbuild.openclip import export_openclip
+def openclip_target(model_name: str, checkpoint: Path | None, name: str) -> Target:
+    """An open_clip architecture with a local checkpoint file, or a ``local-dir:`` folder (config and weights)."""
+    from modelbuild.openclip import export_openclip, local_dir
 
-    source = SourcePackage(package=f"checkpoint:{checkpoint.name}", version=folder_digest(checkpoint.parent)
-                           if checkpoint.is_dir() else _file_digest(checkpoint))
+    folder = local_dir(model_name)
+    if folder is not None:
+        source = SourcePackage(package=f"checkpoint:{folder.name}", version=folder_digest(folder))
+    elif checkpoint is not None and checkpoint.is_file():
+        source = SourcePackage(package=f"checkpoint:{checkpoint.name}", version=_file_digest(checkpoint))
+    else:
+        raise FileNotFoundError(f"{model_name}: checkpoint {checkpoint} not found (a file, or use local-dir:PATH)")
 
     def build(work: Path, cache_dir: Path, key: str, timer: Timer) -> ModelManifest:
         return export_openclip(model_name, checkpoint, work, name=name, build_key=key, step=timer)

@@ -35,10 +35,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="activation scales per text (default: a text's vector ignores its batch-mates) "
                          "or one per model call (quantize_dynamic as is: batch-dependent)")
 
-    oc = sub.add_parser("export-openclip", help="export an open_clip model from a local checkpoint")
+    oc = sub.add_parser("export-openclip", help="export an open_clip model (both towers) from local files")
     common(oc)
-    oc.add_argument("--model", required=True, help="open_clip architecture name, e.g. ViT-B-32")
-    oc.add_argument("--checkpoint", type=Path, required=True)
+    oc.add_argument("--model", required=True,
+                    help="open_clip architecture name, e.g. ViT-B-32, with --checkpoint; or local-dir:FOLDER, a "
+                         "folder with open_clip_config.json and the weights (as open_clip models are published)")
+    oc.add_argument("--checkpoint", type=Path, help="weights file of a named architecture")
     oc.add_argument("--name", required=True)
     f16 = sub.add_parser("fp16", help="add a float16 GPU file to a built text model (make models-gpu)")
     f16.add_argument("model_dir", type=Path, help="e.g. models/text/multilingual-e5-small")
@@ -69,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         targets = [st_target(args.path, args.name, args.prefix, args.max_length, not args.no_int8,
                              row_scales=args.int8_scales == "row")]
     else:
-        targets = [openclip_target(args.model, args.checkpoint, args.name)]
+        try:
+            targets = [openclip_target(args.model, args.checkpoint, args.name)]
+        except FileNotFoundError as exc:
+            print(f"error: image/{args.name}: {exc}", file=sys.stderr, flush=True)
+            return 1
     for target in targets:
         try:
             result = build_target(target, args.out, cache, force=args.force)

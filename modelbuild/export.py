@@ -58,19 +58,37 @@ def _export(
     """TorchScript-based exporter: dynamic axes by name, one self-contained file (models stay under 2 GB)."""
     import torch
 
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
-            opset_version=OPSET,
-            dynamo=False,
-            do_constant_folding=True,
-        )
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.MultiheadAttention's inference fast path (open_clip's towers) is one fused op ONNX has no export for.
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    _drop_producer_version(path)
+
+
+def _drop_producer_version(path: Path) -> None:
+    """Blank the exporter's version in the file: a model id is the served file's hash, and torch 2.13 and
+    2.14 export byte-identical graphs that differ only there, so an upgrade must not retire every head."""
+    import onnx
+
+    model = onnx.load(str(path))
+    if model.producer_version:
+        model.producer_version = ""
+        onnx.save(model, str(path))
 
 
 def _check_close(name: str, expected: np.ndarray, got: np.ndarray, floor: float) -> None:

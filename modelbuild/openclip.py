@@ -81,14 +81,39 @@ def _check_tokenizer(tok: Tokenizer, oc_tok: Any, context_length: int, pad_id: i
     tok.no_truncation()
 
 
+LOCAL_DIR = "local-dir:"
+
+
+def local_dir(model_name: str) -> Path | None:
+    """The folder of a ``local-dir:PATH`` model (open_clip_config.json and weights, as open_clip publishes)."""
+    return Path(model_name[len(LOCAL_DIR):]) if model_name.startswith(LOCAL_DIR) else None
+
+
+def _load(open_clip: Any, model_name: str, checkpoint: Path | None) -> Any:
+    """The model with its weights from local files, never a hub; no weights found is an error, not a random model."""
+    folder = local_dir(model_name)
+    if folder is not None:
+        if checkpoint is not None:
+            raise RuntimeError("a local-dir: model takes its weights from its folder: drop --checkpoint")
+        if not (folder / "open_clip_config.json").is_file():
+            raise FileNotFoundError(f"{folder}: no open_clip_config.json")
+        return open_clip.create_model(model_name, require_pretrained=True)
+    if checkpoint is None:
+        raise RuntimeError(f"{model_name}: give the weights with --checkpoint (or a local-dir: folder)")
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+    return open_clip.create_model(model_name, pretrained=str(checkpoint), require_pretrained=True)
+
+
 def export_openclip(
-    model_name: str, checkpoint: Path, out_dir: Path, *, name: str, build_key: str, step: Any = None
+    model_name: str, checkpoint: Path | None, out_dir: Path, *, name: str, build_key: str, step: Any = None
 ) -> ModelManifest:
-    """Load `model_name` with weights from the local `checkpoint` (never a hub) and export both towers."""
+    """Load `model_name` (an architecture with weights from the local `checkpoint`, or a ``local-dir:`` folder)
+    and export both towers."""
     import torch
 
     open_clip = _import_open_clip()
-    model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=str(checkpoint))
+    model = _load(open_clip, model_name, checkpoint)
     model.eval()
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     size = cfg.get("size", getattr(model.visual, "image_size", 224))
@@ -130,10 +155,11 @@ def export_openclip(
         tok.save(str(tok_path))
         tower = (Text().eval(), tok_path, context_length, pad_id)
     version = installed_version("open_clip_torch") or "unknown"
+    weights = checkpoint.name if checkpoint is not None else (local_dir(model_name) or Path()).name
     manifest = export_image_model(
         Image().eval(), out_dir, name=name, preprocessing=pre,
         sources=[SourcePackage(package="open_clip_torch", version=version),
-                 SourcePackage(package=f"checkpoint:{checkpoint.name}", version=model_name)],
+                 SourcePackage(package=f"checkpoint:{weights}", version=model_name)],
         build_key=build_key, output_names=["embedding"], text_tower=tower, step=step,
     )
     if tower is not None:

@@ -1,4 +1,4 @@
-"""`export-st` on any local sentence-transformers folder, and `export-openclip` where open_clip imports."""
+"""`export-st` on any local sentence-transformers folder; `export-openclip` on random open_clip models."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pytest
+from skimage import data as skdata
 
 from modelkit.onnx.image import ImageEncoder
 from modelkit.onnx.text import TextEncoder
@@ -87,35 +86,84 @@ def test_export_st_exports_any_sentence_transformers_folder(tmp_path: Path) -> N
     assert (encoder.encode(TEXTS) * expected).sum(axis=1).min() >= 0.98
 
 
-def _open_clip() -> Any:
-    try:
-        import open_clip
-    except Exception as exc:  # beside a CPU-only torch it fails inside torchvision, not with ImportError
-        pytest.skip(f"open_clip cannot be imported here ({type(exc).__name__}: {exc})")
-    return open_clip
+ARCH = "ViT-S-32-alt"  # the smallest of open_clip's own ViT architectures (43M parameters, both towers)
 
 
 def test_export_openclip_image_and_text_towers(tmp_path: Path) -> None:
     require_torch()
-    open_clip = _open_clip()
+    import onnx
+    import open_clip  # the build extra's open-clip-torch, beside the torchvision built for the pinned torch
     import torch
     from PIL import Image
 
     from modelbuild.build import build_target, openclip_target
+    from modelkit.onnx.layout import ModelLayout, load_model
 
     torch.manual_seed(0)
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32")
-    ckpt = tmp_path / "random-vit-b-32.pt"
+    model, _, preprocess = open_clip.create_model_and_transforms(ARCH)  # random weights: no hub, no download
+    ckpt = tmp_path / "random-vit-s-32-alt.pt"
     torch.save(model.state_dict(), ckpt)
-    assert build_target(openclip_target("ViT-B-32", ckpt, "clip-test"), tmp_path / "models",
+    assert build_target(openclip_target(ARCH, ckpt, "clip-test"), tmp_path / "models",
                         tmp_path / "cache") == "built"
-    enc = ImageEncoder(tmp_path / "models/image/clip-test", device="cpu")
-    assert enc.has_text_tower
-    img = Image.fromarray((np.random.default_rng(0).random((300, 400, 3)) * 255).astype(np.uint8))
+
+    folder = tmp_path / "models/image/clip-test"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["modality"] == "image" and manifest["dim"] == 256
+    assert manifest["text_tower"] == {"file": "text.fp32.onnx", "tokenizer": "text_tokenizer.json",
+                                      "context_length": 77, "dim": 256, "pad_id": 0, "input_name": "text"}
+    assert sorted(manifest["files"]) == ["model.fp32.onnx", "text.fp32.onnx", "text_tokenizer.json"]
+    assert {"package": "open_clip_torch", "version": open_clip.__version__} in manifest["sources"]
+    pre = manifest["preprocessing"]
+    assert (pre["crop"], pre["interpolation"], pre["resize_mode"]) == (224, "bicubic", "shortest")
+    assert onnx.load(str(folder / "model.fp32.onnx"), load_external_data=False).producer_version == ""
+
+    # What vision_service and video_service do at start: open the folder, warm both towers.
+    enc = load_model(ImageEncoder, folder, "cpu", ModelLayout(workers=1, threads=1))
+    assert enc.has_text_tower and enc.dim == 256
+    noise = Image.fromarray((np.random.default_rng(0).random((300, 400, 3)) * 255).astype(np.uint8))
+    photo = Image.fromarray(skdata.chelsea())
+    pixels = np.stack([enc.preprocess(img) for img in (noise, photo)])
     model.eval()
     with torch.no_grad():
-        want_img = model.encode_image(preprocess(img)[None], normalize=True).numpy()
-        tokens = open_clip.get_tokenizer("ViT-B-32")(TEXTS)
-        want_txt = model.encode_text(tokens, normalize=True).numpy()
-    assert float(enc.encode([img])[0] @ want_img[0]) >= 0.99  # PIL vs torchvision resize differ slightly
+        want = model.encode_image(torch.from_numpy(pixels), normalize=True).numpy()
+        torchvision_photo = model.encode_image(preprocess(photo)[None], normalize=True).numpy()[0]
+        want_txt = model.encode_text(open_clip.get_tokenizer(ARCH)(TEXTS), normalize=True).numpy()
+    # Both towers: ONNX against PyTorch on the same inputs; the texts through the rebuilt `tokenizers` tokenizer.
+    assert (enc.encode_batch(pixels) * want).sum(axis=1).min() >= 0.9999
     assert (enc.encode_texts(TEXTS) * want_txt).sum(axis=1).min() >= 0.999
+    # The service's preprocessing (Pillow) against open_clip's own (torchvision) on a photo: resizes differ slightly.
+    assert float(enc.encode([photo])[0] @ torchvision_photo) >= 0.99
+
+
+def test_export_openclip_cli_takes_an_open_clip_folder_and_never_a_random_model(tmp_path: Path) -> None:
+    require_torch()
+    import open_clip
+    import torch
+
+    config = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                                              "patch_size": 16},
+              "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    folder = tmp_path / "my-clip"
+    folder.mkdir()
+    _write_json(folder / "open_clip_config.json", {"model_cfg": config, "preprocess_cfg": {}})
+    args = ("export-openclip", "--model", f"local-dir:{folder}", "--name", "my-clip", "--out",
+            str(tmp_path / "models"), "--cache-dir", str(tmp_path / "cache"))
+    no_weights = _cli(*args)
+    assert no_weights.returncode == 1 and "error: image/my-clip" in no_weights.stderr, no_weights.stderr[-2000:]
+    assert not (tmp_path / "models/image/my-clip").exists()
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**config)  # type: ignore[arg-type]
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    built = _cli(*args)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "image/my-clip: built" in built.stdout
+    enc = ImageEncoder(tmp_path / "models/image/my-clip", device="cpu")
+    model.eval()
+    with torch.no_grad():
+        want = model.encode_text(open_clip.SimpleTokenizer(context_length=8)(TEXTS), normalize=True).numpy()
+    assert (enc.encode_texts(TEXTS) * want).sum(axis=1).min() >= 0.999
+
+    missing = _cli("export-openclip", "--model", ARCH, "--checkpoint", str(tmp_path / "nope.pt"), "--name", "x",
+                   "--out", str(tmp_path / "models"))
+    assert missing.returncode == 1 and "nope.pt not found" in missing.stderr, missing.stderr[-2000:]
