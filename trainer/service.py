@@ -191,22 +191,23 @@ class Trainer:
             await self.mark(dataset_id, "training", None)
             embedded = await self._embed_missing(dataset_id, kind, model)
             async with self.sessions() as session:
-                vectors = await repository.load_embeddings(session, {r.item_id for r in reports}, model.model_id)
+                item_ids, vectors = await repository.reported_embeddings(session, dataset_id, model.model_id)
             titles = await self._title_vectors(kind, tags, model.model_id)
-            result = await asyncio.to_thread(self._fit, reports, tags, vectors, titles)
+            result = await asyncio.to_thread(self._fit, reports, tags, item_ids, vectors, titles)
         except (Unsupported, NothingToFit) as exc:
             queued = await self.mark(dataset_id, "failed", str(exc))
             return RefitOutcome(dataset_id, "failed", reason=str(exc), webhooks=tuple(queued))
         # What this head was fitted from: items that could not be embedded are left out, so a later request
         # finds a difference and tries them again.
-        used = [r for r in reports if r.item_id in vectors]
+        present = set(item_ids.tolist())
+        used = [r for r in reports if r.item_id in present]
         version, held_reason, queued = await self._commit(
             dataset_id, model.model_id, tags, result, fingerprint(model.model_id, used, tags, self.config),
             force=force)
         # Only once the new version is committed: a failed commit keeps every version.
         await self._retain(dataset_id)
         if held_reason is None:  # suggestions come from the live head: a held fit leaves them as they are
-            await suggestions.refresh(self, dataset_id, version, model, result, sorted(vectors), self.suggest)
+            await suggestions.refresh(self, dataset_id, version, model, result, item_ids.tolist(), self.suggest)
         active = {t.id for t in tags if t.active}
         outcome = RefitOutcome(
             dataset_id, "held" if held_reason else "trained", version=version, reason=held_reason,
@@ -314,14 +315,14 @@ class Trainer:
             return {}
         return {t.id: v for t, v in zip(tags, vectors, strict=True) if v is not None}
 
-    def _fit(self, reports: Sequence[ReportRow], tags: Sequence[TagRow],
-             vectors: Mapping[int, np.ndarray], titles: Mapping[int, np.ndarray] | None = None) -> FitResult:
-        rows = {item_id: row for row, item_id in enumerate(sorted(vectors))}
+    def _fit(self, reports: Sequence[ReportRow], tags: Sequence[TagRow], item_ids: np.ndarray,
+             vectors: np.ndarray, titles: Mapping[int, np.ndarray] | None = None) -> FitResult:
+        """``vectors[i]`` is item ``item_ids[i]``'s embedding (the matrix is fitted as it is, not copied)."""
+        rows = {item_id: row for row, item_id in enumerate(item_ids.tolist())}
         usable = [Report(rows[r.item_id], r.tag_id, r.positive) for r in reports if r.item_id in rows]
         if not rows or not usable:
             raise Unsupported("no reported item could be embedded")
-        matrix = np.stack([vectors[item_id] for item_id in sorted(vectors)])
-        return fit_head(matrix, usable, [t.id for t in tags], self.config, titles)
+        return fit_head(vectors, usable, [t.id for t in tags], self.config, titles)
 
     async def _commit(self, dataset_id: int, model_id: str, tags: Sequence[TagRow], result: FitResult,
                       inputs: str, *, force: bool) -> tuple[int, str | None, list[Queued]]:

@@ -78,9 +78,10 @@ async def _exercise_trainer(database_url: str) -> None:
             assert dataset is not None
             await trainer_sql.live_head(session, dataset)
             await trainer_sql.dataset_tags(session, dataset_id)
-            reports = await trainer_sql.dataset_reports(session, dataset_id)
+            await trainer_sql.dataset_reports(session, dataset_id)
             await trainer_sql.items_missing_embedding(session, dataset_id, "m@1")
-            await trainer_sql.load_embeddings(session, [r.item_id for r in reports], "m@1")
+            await trainer_sql.reported_embeddings(session, dataset_id, "m@1")
+            await trainer_sql.pool_embeddings(session, dataset_id, "m@1")
             await trainer_sql.stalled_datasets(session, 120.0)
             await trainer_sql.set_state(session, dataset_id, "training")
             await session.rollback()
