@@ -81,6 +81,10 @@ async def get_dataset(session: AsyncSession, dataset_id: int, *, lock: bool = Fa
     return (await session.execute(query)).scalar_one_or_none()
 
 
+async def dataset_account(session: AsyncSession, dataset_id: int) -> int | None:
+    return await session.scalar(select(Dataset.account_id).where(Dataset.id == dataset_id))
+
+
 async def live_head(session: AsyncSession, dataset: Dataset) -> LiveHead | None:
     if dataset.head_version is None:
         return None

@@ -153,6 +153,11 @@ class Trainer:
         self.config = config or FitConfig()
         self.chunks = {"text": text_chunk, "image": image_chunk}
 
+    async def account_of(self, dataset_id: int) -> int | None:
+        """The dataset's account (None when the dataset is gone: its refit then says so)."""
+        async with self.sessions() as session:
+            return await repository.dataset_account(session, dataset_id)
+
     @contextlib.asynccontextmanager
     async def claim(self, dataset_id: int) -> AsyncIterator[bool]:
         """True when no other trainer refits the dataset now; it then stays this one's until the block ends."""

@@ -77,6 +77,7 @@ async def _exercise_trainer(database_url: str) -> None:
             dataset = await trainer_sql.get_dataset(session, dataset_id, lock=True)
             assert dataset is not None
             await trainer_sql.live_head(session, dataset)
+            await trainer_sql.dataset_account(session, dataset_id)
             await trainer_sql.dataset_tags(session, dataset_id)
             await trainer_sql.dataset_reports(session, dataset_id)
             await trainer_sql.items_missing_embedding(session, dataset_id, "m@1")
