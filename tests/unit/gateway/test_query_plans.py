@@ -83,6 +83,7 @@ async def _exercise_trainer(database_url: str) -> None:
             await trainer_sql.items_missing_embedding(session, dataset_id, "m@1")
             await trainer_sql.reported_embeddings(session, dataset_id, "m@1")
             await trainer_sql.pool_embeddings(session, dataset_id, "m@1")
+            await trainer_sql.pool_missing_embedding(session, dataset_id, "m@1", 10)
             await trainer_sql.stalled_datasets(session, 120.0)
             await trainer_sql.set_state(session, dataset_id, "training")
             await session.rollback()
