@@ -55,6 +55,7 @@ bench: models
 	$(BIN)/python -m bench.video
 	$(BIN)/python -m bench.int8
 	$(BIN)/python -m bench.refit
+	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.suggest
 	$(BIN)/python -m bench.search
 	$(BIN)/python -m bench.heads --track load

@@ -25,6 +25,7 @@ from shared.db.faults import connection_lost, server_unavailable
 from shared.errors import KashfError
 from shared.schemas.events import DatasetsChanged, ReportEvent, TrainRequest
 from trainer import webhook_events
+from trainer.fairslots import FairSlots
 from trainer.service import Trainer
 from trainer.webhook_repository import Queued
 
@@ -80,6 +81,7 @@ class _Dataset:
     """The batch still collecting events, and the task refitting this dataset's batches one after another."""
 
     waiting: _Batch | None = None
+    account: int | None = None  # looked up once, for the fair share of refit slots
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -92,7 +94,8 @@ def _settle_failed(dataset: _Dataset, batch: _Batch, exc: Exception) -> None:
 
 
 class TrainerConsumer:
-    """Debounces events per dataset and runs refits (at most ``concurrency`` at once, one per dataset)."""
+    """Debounces events per dataset and runs refits (at most ``concurrency`` at once, one per dataset); the
+    slots go round the accounts with datasets due (``trainer.fairslots``), so no account's burst starves another."""
 
     def __init__(
         self,
@@ -124,7 +127,7 @@ class TrainerConsumer:
             batch=32, concurrency=max_held, max_ack_pending=10_000, is_transient=is_transient,
         )
         self.worker = PullWorker(bus.nc, config, self._handle)
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = FairSlots(concurrency)
         self._datasets: dict[int, _Dataset] = {}
 
     @property
@@ -172,7 +175,9 @@ class TrainerConsumer:
             try:
                 if self.worker.stopping.is_set():
                     raise HandBack()  # shutting down: the held events go back at once
-                async with self._slots, self.trainer.claim(dataset_id) as ours:
+                if dataset.account is None:
+                    dataset.account = await self.trainer.account_of(dataset_id)
+                async with self._slots.hold(dataset.account), self.trainer.claim(dataset_id) as ours:
                     if not ours:
                         # Another replica refits this dataset: the batch (and events joining it) waits for
                         # it, its events held, and then most often finds nothing left to change.

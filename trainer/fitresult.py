@@ -44,7 +44,9 @@ class FitConfig:
     ridge_alphas: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
     ridge_default_alpha: float = 0.3
     ridge_tolerance: float = 0.002
-    # BLAS threads for the per-tag fits: their small products lose more to thread hand-offs than they gain.
+    # BLAS threads for the whole fit (None: the library's default). The per-tag fits' small products lose more
+    # to thread hand-offs than they gain; ridge's large ones lost 5-10x with the cores shared (10k x 10: 10 s
+    # with OpenBLAS's 2 threads, 1-2 s with one, at load average 8 on 2 cores: python -m bench.scale).
     blas_threads: int | None = 1
     # Tag titles (when the caller passes their embeddings to fit_head: text datasets, e5 "query: " form) join
     # the fit as one positive example of their tag, never evaluated nor suggested: +0.05 macro-F1 at 4 examples

@@ -33,9 +33,7 @@ def _score(vectors: np.ndarray, labels: Labels, columns: list[int], config: FitC
         x = rows_of(vectors, labels.rows)
         return x, score_ridge(x, labels, columns, config)
     x64 = np.asarray(vectors, dtype=np.float64)
-    with threadpool_limits(limits=config.blas_threads, user_api="blas"):
-        scored = score_logistic(x64, labels, columns, config)
-    return x64[labels.rows], scored
+    return x64[labels.rows], score_logistic(x64, labels, columns, config)
 
 
 def with_titles(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[int],
@@ -66,7 +64,12 @@ def fit_head(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[i
     config = config or FitConfig()
     if not reports:
         raise NothingToFit("the dataset has no reports")
-    vectors = np.asarray(vectors)
+    with threadpool_limits(limits=config.blas_threads, user_api="blas"):
+        return _fit(np.asarray(vectors), reports, tag_ids, config, titles)
+
+
+def _fit(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[int], config: FitConfig,
+         titles: Mapping[int, np.ndarray] | None) -> FitResult:
     real_rows, report_count = len(vectors), len(reports)
     vectors, reports = with_titles(vectors, reports, tag_ids, titles or {}, config)
     labels = build_labels(reports, tag_ids, config.implicit_negatives)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -79,6 +79,10 @@ async def get_dataset(session: AsyncSession, dataset_id: int, *, lock: bool = Fa
         # takes a key-share lock, which FOR UPDATE would block for the whole head upload).
         query = query.with_for_update(key_share=True)
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def dataset_account(session: AsyncSession, dataset_id: int) -> int | None:
+    return await session.scalar(select(Dataset.account_id).where(Dataset.id == dataset_id))
 
 
 async def live_head(session: AsyncSession, dataset: Dataset) -> LiveHead | None:
@@ -180,14 +184,23 @@ async def dataset_reports(session: AsyncSession, dataset_id: int) -> list[Report
     return [ReportRow(item_id=r.item_id, tag_id=r.tag_id, positive=r.positive, kind=r.kind) for r in rows]
 
 
+def _reported() -> Any:
+    return select(Report.id).where(Report.item_id == DataItem.id).exists()
+
+
+def _embedded(model_id: str) -> Any:
+    """The item has a vector by ``model_id``: an anti-join on the embedding's key when negated. ``NOT IN
+    (every item id with a vector by the model)`` scanned the whole table for each item once that list outgrew
+    work_mem: a refit of 100k reports sat in it for over 11 minutes (python -m bench.scale)."""
+    return select(Embedding.item_id).where(Embedding.item_id == DataItem.id, Embedding.model_id == model_id).exists()
+
+
 async def items_missing_embedding(session: AsyncSession, dataset_id: int, model_id: str) -> list[ItemToEmbed]:
     """Reported items of the dataset that have no embedding by ``model_id``."""
-    reported = select(Report.item_id).where(Report.dataset_id == dataset_id)
-    embedded = select(Embedding.item_id).where(Embedding.model_id == model_id)
     rows = await session.execute(
         select(DataItem.id, DataItem.kind, DataItem.content, DataItem.media, DataItem.media_type,
                DataItem.source_url)
-        .where(DataItem.dataset_id == dataset_id, DataItem.id.in_(reported), DataItem.id.not_in(embedded))
+        .where(DataItem.dataset_id == dataset_id, _reported(), ~_embedded(model_id))
         .order_by(DataItem.id)
     )
     return [ItemToEmbed(id=r.id, kind=r.kind, content=r.content, media=r.media, media_type=r.media_type,
@@ -206,13 +219,40 @@ async def store_embeddings(session: AsyncSession, model_id: str, item_ids: Seque
     await session.execute(insert(Embedding).values(values).on_conflict_do_nothing())
 
 
-async def load_embeddings(session: AsyncSession, item_ids: Iterable[int], model_id: str) -> dict[int, np.ndarray]:
-    ids = list(item_ids)
-    rows = await session.execute(
-        select(Embedding.item_id, Embedding.dim, Embedding.vector)
-        .where(Embedding.model_id == model_id, Embedding.item_id.in_(ids))
-    )
-    return {r.item_id: np.frombuffer(r.vector, dtype=np.float32).reshape(r.dim) for r in rows}
+EMBEDDING_PAGE = 5000  # rows per read of stored vectors (384 float32 each: about 8 MB a page)
+
+
+async def reported_embeddings(session: AsyncSession, dataset_id: int, model_id: str,
+                              page: int = EMBEDDING_PAGE) -> tuple[np.ndarray, np.ndarray]:
+    """Ids (ascending) and (n, dim) float32 embeddings by ``model_id`` of the dataset's reported items."""
+    return await _embeddings(session, dataset_id, model_id, page, reported_only=True)
+
+
+async def _embeddings(session: AsyncSession, dataset_id: int, model_id: str, page: int,
+                      *, reported_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Read in pages of ``page`` rows, keyset on the item id (``ix_data_item_dataset_newest``): each statement
+    returns at most one page, so neither the server nor this process ever holds the whole result as rows."""
+    ids: list[np.ndarray] = []
+    parts: list[np.ndarray] = []
+    after = 0
+    while True:
+        query = (select(DataItem.id, Embedding.dim, Embedding.vector)
+                 .join(Embedding, and_(Embedding.item_id == DataItem.id, Embedding.model_id == model_id))
+                 .where(DataItem.dataset_id == dataset_id, DataItem.id > after)
+                 .order_by(DataItem.id).limit(page))
+        if reported_only:
+            query = query.where(_reported())
+        rows = (await session.execute(query)).all()
+        if rows:
+            ids.append(np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows)))
+            parts.append(np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32)
+                         .reshape(len(rows), rows[0].dim))
+            after = int(rows[-1].id)
+        if len(rows) < page:
+            break
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(ids), np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
 
 
 async def set_state(session: AsyncSession, dataset_id: int, state: str, reason: str | None = None) -> None:
@@ -279,29 +319,20 @@ async def pool_missing_embedding(session: AsyncSession, dataset_id: int, model_i
                                  limit: int) -> list[ItemToEmbed]:
     """Kept inputs of the dataset without an embedding by ``model_id``, newest first. Reported items are the
     refit's to embed: one it could not embed (an unreadable image) is not sent to the model again here."""
-    embedded = select(Embedding.item_id).where(Embedding.model_id == model_id)
     rows = await session.execute(
         select(DataItem.id, DataItem.kind, DataItem.content, DataItem.media, DataItem.media_type,
                DataItem.source_url)
-        .where(DataItem.dataset_id == dataset_id, DataItem.origin == "input", DataItem.id.not_in(embedded))
+        .where(DataItem.dataset_id == dataset_id, DataItem.origin == "input", ~_embedded(model_id))
         .order_by(DataItem.id.desc()).limit(limit)
     )
     return [ItemToEmbed(id=r.id, kind=r.kind, content=r.content, media=r.media, media_type=r.media_type,
                         source_url=r.source_url) for r in rows]
 
 
-async def pool_embeddings(session: AsyncSession, dataset_id: int, model_id: str) -> tuple[np.ndarray, np.ndarray]:
+async def pool_embeddings(session: AsyncSession, dataset_id: int, model_id: str,
+                          page: int = EMBEDDING_PAGE) -> tuple[np.ndarray, np.ndarray]:
     """Ids (ascending) and (n, dim) float32 embeddings by ``model_id`` of every item of the dataset."""
-    rows = (await session.execute(
-        select(Embedding.item_id, Embedding.dim, Embedding.vector)
-        .join(DataItem, DataItem.id == Embedding.item_id)
-        .where(DataItem.dataset_id == dataset_id, Embedding.model_id == model_id)
-        .order_by(Embedding.item_id)
-    )).all()
-    ids = np.array([r.item_id for r in rows], dtype=np.int64)
-    if not rows:
-        return ids, np.zeros((0, 0), dtype=np.float32)
-    return ids, np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32).reshape(len(rows), rows[0].dim)
+    return await _embeddings(session, dataset_id, model_id, page, reported_only=False)
 
 
 async def suggest_tags(session: AsyncSession, dataset_id: int) -> dict[int, tuple[bool, float | None]]:

@@ -163,6 +163,11 @@ class Trainer:
         self.config = config or FitConfig()
         self.chunks = {"text": text_chunk, "image": image_chunk}
 
+    async def account_of(self, dataset_id: int) -> int | None:
+        """The dataset's account (None when the dataset is gone: its refit then says so)."""
+        async with self.sessions() as session:
+            return await repository.dataset_account(session, dataset_id)
+
     @contextlib.asynccontextmanager
     async def claim(self, dataset_id: int) -> AsyncIterator[bool]:
         """True when no other trainer refits the dataset now; it then stays this one's until the block ends."""
@@ -204,18 +209,19 @@ class Trainer:
                 log.info("refit_unchanged_held", dataset_id=dataset_id, version=live.version, held=held.version)
                 return RefitOutcome(dataset_id, "unchanged", version=live.version)
             await self.mark(dataset_id, "training", None)
-            embedded, vectors = 0, dict[int, np.ndarray]()
+            embedded, item_ids = 0, np.zeros(0, dtype=np.int64)
             if zero_shot:
                 result = await self._zero_shot(tags, model.model_id)
             else:
                 embedded = await self._embed_missing(dataset_id, kind, model)
                 async with self.sessions() as session:
-                    vectors = await repository.load_embeddings(session, {r.item_id for r in reports}, model.model_id)
+                    item_ids, vectors = await repository.reported_embeddings(session, dataset_id, model.model_id)
                 titles = await self._title_vectors(kind, tags, model.model_id)
-                result = await asyncio.to_thread(self._fit, reports, tags, vectors, titles)
+                result = await asyncio.to_thread(self._fit, reports, tags, item_ids, vectors, titles)
                 # What this head was fitted from: items that could not be embedded are left out, so a later
                 # request finds a difference and tries them again.
-                inputs = fingerprint(model.model_id, [r for r in reports if r.item_id in vectors], tags, self.config)
+                present = set(item_ids.tolist())
+                inputs = fingerprint(model.model_id, [r for r in reports if r.item_id in present], tags, self.config)
         except (Unsupported, NothingToFit) as exc:
             queued = await self.mark(dataset_id, "failed", str(exc))
             return RefitOutcome(dataset_id, "failed", reason=str(exc), webhooks=tuple(queued))
@@ -224,7 +230,7 @@ class Trainer:
         # Only once the new version is committed: a failed commit keeps every version.
         await self._retain(dataset_id)
         if held_reason is None:  # suggestions come from the live head: a held fit leaves them as they are
-            await suggestions.refresh(self, dataset_id, version, model, result, sorted(vectors), self.suggest)
+            await suggestions.refresh(self, dataset_id, version, model, result, item_ids.tolist(), self.suggest)
         active = {t.id for t in tags if t.active}
         outcome = RefitOutcome(
             dataset_id, "held" if held_reason else "trained", version=version, reason=held_reason,
@@ -342,14 +348,14 @@ class Trainer:
             raise ModelChanged(f"the text model changed during training ({model_id} -> {got_model})")
         return zero_shot_fit(titles, [t.id for t in tags], self.config)
 
-    def _fit(self, reports: Sequence[ReportRow], tags: Sequence[TagRow],
-             vectors: Mapping[int, np.ndarray], titles: Mapping[int, np.ndarray] | None = None) -> FitResult:
-        rows = {item_id: row for row, item_id in enumerate(sorted(vectors))}
+    def _fit(self, reports: Sequence[ReportRow], tags: Sequence[TagRow], item_ids: np.ndarray,
+             vectors: np.ndarray, titles: Mapping[int, np.ndarray] | None = None) -> FitResult:
+        """``vectors[i]`` is item ``item_ids[i]``'s embedding (the matrix is fitted as it is, not copied)."""
+        rows = {item_id: row for row, item_id in enumerate(item_ids.tolist())}
         usable = [Report(rows[r.item_id], r.tag_id, r.positive) for r in reports if r.item_id in rows]
         if not rows or not usable:
             raise Unsupported("no reported item could be embedded")
-        matrix = np.stack([vectors[item_id] for item_id in sorted(vectors)])
-        return fit_head(matrix, usable, [t.id for t in tags], self.config, titles)
+        return fit_head(vectors, usable, [t.id for t in tags], self.config, titles)
 
     async def _commit(self, dataset_id: int, model_id: str, tags: Sequence[TagRow], result: FitResult,
                       inputs: str, *, force: bool) -> tuple[int, str | None, list[Queued]]:

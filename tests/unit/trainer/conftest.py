@@ -78,12 +78,14 @@ async def start_responder(nats_url: str) -> AsyncIterator[Responder]:
 
 @pytest.fixture
 async def make_consumer(bus: Bus, sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Any]:
-    """``await make_consumer(durable=..., heads=...)``: a started TrainerConsumer (a trainer replica)."""
+    """``await make_consumer(durable=..., heads=...)``: a started TrainerConsumer (a trainer replica);
+    ``trainer=`` gives it a trainer of the test's own."""
     consumers: list[TrainerConsumer] = []
 
     async def make(**overrides: Any) -> TrainerConsumer:
-        trainer = Trainer(sessions, BusEmbedder(overrides.pop("bus", bus)),
-                          overrides.pop("heads", ObjectStoreHeads(bus.js)), config=FitConfig(cv_folds=3))
+        trainer = overrides.pop("trainer", None) or Trainer(
+            sessions, BusEmbedder(overrides.pop("bus", bus)), overrides.pop("heads", ObjectStoreHeads(bus.js)),
+            config=FitConfig(cv_folds=3))
         options: dict[str, Any] = {"debounce_s": 0.3, "max_deliver": 5, "ack_wait_s": 5.0,
                                    "durable": f"trainer-test-{uuid.uuid4().hex[:8]}", "retry_delay_s": 0.3}
         options |= overrides
