@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -342,29 +341,6 @@ def test_shipped_images_run_as_non_root_with_a_healthcheck_and_without_torch(tar
     if target == "gpu":
         assert re.match(r"\$\{CUDA_IMAGE\}|nvidia/cuda:.*runtime", stages["cuda-python"]["from"])
         assert "cudnn-runtime" in DOCKERFILE.read_text(encoding="utf-8")
-
-
-def test_runtime_requirements_hold_no_build_tooling() -> None:
-    helper = REPO / "deploy" / "docker" / "requirements_from_pyproject.py"
-    spec = importlib.util.spec_from_file_location("requirements_from_pyproject", helper)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    requirements = module.requirements
-
-    def names(lines: list[str]) -> set[str]:
-        return {re.split(r"[\s\[<>=!~;]", line, maxsplit=1)[0].lower() for line in lines}
-
-    pyproject = REPO / "pyproject.toml"
-    runtime = names(requirements(pyproject, ["cpu"], []))
-    gpu = names(requirements(pyproject, ["gpu"], []))
-    build = names(requirements(pyproject, ["build"], []))
-    heavy = {"torch", "transformers", "sentence-transformers", "onnxscript"}
-    assert not heavy & runtime and not heavy & gpu
-    assert heavy <= build
-    assert "onnxruntime" in runtime and "onnxruntime-gpu" not in runtime
-    assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
-    assert {"fastapi", "nats-py", "tokenizers", "av"} <= runtime & gpu
 
 
 def test_docker_context_keeps_what_the_dockerfile_copies() -> None:
