@@ -4,7 +4,9 @@ account's rate: the excess is refused with 429 (the rate holds across replicas, 
 the tags predicted by either gateway add up in dataset_info. The same run against one gateway passes too.
 
 No model is needed: text_service's subject is answered by a responder under text_service's NATS user (it tags
-every text with the dataset's first tag), so the test exercises the gateways alone."""
+every text with the dataset's first tag), so the test exercises the gateways alone. The module has a nats-server
+of its own: on the suite's, the session stack's real text_service shares the queue group and answers some calls
+(with the unknown tag, which counts no prediction)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from shared import natsauth
 from shared.bus import Bus
 from shared.schemas.inference import ItemResult, ScoredTag, TagReply, TagTextsRequest
 from shared.subjects import TEXT_TAG
+from tests.integration.conftest import NatsServer
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +35,18 @@ DELAY_S = 0.5  # how much later than it is sent a call may reach a gateway's lim
 
 
 @pytest.fixture(scope="module")
-def gateways(stack_servers: tuple[str, str], nats_passwords: dict[str, str],
+def own_servers(stack_servers: tuple[str, str], nats_passwords: dict[str, str],
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The suite's database, and a nats-server (same NATS users) that no other service listens on."""
+    nats = NatsServer(tmp_path_factory.mktemp("replicas-nats"), nats_passwords)
+    yield stack_servers[0], nats.url
+    nats.stop()
+
+
+@pytest.fixture(scope="module")
+def gateways(own_servers: tuple[str, str], nats_passwords: dict[str, str],
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Stack]]:
-    database_url, nats_url = stack_servers
+    database_url, nats_url = own_servers
     log_dir = tmp_path_factory.mktemp("replica-logs")
     env = {"KASHF_RATE_PER_MINUTE": str(PER_MINUTE), "KASHF_RATE_BURST": str(BURST), "KASHF_ENVIRONMENT": "test"}
     started = [Stack(database_url, nats_url, gateway_port=servers.free_port(), services=("gateway",), env=env,
@@ -56,9 +68,9 @@ def gateways(stack_servers: tuple[str, str], nats_passwords: dict[str, str],
 
 
 @pytest.fixture(scope="module")
-async def text_responder(stack_servers: tuple[str, str], nats_passwords: dict[str, str]) -> AsyncIterator[None]:
+async def text_responder(own_servers: tuple[str, str], nats_passwords: dict[str, str]) -> AsyncIterator[None]:
     """Answers kashf.text.tag.v1 in text_service's queue group: every text gets the request's first tag."""
-    url = natsauth.with_user(stack_servers[1], "text_service", nats_passwords["text_service"])
+    url = natsauth.with_user(own_servers[1], "text_service", nats_passwords["text_service"])
     bus = await Bus.connect(url, "text_service")
 
     async def tag(request: TagTextsRequest) -> TagReply:
