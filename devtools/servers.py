@@ -14,9 +14,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -76,6 +76,22 @@ def start_nats(store_dir: Path, port: int | None = None, *, quiet: bool = True,
     wait_port("127.0.0.1", port)
     url = f"nats://127.0.0.1:{port}"
     return proc, natsauth.with_user(url, "admin", passwords["admin"]) if passwords else url
+
+
+T = TypeVar("T")
+
+
+async def until_ok(call: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -> T:
+    """Await ``call()`` until it succeeds (re-raising past ``timeout_s``): a cluster elects a JetStream leader,
+    or a new one after losing a node, in a few seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await call()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
 
 
 class NatsCluster:

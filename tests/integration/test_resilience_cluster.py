@@ -12,17 +12,17 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
 from devtools import servers
-from devtools.servers import NatsCluster
+from devtools.servers import NatsCluster, until_ok
 from devtools.stack import Stack, create_token
 from shared import subjects
 from shared.bus import Bus, ensure_streams
@@ -39,18 +39,7 @@ REPORTERS, TAGGERS = 2, 2
 PAUSE_S = 0.2  # per client between calls: about 4 tag calls and 4 reports a second over the stack in all
 WINDOW_BOUND_S = 20.0  # the failover window must close within this (it is printed; a few seconds is usual)
 STEADY_S = 4.0  # after the kill, load goes on until tag calls have answered only 200 for this long
-T = TypeVar("T")
 
-
-async def _until_ok(call: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await call()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.25)
 
 
 async def _wait_leaders(cluster: NatsCluster) -> None:
@@ -61,7 +50,7 @@ async def _wait_leaders(cluster: NatsCluster) -> None:
         await asyncio.sleep(0.25)
     bus = await Bus.connect(cluster.urls, "test-cluster-setup")
     try:
-        await _until_ok(lambda: ensure_streams(bus.js, replicas=3))
+        await until_ok(lambda: ensure_streams(bus.js, replicas=3))
     finally:
         await bus.close(1)
 
@@ -160,7 +149,7 @@ async def _move_leaders_to(bus: Bus, node: str) -> None:
             body = json.dumps({"placement": {"preferred": node}}).encode()
             await bus.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=5)
             await asyncio.sleep(1.0)
-        info = await _until_ok(lambda s=stream: bus.js.stream_info(s))
+        info = await until_ok(lambda s=stream: bus.js.stream_info(s))
         assert info.cluster is not None and info.cluster.leader == node, (stream, info.cluster)
 
 
@@ -251,7 +240,7 @@ async def test_a_node_killed_under_load_loses_nothing_and_heads_stay_readable(
     seen: set[int] = set()
     deadline = time.monotonic() + 30
     while not report_ids <= seen and time.monotonic() < deadline:
-        seen = await _until_ok(lambda: stream_report_ids(survivor, dataset_id))
+        seen = await until_ok(lambda: stream_report_ids(survivor, dataset_id))
     assert report_ids <= seen, f"{len(report_ids - seen)} acknowledged reports' events are not in KASHF_EVENTS"
 
     # ... and in the head the trainer fits now, with one node of three gone; it is stored, loaded and served.

@@ -3,18 +3,15 @@ on a real three-server JetStream cluster a stored head survives losing the serve
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pytest
 from nats.js import JetStreamContext
 
-from devtools.servers import NatsCluster
+from devtools.servers import NatsCluster, until_ok
 from modelkit.heads import Head, load_head, store_head
 from shared import subjects
 from shared.bus import Bus, ensure_streams
@@ -22,7 +19,6 @@ from shared.bus.streams import JetStreamSetupError, blobs_config, events_config,
 from shared.bus.video_jobs import VideoJobNames, VideoJobStore
 from shared.settings import CommonSettings
 
-T = TypeVar("T")
 KASHF_STREAMS = (subjects.EVENTS_STREAM, f"OBJ_{subjects.HEADS_BUCKET}", f"OBJ_{subjects.BLOBS_BUCKET}")
 
 
@@ -84,17 +80,6 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     cluster.stop()
 
 
-async def _until_ok(call: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -> T:
-    """Await ``call()`` until it succeeds: a cluster elects a JetStream leader in a few seconds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await call()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.25)
-
 
 def _head(version: int) -> Head:
     return Head(model_id="m", version=version, tag_ids=np.array([7], dtype=np.int64),
@@ -104,7 +89,7 @@ def _head(version: int) -> Head:
 
 async def test_three_copies_on_a_cluster_survive_losing_the_leader(cluster: NatsCluster) -> None:
     bus = await Bus.connect(cluster.url("n0"), "test-cluster")
-    await _until_ok(lambda: ensure_streams(bus.js))  # as an older release left them: one copy
+    await until_ok(lambda: ensure_streams(bus.js))  # as an older release left them: one copy
     names = _video_names()
     await VideoJobStore(bus.js, names).ensure()
     await store_head(bus.js, 41, _head(1))
@@ -118,17 +103,17 @@ async def test_three_copies_on_a_cluster_survive_losing_the_leader(cluster: Nats
     heads_stream = f"OBJ_{subjects.HEADS_BUCKET}"
     for stream in (*KASHF_STREAMS, *_video_streams(names)):
         assert await _replicas(bus.js, stream) == 3, stream
-        await _until_ok(lambda stream=stream: _two_followers(bus.js, stream))
+        await until_ok(lambda stream=stream: _two_followers(bus.js, stream))
     await store_head(bus.js, 42, _head(5))
     await bus.close(1)
 
-    leader = await _until_ok(lambda: _leader(cluster.url("n0"), heads_stream))
+    leader = await until_ok(lambda: _leader(cluster.url("n0"), heads_stream))
     survivor = next(node for node in cluster.procs if node != leader)
     cluster.kill(leader)
     survivor_bus = await Bus.connect(cluster.url(survivor), "test-cluster-survivor")
-    head = await _until_ok(lambda: load_head(survivor_bus.js, 42, 5))
+    head = await until_ok(lambda: load_head(survivor_bus.js, 42, 5))
     assert head.version == 5 and head.tag_ids.tolist() == [7]
-    older = await _until_ok(lambda: load_head(survivor_bus.js, 41, 1))  # stored before the scale-up
+    older = await until_ok(lambda: load_head(survivor_bus.js, 41, 1))  # stored before the scale-up
     assert older.version == 1
     await survivor_bus.close(1)
 

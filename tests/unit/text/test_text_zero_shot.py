@@ -3,17 +3,16 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from shared.bus import Bus
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Account, Dataset, Tag
+from shared.db.models import Tag
 from shared.schemas.inference import HeadRef, TagRef, TagReply, TagTextsRequest
 from shared.subjects import TEXT_TAG
 from tests.unit.text.texts import ZERO_SHOT_TITLES as TITLES
 from tests.unit.text.texts import ZERO_SHOT_UNSEEN as UNSEEN
+from tests.unit.trainer.helpers import new_dataset
 from trainer.embedder import BusEmbedder
 from trainer.heads import ObjectStoreHeads
 from trainer.service import Trainer
@@ -26,12 +25,7 @@ async def test_four_titles_and_no_report_tag_unseen_texts_well_above_chance(clie
     sessions = make_sessionmaker(engine)
     try:
         async with sessions.begin() as s:
-            account = Account(name=f"zs-{uuid.uuid4().hex[:6]}")
-            s.add(account)
-            await s.flush()
-            dataset = Dataset(account_id=account.id, name="topics", title="topics", kind="text")
-            s.add(dataset)
-            await s.flush()
+            dataset = await new_dataset(s, "topics", "topics")
             tags = [Tag(dataset_id=dataset.id, title=t) for t in TITLES]
             s.add_all(tags)
             await s.flush()

@@ -61,15 +61,21 @@ class TextModel:
         await bus.serve(TEXT_MODEL_INFO, ModelInfoRequest, self.info, concurrency=4)
 
 
+async def new_dataset(s: AsyncSession, name: str, title: str, kind: str | None = "text") -> Dataset:
+    """A dataset of a new account (random name), flushed so both have ids."""
+    account = Account(name=f"acc-{uuid.uuid4().hex[:6]}")
+    s.add(account)
+    await s.flush()
+    dataset = Dataset(account_id=account.id, name=name, title=title, kind=kind)
+    s.add(dataset)
+    await s.flush()
+    return dataset
+
+
 async def seed(sessions: async_sessionmaker[AsyncSession], per_group: int = 5) -> tuple[int, dict[str, int]]:
     """An account, a text dataset, three tags (music inactive), items and reports with a few explicit negatives."""
     async with sessions.begin() as s:
-        account = Account(name=f"acc-{uuid.uuid4().hex[:6]}")
-        s.add(account)
-        await s.flush()
-        dataset = Dataset(account_id=account.id, name="news", title="خبر", kind="text")
-        s.add(dataset)
-        await s.flush()
+        dataset = await new_dataset(s, "news", "خبر")
         tags = {g: Tag(dataset_id=dataset.id, title=g, active=g != "music") for g in GROUPS}
         s.add_all(tags.values())
         await s.flush()
@@ -116,13 +122,8 @@ async def add_webhook(sessions: async_sessionmaker[AsyncSession], url: str, *, d
                       events: list[str] | None = None) -> tuple[int, int]:
     """An account with a dataset "news" and a webhook on it (or on every dataset); (dataset id, webhook id)."""
     async with sessions.begin() as s:
-        account = Account(name=f"acc-{uuid.uuid4().hex[:6]}")
-        s.add(account)
-        await s.flush()
-        ds = Dataset(account_id=account.id, name="news", title="news", kind="text")
-        s.add(ds)
-        await s.flush()
-        hook = Webhook(account_id=account.id, dataset_id=ds.id if dataset else None, url=url, secret=SECRET,
+        ds = await new_dataset(s, "news", "news")
+        hook = Webhook(account_id=ds.account_id, dataset_id=ds.id if dataset else None, url=url, secret=SECRET,
                        events=events or ["training.finished", "training.failed"])
         s.add(hook)
         await s.flush()

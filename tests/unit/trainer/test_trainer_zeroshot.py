@@ -15,11 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelkit.heads import load_head, tag_vectors
 from shared.bus import Bus
-from shared.db.models import Account, DataItem, Dataset, HeadVersion, Report, Tag
+from shared.db.models import DataItem, Dataset, HeadVersion, Report, Tag
 from shared.schemas.events import TrainRequest
 from shared.schemas.inference import TagRef
 from shared.subjects import train_subject
-from tests.unit.trainer.helpers import GROUPS, TextModel, embed_one, wait_state
+from tests.unit.trainer.helpers import GROUPS, TextModel, embed_one, new_dataset, wait_state
 from trainer.embedder import BusEmbedder
 from trainer.fitting import FitConfig
 from trainer.heads import ObjectStoreHeads
@@ -35,12 +35,7 @@ async def titled(sessions: async_sessionmaker[AsyncSession], titles: tuple[str, 
                  kind: str = "text") -> tuple[int, dict[str, int]]:
     """A dataset of ``kind`` with one tag per title and no report."""
     async with sessions.begin() as s:
-        account = Account(name=f"acc-{uuid.uuid4().hex[:6]}")
-        s.add(account)
-        await s.flush()
-        dataset = Dataset(account_id=account.id, name="titles", title="titles", kind=kind)
-        s.add(dataset)
-        await s.flush()
+        dataset = await new_dataset(s, "titles", "titles", kind)
         tags = {t: Tag(dataset_id=dataset.id, title=t) for t in titles}
         s.add_all(tags.values())
         await s.flush()
