@@ -23,15 +23,19 @@ _PROBES = ["a short sentence", "این گوشی واقعا عالی بود و ب
            "the battery died after two weeks, not worth the money at all"]
 
 
-def _embed(path: Path, model_dir: Path, pre: TextPreprocessing) -> np.ndarray:
-    import onnxruntime as ort
+def _probe_feeds(model_dir: Path, pre: TextPreprocessing) -> dict[str, np.ndarray]:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(model_dir / pre.tokenizer))
     tok.enable_padding(pad_id=pre.pad_id)
     enc = tok.encode_batch([pre.prefix + t for t in _PROBES])
-    feeds = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-             "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
+    return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
+
+
+def _embed(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     return np.asarray(sess.run(None, {k: v for k, v in feeds.items() if k in names})[0], dtype=np.float32)
@@ -55,7 +59,8 @@ def convert_fp16(model_dir: Path) -> float:
     target = model_dir / FP16_FILE
     tmp = target.with_suffix(".tmp")
     model.save_model_to_file(str(tmp))
-    worst = float(cosine_rows(_embed(source, model_dir, pre), _embed(tmp, model_dir, pre)).min())
+    feeds = _probe_feeds(model_dir, pre)
+    worst = float(cosine_rows(_embed(source, feeds), _embed(tmp, feeds)).min())
     if worst < MIN_COSINE:
         tmp.unlink()
         raise RuntimeError(f"fp16 output differs from fp32 (cosine {worst:.5f} < {MIN_COSINE})")
