@@ -1,8 +1,10 @@
 """The per-account rate limit held across gateway replicas: one token bucket per account in a JetStream KV
 bucket (``kashf-rate``), from which each replica leases tokens in slices and serves them from memory.
 
-- The KV bucket is the only source of tokens. A key's value is ``"<tokens> <at>"`` (``at`` in wall-clock
-  seconds); a replica refills it by the time passed, takes a slice and writes it back expecting the revision
+- The KV bucket is the only source of tokens. A key (``a<account>.<per_minute>.<burst>``) names the limit it
+  counts against: gateways configured with different limits on one NATS (a rate change rolling out, a second
+  gateway with its own limit) each keep their own buckets instead of reading another limit's tokens as theirs.
+  A key's value is ``"<tokens> <at>"`` (``at`` in wall-clock seconds); a replica refills it by the time passed, takes a slice and writes it back expecting the revision
   it read (optimistic concurrency: a conflict reads again and retries). So over any window all replicas
   together admit at most the burst plus the rate times the window, plus what their leases still hold
   (at most ``max_slice`` per replica and account).
@@ -91,6 +93,7 @@ class SharedRateLimiter:
         self._attempts = attempts
         self._max_keys = max_keys
         self._clock = clock
+        self._key_suffix = f".{per_minute}.{max(burst, 1)}"
         self._leases: OrderedDict[int, _Lease] = OrderedDict()
         self._down_until = 0.0
         self._down = False
@@ -148,7 +151,7 @@ class SharedRateLimiter:
 
     async def _take(self, account_id: int, lease: _Lease, want: int, now: float) -> tuple[int, float]:
         """(tokens leased, 0) or (0, seconds until the bucket holds a whole token)."""
-        key = f"a{account_id}"
+        key = self.key(account_id)
         seen = lease.seen
         for attempt in range(1, self._attempts + 1):
             if seen is None:
@@ -172,6 +175,10 @@ class SharedRateLimiter:
             return taken, 0.0
         lease.seen = None
         raise _Contended
+
+    def key(self, account_id: int) -> str:
+        """The account's bucket under this limiter's limit."""
+        return f"a{account_id}{self._key_suffix}"
 
     def _slice(self, tokens: float, want: int) -> int:
         rich = tokens - self.max_slice >= self._capacity / 2

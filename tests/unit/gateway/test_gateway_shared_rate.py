@@ -109,11 +109,24 @@ async def test_an_account_far_below_its_limit_pays_one_store_write_per_slice(
     limiter = replicas(600, 120, 0)  # the defaults: slices of 10
     assert limiter.max_slice == 10
     assert await admitted(limiter, 3, 1) == 1
-    first = (await replicas.kv.get("a3")).revision  # type: ignore[attr-defined]
+    first = (await replicas.kv.get(limiter.key(3))).revision  # type: ignore[attr-defined]
     for _ in range(39):
         await limiter.check(3)
-    last = (await replicas.kv.get("a3")).revision  # type: ignore[attr-defined]
+    last = (await replicas.kv.get(limiter.key(3))).revision  # type: ignore[attr-defined]
     assert last - first == 3  # 40 requests, 4 writes (each revision is one write to this bucket)
+
+
+async def test_gateways_with_different_limits_on_one_nats_keep_separate_buckets(
+    replicas: Callable[..., SharedRateLimiter],
+) -> None:
+    # A second gateway with a tiny limit (the client tests' tight gateway, a rate change rolling out) drains its
+    # bucket of an account; the account's requests to the usual gateway are still admitted up to its burst.
+    tight, usual = replicas(60, 4, 0), replicas(600, 120, 1)
+    assert await admitted(tight, 9, 10) == 4
+    assert await admitted(usual, 9, 100) == 100
+    assert tight.key(9) != usual.key(9)
+    with pytest.raises(OverRate):
+        await tight.check(9)
 
 
 async def test_store_down_falls_back_to_the_replicas_own_bucket_and_logs_once(
