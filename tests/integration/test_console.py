@@ -120,6 +120,23 @@ def photo_files(directory: Path, name: str, ks: range) -> list[str]:
     return out
 
 
+async def thumbnails_shown(page: Any, root: str) -> None:
+    """Every thumbnail under ``root`` came through a blob: URL (the image endpoint needs the token) and decoded;
+    a failure names each one that did not, with the reason the page gave (its title) and its state."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        await page.wait_for_function(
+            "(root) => [...document.querySelectorAll(root + ' img.thumb')].every(i => i.complete"
+            " && i.naturalWidth > 0 && i.src.startsWith('blob:'))", arg=root)
+    except PlaywrightTimeout:
+        missing = await page.evaluate(
+            "(root) => [...document.querySelectorAll(root + ' img.thumb')]"
+            ".filter(i => !(i.complete && i.naturalWidth > 0 && i.src.startsWith('blob:')))"
+            ".map(i => ({alt: i.alt, reason: i.title, src: i.src.slice(0, 32), complete: i.complete}))", root)
+        pytest.fail(f"thumbnails not shown under {root}: {missing}")
+
+
 async def train_and_wait(page: Any, timeout_s: float = 240) -> None:
     """Click Train; the page polls dataset_info and says when the refit is over (no reload)."""
     from playwright.async_api import expect
@@ -200,9 +217,7 @@ async def test_sign_in_create_upload_train_and_chart(ui: Console, token: str, tm
         await expect(page.locator("#items > li.item")).to_have_count(4 * (list(TAGS).index(name) + 1))
     # Every thumbnail came through a blob: URL (the image endpoint needs the token) and decoded.
     await expect(page.locator("#items img.thumb")).to_have_count(16)
-    await page.wait_for_function(
-        "() => [...document.querySelectorAll('#items img.thumb')].every(i => i.complete && i.naturalWidth > 0"
-        " && i.src.startsWith('blob:'))")
+    await thumbnails_shown(page, "#items")
     await expect(page.locator("#items .report.pos", has_text=XSS)).to_have_count(4)
     await ui.shot("03-items")
 
@@ -226,6 +241,43 @@ async def test_sign_in_create_upload_train_and_chart(ui: Console, token: str, tm
     await expect_confusion(page, info)
     await ui.shot("04-dataset-trained")
     await ui.shot_of("#confusion", "04-confusion-matrix")
+    ui.assert_clean()
+
+
+async def test_a_read_refused_for_rate_or_unavailable_is_asked_again(ui: Console) -> None:
+    """A thumbnail whose first read got 429 (with Retry-After) or 503 is asked for again and shown, not left
+    broken; a POST refused for rate is sent again too. The refusals come from Playwright's request routing, since
+    the stack answers them only under a real overload."""
+    from playwright.async_api import Route, expect
+
+    page = ui.page
+    seen: dict[str, int] = {}
+
+    async def refuse_first(route: Route) -> None:
+        url = route.request.url
+        seen[url] = seen.get(url, 0) + 1
+        if seen[url] > 1:
+            await route.continue_()
+        elif len(seen) % 2:
+            await route.fulfill(status=429, headers={"Retry-After": "1"},
+                                json={"error": "rate_limited", "detail": "over the rate"})
+        else:
+            await route.fulfill(status=503, json={"error": "unavailable", "detail": "database unavailable"})
+
+    images = re.compile(r".*/api/items/\d+/image$")
+    listing = re.compile(r".*/api/list_items/$")
+    await page.route(images, refuse_first)
+    await page.route(listing, refuse_first)
+    try:
+        await ui.go(f"#/d/{DATASET}/items")
+        await expect(page.locator("#items img.thumb")).to_have_count(16)
+        await thumbnails_shown(page, "#items")
+    finally:
+        await page.unroute(images)
+        await page.unroute(listing)
+    image_reads = {url: n for url, n in seen.items() if url.endswith("/image")}
+    assert len(image_reads) == 16 and set(image_reads.values()) == {2}, seen
+    assert [n for url, n in seen.items() if url.endswith("/list_items/")] == [2]
     ui.assert_clean()
 
 
@@ -296,8 +348,7 @@ async def test_label_queue_one_key_answers(ui: Console, stack: Stack) -> None:
     await ui.go(f"#/d/{DATASET}/queue")
     suggestion = page.locator("#queue .suggestion")
     await expect(suggestion).to_be_visible()
-    await page.wait_for_function(
-        "() => [...document.querySelectorAll('#queue img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
+    await thumbnails_shown(page, "#queue")
     await ui.shot("06-queue")
     async def current() -> tuple[int, int]:
         return (int(await suggestion.get_attribute("data-item-id") or 0),

@@ -38,28 +38,54 @@ export class ApiError extends Error {
   }
 }
 
+// Answers worth asking again, up to RETRIES times: a refusal for rate (429, before the endpoint ran; its
+// Retry-After says when, at most MAX_WAIT_MS), and for a read (GET) the passing ones (502, 503, 504, the server
+// unreachable). A POST that may have done its work is never sent twice.
+const RETRIES = 3;
+const MAX_WAIT_MS = 10_000;
+const TRANSIENT = new Set([502, 503, 504]);
+
+function retryDelay(response, attempt) {
+  const after = Number(response ? response.headers.get('Retry-After') : NaN);
+  const ms = Number.isFinite(after) && after > 0 ? after * 1000 : 250 * 2 ** attempt;
+  return Math.min(ms, MAX_WAIT_MS);
+}
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
 async function request(endpoint, path, init) {
   const headers = new Headers(init.headers || {});
   if (session.token) headers.set('Authorization', `Token ${session.token}`);
-  let response;
-  try {
-    response = await fetch(path, { ...init, headers, credentials: 'omit', cache: 'no-store' });
-  } catch {
-    throw new ApiError(0, 'network', 'unreachable', endpoint);
+  const read = (init.method || 'GET') === 'GET';
+  for (let attempt = 0; ; attempt += 1) {
+    let response;
+    try {
+      response = await fetch(path, { ...init, headers, credentials: 'omit', cache: 'no-store' });
+    } catch {
+      if (read && attempt < RETRIES) {
+        await sleep(retryDelay(null, attempt));
+        continue;
+      }
+      throw new ApiError(0, 'network', 'unreachable', endpoint);
+    }
+    if (response.ok) return response;
+    if (attempt < RETRIES && (response.status === 429 || (read && TRANSIENT.has(response.status)))) {
+      await sleep(retryDelay(response, attempt));
+      continue;
+    }
+    let code = 'error';
+    let detail = response.statusText || 'request failed';
+    try {
+      const body = await response.json();
+      code = body.error || code;
+      detail = body.detail || detail;
+    } catch {
+      // not JSON: keep the status text
+    }
+    const error = new ApiError(response.status, code, detail, endpoint);
+    if (response.status === 401) window.dispatchEvent(new CustomEvent('kashf:unauthorized', { detail: error }));
+    throw error;
   }
-  if (response.ok) return response;
-  let code = 'error';
-  let detail = response.statusText || 'request failed';
-  try {
-    const body = await response.json();
-    code = body.error || code;
-    detail = body.detail || detail;
-  } catch {
-    // not JSON: keep the status text
-  }
-  const error = new ApiError(response.status, code, detail, endpoint);
-  if (response.status === 401) window.dispatchEvent(new CustomEvent('kashf:unauthorized', { detail: error }));
-  throw error;
 }
 
 /** POST /api/<name>/ with a JSON body; returns the parsed answer. */

@@ -80,8 +80,9 @@ export function thumbnail(path, alt) {
   const img = h('img', { alt, class: 'thumb', width: 160, height: 120, decoding: 'async' });
   imageUrl(path).then((url) => {
     img.src = url;
-  }, () => {
+  }, (error) => {
     img.alt = `${alt} (image not available)`;
+    img.title = error.text || String(error.message || error);  // why, on hover
     img.classList.add('broken');
   });
   return img;
