@@ -67,7 +67,8 @@ async def case(buses: list[Bus], replicas: int, rate_s: float, calls: int) -> tu
         samples.append((time.perf_counter() - start) * 1000)
     writes = 0.0
     if replicas:
-        writes = ((await kvs[0].get(limiters[0].key(1))).revision or 0) / calls  # every revision of this bucket is one write
+        # Every revision of this bucket is one write.
+        writes = ((await kvs[0].get(limiters[0].key(1))).revision or 0) / calls
         await buses[0].js.delete_key_value(bucket)
     return samples, writes, admitted / calls
 

@@ -4,8 +4,9 @@ bucket (``kashf-rate``), from which each replica leases tokens in slices and ser
 - The KV bucket is the only source of tokens. A key (``a<account>.<per_minute>.<burst>``) names the limit it
   counts against: gateways configured with different limits on one NATS (a rate change rolling out, a second
   gateway with its own limit) each keep their own buckets instead of reading another limit's tokens as theirs.
-  A key's value is ``"<tokens> <at>"`` (``at`` in wall-clock seconds); a replica refills it by the time passed, takes a slice and writes it back expecting the revision
-  it read (optimistic concurrency: a conflict reads again and retries). So over any window all replicas
+  A key's value is ``"<tokens> <at>"`` (``at`` in wall-clock seconds); a replica refills it by the time
+  passed, takes a slice and writes it back expecting the revision it read (optimistic concurrency: a conflict
+  reads again and retries). So over any window all replicas
   together admit at most the burst plus the rate times the window, plus what their leases still hold
   (at most ``max_slice`` per replica and account).
 - A whole slice is leased while the bucket stays more than half full after it (an account far below its
