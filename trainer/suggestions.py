@@ -16,6 +16,7 @@ import numpy as np
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from modelkit.heads import Head
 from shared.schemas.inference import ModelInfoReply
 from trainer import repository
 from trainer.embedder import ModelChanged
@@ -23,6 +24,10 @@ from trainer.fitresult import FitResult
 from trainer.repository import ItemToEmbed
 
 log = structlog.get_logger(__name__)
+
+# Pool rows scored at a time: a head's probabilities hold several (rows, tags) float64 temporaries, 1.5 GiB
+# at once for a pool of 100k items and 200 tags (python -m bench.scale).
+POOL_BLOCK = 8192
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,9 @@ def select_uncertain(vectors: np.ndarray, probabilities: np.ndarray, thresholds:
     if n == 0 or k == 0 or limit <= 0:
         return []
     x = unit(vectors)
-    closeness = np.where(eligible, np.abs(probabilities - thresholds[None, :]), np.inf)
+    closeness = probabilities - thresholds[None, :]  # one (n, k) array, made in place
+    np.abs(closeness, out=closeness)
+    closeness[~eligible] = np.inf
     orders = [np.argsort(closeness[:, j], kind="stable") for j in range(k)]
     orders = [order[np.isfinite(closeness[order, j])] for j, order in enumerate(orders)]
     nearest = np.full(n, -1.0, dtype=np.float32)  # highest cosine to anything picked
@@ -185,7 +192,7 @@ async def _refresh(trainer: Fitter, dataset_id: int, version: int, model: ModelI
     uncertain: list[Pick] = []
     if columns and len(pool_ids):
         tag_ids = head.tag_ids[columns]
-        probs = head.probabilities(pool)[:, columns]
+        probs = pool_probabilities(head, pool, columns)
         thresholds = np.array([tags[int(t)][1] if tags[int(t)][1] is not None else float(head.thresholds[j])
                                for t, j in zip(tag_ids, columns, strict=True)])
         row_of = {int(i): r for r, i in enumerate(pool_ids)}
@@ -211,6 +218,14 @@ async def _refresh(trainer: Fitter, dataset_id: int, version: int, model: ModelI
     log.info("suggestions_refreshed", dataset_id=dataset_id, version=version, uncertain=len(uncertain),
              suspect=len(suspects), pool=len(pool_ids), embedded=embedded)
     return len(rows)
+
+
+def pool_probabilities(head: Head, pool: np.ndarray, columns: Sequence[int]) -> np.ndarray:
+    """``head.probabilities(pool)[:, columns]``, ``POOL_BLOCK`` rows at a time."""
+    out = np.empty((len(pool), len(columns)))
+    for start in range(0, len(pool), POOL_BLOCK):
+        out[start:start + POOL_BLOCK] = head.probabilities(pool[start:start + POOL_BLOCK])[:, columns]
+    return out
 
 
 def _suspects(result: FitResult, item_ids: Sequence[int], pool_ids: np.ndarray, pool: np.ndarray,
