@@ -8,7 +8,21 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, Integer, and_, cast, column, delete, func, literal, or_, select, table, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    and_,
+    cast,
+    column,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    table,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -173,15 +187,27 @@ async def dataset_tags(session: AsyncSession, dataset_id: int) -> list[TagRow]:
     return [TagRow(id=r.id, title=r.title, active=r.active) for r in rows]
 
 
-async def dataset_reports(session: AsyncSession, dataset_id: int) -> list[ReportRow]:
-    """Every report of the dataset with its item's kind, in a stable order."""
-    rows = await session.execute(
-        select(Report.item_id, Report.tag_id, Report.positive, DataItem.kind)
-        .join(DataItem, DataItem.id == Report.item_id)
-        .where(Report.dataset_id == dataset_id)
-        .order_by(Report.item_id, Report.tag_id)
-    )
-    return [ReportRow(item_id=r.item_id, tag_id=r.tag_id, positive=r.positive, kind=r.kind) for r in rows]
+REPORT_PAGE = 5000  # rows per read of a dataset's reports
+
+
+async def dataset_reports(session: AsyncSession, dataset_id: int, page: int = REPORT_PAGE) -> list[ReportRow]:
+    """Every report of the dataset with its item's kind, ordered by (item, tag): read in pages of ``page`` rows,
+    keyset on that pair (``ix_report_dataset_item``), so no statement returns or reads more than one page."""
+    # The kind as a subquery, not a join: a join let the planner hash or merge whole tables for each page.
+    kind = select(DataItem.kind).where(DataItem.id == Report.item_id).scalar_subquery().label("kind")
+    out: list[ReportRow] = []
+    item, tag = 0, 0
+    while True:
+        rows = (await session.execute(
+            select(Report.item_id, Report.tag_id, Report.positive, kind)
+            .where(Report.dataset_id == dataset_id,
+                   tuple_(Report.item_id, Report.tag_id) > tuple_(literal(item, BigInteger), literal(tag, BigInteger)))
+            .order_by(Report.item_id, Report.tag_id).limit(page)
+        )).all()
+        out.extend(ReportRow(item_id=r.item_id, tag_id=r.tag_id, positive=r.positive, kind=r.kind) for r in rows)
+        if len(rows) < page:
+            return out
+        item, tag = int(rows[-1].item_id), int(rows[-1].tag_id)
 
 
 def _reported() -> Any:

@@ -73,11 +73,7 @@ def select_uncertain(vectors: np.ndarray, probabilities: np.ndarray, thresholds:
     if n == 0 or k == 0 or limit <= 0:
         return []
     x = unit(vectors)
-    closeness = probabilities - thresholds[None, :]  # one (n, k) array, made in place
-    np.abs(closeness, out=closeness)
-    closeness[~eligible] = np.inf
-    orders = [np.argsort(closeness[:, j], kind="stable") for j in range(k)]
-    orders = [order[np.isfinite(closeness[order, j])] for j, order in enumerate(orders)]
+    orders = [_nearest_first(probabilities[:, j], thresholds[j], eligible[:, j]) for j in range(k)]
     nearest = np.full(n, -1.0, dtype=np.float32)  # highest cosine to anything picked
     if taken is not None and len(taken):
         nearest = np.max(x @ np.asarray(taken, dtype=np.float32).T, axis=1)
@@ -104,6 +100,15 @@ def select_uncertain(vectors: np.ndarray, probabilities: np.ndarray, thresholds:
             if len(picks) >= limit:
                 break
     return picks
+
+
+def _nearest_first(probabilities: np.ndarray, threshold: float, eligible: np.ndarray) -> np.ndarray:
+    """The eligible rows of one tag, nearest its threshold first (int32: a pool of 100k x 200 tags holds
+    200 of them; the closeness is one column at a time, never a second (rows, tags) array)."""
+    closeness = np.abs(probabilities - threshold)
+    closeness[~eligible] = np.inf
+    order = np.argsort(closeness, kind="stable")
+    return order[np.isfinite(closeness[order])].astype(np.int32)
 
 
 def select_suspects(vectors: np.ndarray, probabilities: np.ndarray, positive: np.ndarray, columns: np.ndarray,
