@@ -13,7 +13,8 @@ the rows it returned (SQLAlchemy's ``after_cursor_execute``, the cursor's rowcou
 Baselines measured in the same run: the smallest point (ratios of time and memory), and v0.1's read of the vectors
 (one statement with every reported id in an IN list, rows into a dict, then stacked), against today's keyset pages,
 each alone in a fresh process.
-Run: ``python -m bench.scale [--quick]`` (quick: 1k and 10k reports, 10 and 50 tags).
+Run: ``python -m bench.scale [--quick | --points 10000x50 100000x200]`` (quick: 1k and 10k reports, 10 and 50
+tags; points: only those, the first is then the base of the ratios).
 """
 
 from __future__ import annotations
@@ -275,6 +276,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1k and 10k reports, 10 and 50 tags")
     parser.add_argument("--plot", type=Path, default=PLOT, help="where the PNG goes")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per point")
+    parser.add_argument("--points", nargs="+", metavar="REPORTSxTAGS", help="only these points, e.g. 100000x200")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -291,6 +293,9 @@ def main() -> None:
     from shared.db.migrate import upgrade
 
     sizes, tag_counts = ([1000, 10_000], [10, 50]) if args.quick else ([1000, 10_000, 100_000], [10, 50, 200])
+    grid = [(n, tags) for n in sizes for tags in tag_counts]
+    if args.points:
+        grid = [(int(n), int(tags)) for n, tags in (p.lower().split("x") for p in args.points)]
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the start", flush=True)
     with tempfile.TemporaryDirectory(prefix="kashf-scale-") as tmp:
         server, handle = servers.postgres_server(Path(tmp) / "pg")
@@ -300,18 +305,17 @@ def main() -> None:
         try:
             upgrade(url)
             points = []
-            for n in sizes:
-                for tags in tag_counts:
-                    made = run_child(["--child", "seed", url, str(n), str(tags)], args.timeout)
-                    if "error" in made:
-                        raise SystemExit(f"seeding {n} x {tags} failed: {made['error']}")
-                    ds = str(made["dataset_id"])
-                    point = {"n": n, "tags": tags,
-                             "read_old": run_child(["--child", "read", url, "v0.1", ds], args.timeout),
-                             "read_pages": run_child(["--child", "read", url, "pages", ds], args.timeout),
-                             "refit": run_child(["--child", "refit", url, nats_url, ds], args.timeout)}
-                    points.append(point)
-                    print(f"  {n} x {tags}: {json.dumps(point['refit'])[:200]}", flush=True)
+            for n, tags in grid:
+                made = run_child(["--child", "seed", url, str(n), str(tags)], args.timeout)
+                if "error" in made:
+                    raise SystemExit(f"seeding {n} x {tags} failed: {made['error']}")
+                ds = str(made["dataset_id"])
+                point = {"n": n, "tags": tags,
+                         "read_old": run_child(["--child", "read", url, "v0.1", ds], args.timeout),
+                         "read_pages": run_child(["--child", "read", url, "pages", ds], args.timeout),
+                         "refit": run_child(["--child", "refit", url, nats_url, ds], args.timeout)}
+                points.append(point)
+                print(f"  {n} x {tags}: {json.dumps(point['refit'])[:200]}", flush=True)
         finally:
             nats.terminate()
             nats.wait(10)

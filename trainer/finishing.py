@@ -31,11 +31,12 @@ from trainer.labels import NEGATIVE, POSITIVE, Labels
 # A two-parameter map needs no more points than this; above it each class is sampled (balanced class
 # weights keep the fit unbiased), so a 100k x 200 head does not fit 20M points.
 PLATT_MAX_POINTS = 400_000
-_ROW_CHUNK = 16_384
+_ROW_CHUNK = 4096  # rows per block of the probabilities: the exclusive map holds several (rows, tags) temporaries
 
 
 def _platt(scores: np.ndarray, y: np.ndarray, config: FitConfig) -> tuple[float, float]:
     """(a, c) of sigmoid(a * score + c), fitted on out-of-fold scores with balanced classes."""
+    scores = np.asarray(scores, dtype=np.float64)  # ridge's scores are float32: sums in float64
     mean, sd = float(scores.mean()), float(scores.std()) or 1.0
     z = ((scores - mean) / sd).reshape(-1, 1)
     model = LogisticRegression(C=config.platt_c, class_weight="balanced").fit(z, y)
@@ -68,7 +69,8 @@ def calibrate(scored: Scored, y: np.ndarray, config: FitConfig) -> np.ndarray:
     if has_oof.any():
         # One Platt map for every tag keeps their order as the linear scores rank them (it ranked
         # the right tag first more often than per-tag maps, see bench/heads.py).
-        pooled = _platt(*_pooled_points(scored.oof[:, has_oof], y[:, has_oof], config), config)
+        oof, labels = (scored.oof, y) if has_oof.all() else (scored.oof[:, has_oof], y[:, has_oof])
+        pooled = _platt(*_pooled_points(oof, labels, config), config)
     maps = []
     for j in range(len(scored.columns)):
         if config.calibration == "per_tag" and has_oof[j]:
@@ -81,7 +83,7 @@ def calibrate(scored: Scored, y: np.ndarray, config: FitConfig) -> np.ndarray:
 
 def _logits(x: np.ndarray, scored: Scored, calibrations: np.ndarray) -> np.ndarray:
     """Calibrated logits at the reported rows: out-of-fold where a tag has them, else its final fit."""
-    raw = scored.oof.copy()
+    raw = scored.oof.astype(np.float64)
     for j in np.flatnonzero(np.isnan(raw).any(axis=0)):
         gap = np.isnan(raw[:, j])
         raw[gap, j] = x[gap] @ scored.weights[j] + scored.bias[j]
@@ -91,12 +93,11 @@ def _logits(x: np.ndarray, scored: Scored, calibrations: np.ndarray) -> np.ndarr
 
 
 def _probabilities(logits: np.ndarray, exclusive: bool, none_logit: float) -> np.ndarray:
-    # In row blocks: the exclusive map holds several (rows, tags) temporaries.
-    out = np.empty_like(logits)
+    """The probabilities of ``logits``, written over them (no second (rows, tags) array), in row blocks."""
     for start in range(0, len(logits), _ROW_CHUNK):
         block = logits[start:start + _ROW_CHUNK]
-        out[start:start + _ROW_CHUNK] = exclusive_probabilities(block, none_logit) if exclusive else sigmoid(block)
-    return out
+        block[...] = exclusive_probabilities(block, none_logit) if exclusive else sigmoid(block)
+    return logits
 
 
 def _counts(probs: np.ndarray, y: np.ndarray, fold_of: np.ndarray, exclusive: bool) -> tuple[float, Counts]:
@@ -127,7 +128,6 @@ def finish(x: np.ndarray, labels: Labels, scored: Scored, exclusive: bool, confi
         m = config.prior_weight
         none_logit = (per_tag * best_none_logit(logits, truth) + m * config.none_prior) / (per_tag + m)
     probs = _probabilities(logits, exclusive, none_logit)
-    del logits
     real = labels.rows < real_rows if real_rows is not None else np.ones(len(labels.rows), dtype=bool)
     # The same probabilities as the per-tag counts: out-of-fold wherever a tag has them.
     matrix = None

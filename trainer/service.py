@@ -214,10 +214,7 @@ class Trainer:
                 result = await self._zero_shot(tags, model.model_id)
             else:
                 embedded = await self._embed_missing(dataset_id, kind, model)
-                async with self.sessions() as session:
-                    item_ids, vectors = await repository.reported_embeddings(session, dataset_id, model.model_id)
-                titles = await self._title_vectors(kind, tags, model.model_id)
-                result = await asyncio.to_thread(self._fit, reports, tags, item_ids, vectors, titles)
+                item_ids, result = await self._fit_reported(dataset_id, kind, reports, tags, model.model_id)
                 # What this head was fitted from: items that could not be embedded are left out, so a later
                 # request finds a difference and tries them again.
                 present = set(item_ids.tolist())
@@ -347,6 +344,16 @@ class Trainer:
         if got_model != model_id:
             raise ModelChanged(f"the text model changed during training ({model_id} -> {got_model})")
         return zero_shot_fit(titles, [t.id for t in tags], self.config)
+
+    async def _fit_reported(self, dataset_id: int, kind: str, reports: Sequence[ReportRow], tags: Sequence[TagRow],
+                            model_id: str) -> tuple[np.ndarray, FitResult]:
+        """Read the reported items' vectors and fit them: the item of each row of the matrix, and the fit.
+        The matrix lives only as long as this call: the suggestions' refresh after it reads the pool's own."""
+        async with self.sessions() as session:
+            item_ids, vectors = await repository.reported_embeddings(session, dataset_id, model_id)
+        titles = await self._title_vectors(kind, tags, model_id)
+        result = await asyncio.to_thread(self._fit, reports, tags, item_ids, vectors, titles)
+        return item_ids, result
 
     def _fit(self, reports: Sequence[ReportRow], tags: Sequence[TagRow], item_ids: np.ndarray,
              vectors: np.ndarray, titles: Mapping[int, np.ndarray] | None = None) -> FitResult:

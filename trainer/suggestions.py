@@ -16,6 +16,7 @@ import numpy as np
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from modelkit.heads import Head
 from shared.schemas.inference import ModelInfoReply
 from trainer import repository
 from trainer.embedder import ModelChanged
@@ -23,6 +24,10 @@ from trainer.fitresult import FitResult
 from trainer.repository import ItemToEmbed
 
 log = structlog.get_logger(__name__)
+
+# Pool rows scored at a time: a head's probabilities hold several (rows, tags) float64 temporaries, 1.5 GiB
+# at once for a pool of 100k items and 200 tags (python -m bench.scale).
+POOL_BLOCK = 8192
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,7 @@ def select_uncertain(vectors: np.ndarray, probabilities: np.ndarray, thresholds:
     if n == 0 or k == 0 or limit <= 0:
         return []
     x = unit(vectors)
-    closeness = np.where(eligible, np.abs(probabilities - thresholds[None, :]), np.inf)
-    orders = [np.argsort(closeness[:, j], kind="stable") for j in range(k)]
-    orders = [order[np.isfinite(closeness[order, j])] for j, order in enumerate(orders)]
+    orders = [_nearest_first(probabilities[:, j], thresholds[j], eligible[:, j]) for j in range(k)]
     nearest = np.full(n, -1.0, dtype=np.float32)  # highest cosine to anything picked
     if taken is not None and len(taken):
         nearest = np.max(x @ np.asarray(taken, dtype=np.float32).T, axis=1)
@@ -97,6 +100,15 @@ def select_uncertain(vectors: np.ndarray, probabilities: np.ndarray, thresholds:
             if len(picks) >= limit:
                 break
     return picks
+
+
+def _nearest_first(probabilities: np.ndarray, threshold: float, eligible: np.ndarray) -> np.ndarray:
+    """The eligible rows of one tag, nearest its threshold first (int32: a pool of 100k x 200 tags holds
+    200 of them; the closeness is one column at a time, never a second (rows, tags) array)."""
+    closeness = np.abs(probabilities - threshold)
+    closeness[~eligible] = np.inf
+    order = np.argsort(closeness, kind="stable")
+    return order[np.isfinite(closeness[order])].astype(np.int32)
 
 
 def select_suspects(vectors: np.ndarray, probabilities: np.ndarray, positive: np.ndarray, columns: np.ndarray,
@@ -185,7 +197,7 @@ async def _refresh(trainer: Fitter, dataset_id: int, version: int, model: ModelI
     uncertain: list[Pick] = []
     if columns and len(pool_ids):
         tag_ids = head.tag_ids[columns]
-        probs = head.probabilities(pool)[:, columns]
+        probs = pool_probabilities(head, pool, columns)
         thresholds = np.array([tags[int(t)][1] if tags[int(t)][1] is not None else float(head.thresholds[j])
                                for t, j in zip(tag_ids, columns, strict=True)])
         row_of = {int(i): r for r, i in enumerate(pool_ids)}
@@ -211,6 +223,14 @@ async def _refresh(trainer: Fitter, dataset_id: int, version: int, model: ModelI
     log.info("suggestions_refreshed", dataset_id=dataset_id, version=version, uncertain=len(uncertain),
              suspect=len(suspects), pool=len(pool_ids), embedded=embedded)
     return len(rows)
+
+
+def pool_probabilities(head: Head, pool: np.ndarray, columns: Sequence[int]) -> np.ndarray:
+    """``head.probabilities(pool)[:, columns]``, ``POOL_BLOCK`` rows at a time."""
+    out = np.empty((len(pool), len(columns)))
+    for start in range(0, len(pool), POOL_BLOCK):
+        out[start:start + POOL_BLOCK] = head.probabilities(pool[start:start + POOL_BLOCK])[:, columns]
+    return out
 
 
 def _suspects(result: FitResult, item_ids: Sequence[int], pool_ids: np.ndarray, pool: np.ndarray,

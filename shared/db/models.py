@@ -139,7 +139,9 @@ class Embedding(Base):
 
 class Report(Base):
     __tablename__ = "report"
-    __table_args__ = (UniqueConstraint("item_id", "tag_id"), Index("ix_report_dataset_tag", "dataset_id", "tag_id"))
+    # ix_report_dataset_item: the trainer reads a dataset's reports in keyset pages on (item, tag).
+    __table_args__ = (UniqueConstraint("item_id", "tag_id"), Index("ix_report_dataset_tag", "dataset_id", "tag_id"),
+                      Index("ix_report_dataset_item", "dataset_id", "item_id", "tag_id"))
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"))

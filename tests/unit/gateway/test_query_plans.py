@@ -117,3 +117,33 @@ async def test_no_query_needs_a_sequential_scan_of_a_growing_table(gw: Gateway) 
     finally:
         await conn.close()
     assert not offenders, "\n".join(offenders)
+
+
+def _report_scans(plan: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(index name, index condition) of each scan of the report table in the plan ("" where none)."""
+    if plan.get("Relation Name") == "report":
+        yield plan.get("Index Name", ""), plan.get("Index Cond", "")
+    for child in plan.get("Plans", []):
+        yield from _report_scans(child)
+
+
+async def test_a_page_of_a_datasets_reports_reads_only_that_page(gw: Gateway) -> None:
+    # The trainer reads reports in keyset pages on (item, tag): with the dataset and the pair both in the index
+    # condition each page reads one page of rows; an index on the pair alone walks other datasets' reports, and
+    # one on the dataset alone reads and sorts all its reports for every page. These few rows would be read
+    # whole and sorted, so the plan is asked without scans of the whole table, bitmaps or sorts.
+    with captured() as statements:
+        await _exercise_api(gw)
+        await _exercise_trainer(gw.settings.database_url)
+    pages = [(s, p) for s, p in statements if "(report.item_id, report.tag_id) >" in s]
+    assert pages, "the trainer read no reports"
+    conn = await asyncpg.connect(gw.settings.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off")
+        statement, parameters = pages[0]
+        plan = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {statement}", *parameters))[0]["Plan"]
+    finally:
+        await conn.close()
+    [(index, condition)] = list(_report_scans(plan))
+    assert index == "ix_report_dataset_item", plan
+    assert "dataset_id" in condition and "ROW(item_id, tag_id)" in condition, condition

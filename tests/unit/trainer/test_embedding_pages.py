@@ -1,5 +1,5 @@
-"""Stored vectors are read in keyset pages: every page size gives the same matrix, and no statement returns
-more than one page of rows (a 100k-item refit never holds its whole result as rows)."""
+"""Stored vectors and a dataset's reports are read in keyset pages: every page size gives the same result, and no
+statement returns more than one page of rows (a 100k-item refit never holds its whole result as rows)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db.models import DataItem
+from shared.db.models import DataItem, Report
 from tests.unit.trainer.helpers import DIM, seed
 from trainer import repository
 
@@ -69,3 +69,29 @@ async def test_no_embedding_reads_empty(sessions: async_sessionmaker[AsyncSessio
     async with sessions() as s:
         ids, matrix = await repository.reported_embeddings(s, dataset_id, "m@1")
     assert ids.shape == (0,) and matrix.shape == (0, 0)
+
+
+@pytest.mark.parametrize("page", [1, 4, 5000])
+async def test_dataset_reports_read_in_pages(sessions: async_sessionmaker[AsyncSession], page: int) -> None:
+    dataset_id, _ = await seed(sessions, per_group=5)  # 15 items, 18 reports: 3 items carry two, split by pages
+    await seed(sessions, per_group=2)  # another dataset's reports are never read
+    async with sessions() as s:
+        want = [tuple(r) for r in await s.execute(
+            select(Report.item_id, Report.tag_id, Report.positive, DataItem.kind)
+            .join(DataItem, DataItem.id == Report.item_id).where(Report.dataset_id == dataset_id))]
+    rows_per_statement: list[int] = []
+
+    def after(conn: object, cursor: Any, statement: str, *_: object) -> None:
+        if "FROM report" in statement:
+            rows_per_statement.append(int(cursor.rowcount))
+
+    engine = sessions.kw["bind"].sync_engine
+    event.listen(engine, "after_cursor_execute", after)
+    try:
+        async with sessions() as s:
+            got = await repository.dataset_reports(s, dataset_id, page=page)
+    finally:
+        event.remove(engine, "after_cursor_execute", after)
+    assert [(r.item_id, r.tag_id, r.positive, r.kind) for r in got] == sorted(want) and len(want) == 18
+    assert max(rows_per_statement) <= page
+    assert len(rows_per_statement) == 18 // page + 1
