@@ -10,8 +10,9 @@ item held out): macro-F1 of the tags returned for the held-out items (one tag or
 - ``+ngrams`` (text): hashed character 2-4-grams beside the embedding (``beta`` weight, both blocks unit norm);
 - ``zero-shot`` (text): the nearest tag title by cosine, no example at all (the n = 0 row).
 Delta = method - LR per split (and lever - ours); mean, sd over splits and s.e. of the mean. Tracks: Persian reviews
-(``tests/unit/trainer/reviews.py``), English topic posts (``bench/quality_texts.py``), photo variants
-(``bench.heads.image_track``). Run: ``python -m bench.quality`` (``--seeds dev`` for the tuning splits).
+(``tests/unit/trainer/reviews.py``), English product reviews (``bench/quality_reviews_en.py``), English topic posts
+(``bench/quality_texts.py``), photo variants (``bench.heads.image_track``). Run: ``python -m bench.quality``
+(``--seeds dev`` for the tuning splits, ``--text-tracks en-reviews`` for some text tracks only).
 """
 
 from __future__ import annotations
@@ -185,14 +186,21 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
-def text_tracks(models_dir: Path) -> list[QTrack]:
+TEXT_TRACKS = ("fa-reviews", "en-reviews", "en-topics")
+
+
+def text_tracks(models_dir: Path, keys: Sequence[str] = TEXT_TRACKS) -> list[QTrack]:
+    """The text tracks named by ``keys`` (of ``TEXT_TRACKS``), in that order."""
+    from bench.quality_reviews_en import REVIEWS
     from bench.quality_texts import TOPICS
     from modelkit.onnx.text import TextEncoder
     from tests.unit.trainer.reviews import TAGS
 
     encoder = TextEncoder(models_dir / TEXT_MODEL, device="cpu")
+    every = {"fa-reviews": ("text-fa (reviews)", TAGS), "en-reviews": ("text-en (reviews)", REVIEWS),
+             "en-topics": ("text-en (topics)", TOPICS)}
     out = []
-    for name, groups in (("text-fa (reviews)", TAGS), ("text-en (topics)", TOPICS)):
+    for name, groups in (every[k] for k in keys):
         texts = [t for group in groups.values() for t in group]
         y = np.array([i for i, group in enumerate(groups.values()) for _ in group])
         out.append(QTrack(name, encoder.encode(texts), y, texts, encoder.encode(list(groups)), encoder.model_id))
@@ -204,6 +212,7 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
     parser.add_argument("--track", choices=("text", "image", "both"), default="both")
     parser.add_argument("--seeds", choices=("report", "dev"), default="report")
+    parser.add_argument("--text-tracks", default=",".join(TEXT_TRACKS), help=f"some of {','.join(TEXT_TRACKS)}")
     parser.add_argument("--splits", type=int, default=None, help="use only the first N splits")
     parser.add_argument("--beta", type=float, default=0.3, help="weight of the n-gram block")
     parser.add_argument("--methods", default="LR,ours,+title,+ngrams")
@@ -218,7 +227,7 @@ def main() -> None:
     print(f"models: {TEXT_MODEL} ({_cpu_sha(args.models_dir / TEXT_MODEL)}), "
           f"{IMAGE_MODEL} ({_cpu_sha(args.models_dir / IMAGE_MODEL)}); beta {args.beta}")
     if args.track in ("text", "both"):
-        for track in text_tracks(args.models_dir):
+        for track in text_tracks(args.models_dir, args.text_tracks.split(",")):
             run(track, NS, seeds, chosen)
     if args.track in ("image", "both"):
         t = image_track(args.models_dir)

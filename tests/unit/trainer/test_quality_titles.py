@@ -1,5 +1,6 @@
 """Tag titles as pseudo-examples (FitConfig.title_examples): what they join, what they never count in, and that
-they lift macro-F1 at 4 examples per tag on real e5 embeddings of the Persian reviews (bench/quality.py)."""
+they lift macro-F1 at 4 examples per tag on real e5 embeddings of the Persian and English reviews (bench/quality.py).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 
 from bench.heads import split
 from bench.quality import QTrack, kashf, macro_f1, text_tracks
+from bench.quality_reviews_en import REVIEWS
+from tests.unit.trainer.reviews import TAGS
 from trainer.fitting import FitConfig, Report, fit_head, with_titles
 
 REPO = Path(__file__).resolve().parents[3]
@@ -68,24 +71,32 @@ def test_a_lone_tags_prototype_ignores_its_title() -> None:
     np.testing.assert_allclose(fit.weights, x.mean(0) / np.linalg.norm(x.mean(0)))
 
 
-@pytest.fixture(scope="module")
-def persian() -> QTrack:
+def test_english_reviews_track_is_six_intents_of_44_distinct_reviews() -> None:
+    """The headline English track of bench/quality.py: a duplicate would sit on both sides of a split."""
+    assert [len(group) for group in REVIEWS.values()] == [44] * 6
+    texts = [" ".join(t.lower().split()) for group in REVIEWS.values() for t in group]
+    assert len(set(texts)) == len(texts)
+    assert not set(texts) & {" ".join(t.lower().split()) for group in TAGS.values() for t in group}
+
+
+@pytest.fixture(scope="module", params=["fa-reviews", "en-reviews"])
+def reviews(request: pytest.FixtureRequest) -> QTrack:
     root = Path(os.environ.get("KASHF_MODELS_DIR", REPO / "models"))
     if not (root / "text/multilingual-e5-small/manifest.json").is_file():
         pytest.skip(f"no built text model under {root} (run `make models`)")
-    return text_tracks(root)[0]
+    return text_tracks(root, [request.param])[0]
 
 
 @pytest.mark.models
-def test_titles_lift_macro_f1_at_four_examples_per_tag_on_e5_reviews(persian: QTrack) -> None:
-    assert persian.titles is not None
-    k = len(persian.titles)
+def test_titles_lift_macro_f1_at_four_examples_per_tag_on_e5_reviews(reviews: QTrack) -> None:
+    assert reviews.titles is not None
+    k = len(reviews.titles)
     with_t, without = [], []
     for seed in SEEDS:
-        tr, te = split(persian.y, 4, seed)
-        args = (persian.x[tr], persian.y[tr], persian.x[te], k)
-        without.append(macro_f1(kashf(*args), persian.y[te], k))
-        with_t.append(macro_f1(kashf(*args, titles=persian.titles), persian.y[te], k))
+        tr, te = split(reviews.y, 4, seed)
+        args = (reviews.x[tr], reviews.y[tr], reviews.x[te], k)
+        without.append(macro_f1(kashf(*args), reviews.y[te], k))
+        with_t.append(macro_f1(kashf(*args, titles=reviews.titles), reviews.y[te], k))
     gain = np.array(with_t) - np.array(without)
     print(f"macro-F1 at 4/tag: titles {np.mean(with_t):.3f}, none {np.mean(without):.3f}, gain {gain.mean():+.3f}")
     assert gain.mean() >= 0.02 and (gain > 0).mean() >= 0.6
