@@ -34,7 +34,7 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from bench.heads import DEV_SEEDS, IMAGE_MODEL, REPO, REPORT_SEEDS, TEXT_MODEL, image_track, set_f1, split
-from bench.quality_photos import PhotoTrack, photo_track, unit
+from bench.quality_photos import PhotoTrack, closeness, photo_track, unit
 from modelkit.heads import tag_vectors
 from shared.schemas.inference import UNKNOWN_TAG_ID, TagRef
 from trainer.fitting import FitConfig, Report, fit_head
@@ -263,12 +263,13 @@ def main() -> None:
         t = image_track(args.models_dir)
         run(QTrack("image (photo variants)", t.x, t.y, None, None, t.model_id), NS, seeds, chosen)
     if args.track in ("photos", "all"):
-        run(photos_track(args.models_dir, args.logit_weight), NS, seeds, chosen)
+        photos = photo_track(args.models_dir / IMAGE_MODEL)  # cached under .kashf/bench
+        print(f"\nphotos: {closeness(photos)}")
+        run(photos_track(photos, args.logit_weight), NS, seeds, chosen)
 
 
-def photos_track(models_dir: Path, logit_weight: float) -> QTrack:
-    """bench.quality_photos' views (cached under .kashf/bench) with the photo levers' features."""
-    t = photo_track(models_dir / IMAGE_MODEL)
+def photos_track(t: PhotoTrack, logit_weight: float) -> QTrack:
+    """bench.quality_photos' views with the photo levers' features."""
     return QTrack(f"photos (views of {len(t.names)} photos)", t.embedding(), t.y, None, None, t.model_id,
                   lever_features(t, logit_weight))
 

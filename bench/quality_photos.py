@@ -95,6 +95,18 @@ class PhotoTrack:
         return unit(self.embeddings[[TTA.index(v) for v in views]].mean(0))
 
 
+def closeness(t: PhotoTrack) -> str:
+    """Median cosines: a view to its mirror image and to its centre, two views of one photo, of two photos."""
+    e = t.embeddings
+    sims = e[0] @ e[0].T
+    same = t.y[:, None] == t.y[None, :]
+    other = ~same
+    np.fill_diagonal(same, False)
+    return (f"median cosine of a view and its mirror image {np.median((e[0] * e[1]).sum(1)):.2f}, its central 80 % "
+            f"{np.median((e[0] * e[2]).sum(1)):.2f}; of two views of one photo {np.median(sims[same]):.2f}, "
+            f"of two photos {np.median(sims[other]):.2f}")
+
+
 def _key(model_file: Path, per_class: int, seed: int) -> str:
     code = inspect.getsource(sources) + inspect.getsource(view) + inspect.getsource(tta_views)
     digest = hashlib.sha256(model_file.read_bytes())

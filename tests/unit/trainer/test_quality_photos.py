@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from bench.heads import split
 from bench.quality import PHOTO_LEVERS, QTrack, applies, lever_features, macro_f1, plain_lr
-from bench.quality_photos import TTA, PhotoTrack, photo_track, sources, tta_views, unit, view
+from bench.quality_photos import TTA, PhotoTrack, closeness, photo_track, sources, tta_views, unit, view
 
 REPO = Path(__file__).resolve().parents[3]
 SEEDS = range(500, 505)  # neither the bench's tuning splits (0-19) nor its report splits (1000+)
@@ -48,6 +48,15 @@ def test_test_time_augmentation_is_the_unit_mean_of_the_views() -> None:
     both = track.embedding(("plain", "mirror"))
     np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(both, unit(emb[0] + emb[1]), atol=1e-6)
+
+
+def test_closeness_reports_the_median_cosines() -> None:
+    plain = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8]], np.float32)  # photos 0, 0, 1, 1
+    centre = np.array([[0.6, 0.8]] * 4, np.float32)
+    track = PhotoTrack(np.array([0, 0, 1, 1]), np.stack([plain, plain, centre]), np.zeros((3, 4, 2)), "m@1", ["a", "b"])
+    # a view to its centre: 0.6, 0.6, 0.8, 1.0; same photo: 1.0 and 0.8; two photos: 0, 0, 0.6, 0.6 (twice each)
+    assert closeness(track) == ("median cosine of a view and its mirror image 1.00, its central 80 % 0.70; "
+                                "of two views of one photo 0.90, of two photos 0.30")
 
 
 def test_photo_levers_apply_to_the_photo_track_only() -> None:
