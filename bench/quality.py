@@ -9,10 +9,12 @@ item held out): macro-F1 of the tags returned for the held-out items (one tag or
   (``fit_head``'s ``titles``, ``FitConfig.title_examples``);
 - ``+ngrams`` (text): hashed character 2-4-grams beside the embedding (``beta`` weight, both blocks unit norm);
 - ``zero-shot`` (text): the nearest tag title by cosine, no example at all (the n = 0 row);
-- ``+flip``, ``+flip+centre`` (photos): test-time augmentation, the unit mean embedding of each item and its mirror
-  image (and its central 80 %), for the training items and the queries alike;
+- ``+flip``, ``+flip+centre``, ``+crops`` (photos): test-time augmentation, the unit mean embedding of each item and
+  its mirror image (and its central 80 %; and its four corner 80 %s), for the training items and the queries alike;
+- ``+augment`` (photos): training-time augmentation, each training item's seven views as seven examples; the queries
+  as they are;
 - ``+logits`` (photos): the image model's centred ImageNet logits, unit, at ``--logit-weight`` beside the embedding;
-- ``LR`` + a photo lever: plain LR on that lever's features.
+- ``LR`` + a photo lever: plain LR with that lever.
 Delta = method - LR per split (and lever - ours); mean, sd over splits and s.e. of the mean. Tracks: Persian reviews
 (``tests/unit/trainer/reviews.py``), English topic posts (``bench/quality_texts.py``), photo variants
 (``bench.heads.image_track``), views of 12 photos (``bench/quality_photos.py``). Run: ``python -m bench.quality``
@@ -34,7 +36,7 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from bench.heads import DEV_SEEDS, IMAGE_MODEL, REPO, REPORT_SEEDS, TEXT_MODEL, image_track, set_f1, split
-from bench.quality_photos import PhotoTrack, closeness, photo_track, unit
+from bench.quality_photos import TTA, PhotoTrack, closeness, photo_track, unit
 from modelkit.heads import tag_vectors
 from shared.schemas.inference import UNKNOWN_TAG_ID, TagRef
 from trainer.fitting import FitConfig, Report, fit_head
@@ -51,6 +53,7 @@ class QTrack:
     titles: np.ndarray | None  # (tags, dim) embedded tag titles (text tracks)
     model_id: str
     features: dict[str, np.ndarray] = field(default_factory=dict)  # lever name -> (items, d) unit rows (photos)
+    views: np.ndarray | None = None  # (views, items, dim) unit rows: each item's test-time views (photos)
 
 
 def macro_f1(pred: np.ndarray, y: np.ndarray, n_tags: int) -> float:
@@ -135,21 +138,31 @@ def methods(beta: float) -> dict[str, Method]:
     def lr_on(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, _: int) -> np.ndarray:
         return plain_lr(x_train, y_train, x_test)
 
+    def augmented(fit: Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]) -> Method:
+        def method(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+            assert t.views is not None
+            x_train = t.views[:, tr].reshape(-1, t.views.shape[-1])
+            return fit(x_train, np.tile(t.y[tr], len(t.views)), t.x[te], int(t.y.max()) + 1)
+        return method
+
     photo = {lever: on(lever, kashf) for lever in PHOTO_LEVERS} | {
         "LR" + lever: on(lever, lr_on) for lever in PHOTO_LEVERS}
+    photo |= {"+augment": augmented(kashf), "LR+augment": augmented(lr_on)}
     return {"LR": lr, "ours": ours, "+title": title, "+ngrams": grams, "LR+ngrams": lr_grams} | photo
 
 
-PHOTO_LEVERS = ("+flip", "+flip+centre", "+logits")
+PHOTO_LEVERS = ("+flip", "+flip+centre", "+crops", "+logits")
 
 
 def applies(track: QTrack, method: str) -> bool:
     """Whether the track has what the method needs: texts and titles for the text levers, the lever's
-    features for the photo levers; LR and ours apply everywhere."""
+    features (or the items' views) for the photo levers; LR and ours apply everywhere."""
     if method in ("LR", "ours"):
         return True
     if method.removeprefix("LR") in PHOTO_LEVERS:
         return method.removeprefix("LR") in track.features
+    if method.removeprefix("LR") == "+augment":
+        return track.views is not None
     return track.texts is not None and (method != "+title" or track.titles is not None)
 
 
@@ -271,15 +284,16 @@ def main() -> None:
 def photos_track(t: PhotoTrack, logit_weight: float) -> QTrack:
     """bench.quality_photos' views with the photo levers' features."""
     return QTrack(f"photos (views of {len(t.names)} photos)", t.embedding(), t.y, None, None, t.model_id,
-                  lever_features(t, logit_weight))
+                  lever_features(t, logit_weight), t.embeddings)
 
 
 def lever_features(t: PhotoTrack, logit_weight: float) -> dict[str, np.ndarray]:
-    """Unit rows per photo lever: the mean embedding of the view and its mirror image (and its central 80 %),
-    and the embedding beside the view's centred, unit ImageNet logits at ``logit_weight``."""
+    """Unit rows per photo lever: the mean embedding of the item and its mirror image (and its central 80 %; and
+    its four corners), and the embedding beside the item's centred, unit ImageNet logits at ``logit_weight``."""
     x = t.embedding()
     logits = unit(t.logits[0] - t.logits[0].mean(1, keepdims=True))
     return {"+flip": t.embedding(("plain", "mirror")), "+flip+centre": t.embedding(("plain", "mirror", "centre")),
+            "+crops": t.embedding(TTA),
             "+logits": np.hstack([x, logit_weight * logits]) / np.sqrt(1.0 + logit_weight ** 2)}
 
 

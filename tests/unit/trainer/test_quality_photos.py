@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from bench.heads import split
-from bench.quality import PHOTO_LEVERS, QTrack, applies, lever_features, macro_f1, plain_lr
+from bench.quality import PHOTO_LEVERS, QTrack, applies, lever_features, macro_f1, methods, plain_lr
 from bench.quality_photos import TTA, PhotoTrack, closeness, photo_track, sources, tta_views, unit, view
 
 REPO = Path(__file__).resolve().parents[3]
@@ -32,12 +32,17 @@ def test_views_are_reproducible_per_seed_and_small() -> None:
         assert min(v.size) <= 160 and v.mode == "RGB"
 
 
-def test_test_time_views_are_the_view_its_mirror_and_its_centre() -> None:
+def test_test_time_views_are_the_view_its_mirror_its_centre_and_its_corners() -> None:
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 80, 3), dtype=np.uint8))
     views = dict(zip(TTA, tta_views(img), strict=True))
+    pixels = np.asarray(img)
     assert views["plain"] is img
     assert np.array_equal(np.asarray(views["mirror"]), np.asarray(ImageOps.mirror(img)))
-    assert np.array_equal(np.asarray(views["centre"]), np.asarray(img)[5:45, 8:72])
+    assert np.array_equal(np.asarray(views["centre"]), pixels[5:45, 8:72])
+    assert np.array_equal(np.asarray(views["top-left"]), pixels[:40, :64])
+    assert np.array_equal(np.asarray(views["top-right"]), pixels[:40, 16:])
+    assert np.array_equal(np.asarray(views["bottom-left"]), pixels[10:, :64])
+    assert np.array_equal(np.asarray(views["bottom-right"]), pixels[10:, 16:])
 
 
 def test_test_time_augmentation_is_the_unit_mean_of_the_views() -> None:
@@ -53,7 +58,8 @@ def test_test_time_augmentation_is_the_unit_mean_of_the_views() -> None:
 def test_closeness_reports_the_median_cosines() -> None:
     plain = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8]], np.float32)  # photos 0, 0, 1, 1
     centre = np.array([[0.6, 0.8]] * 4, np.float32)
-    track = PhotoTrack(np.array([0, 0, 1, 1]), np.stack([plain, plain, centre]), np.zeros((3, 4, 2)), "m@1", ["a", "b"])
+    e = np.stack([plain, plain, centre] + [plain] * (len(TTA) - 3))
+    track = PhotoTrack(np.array([0, 0, 1, 1]), e, np.zeros((len(TTA), 4, 2)), "m@1", ["a", "b"])
     # a view to its centre: 0.6, 0.6, 0.8, 1.0; same photo: 1.0 and 0.8; two photos: 0, 0, 0.6, 0.6 (twice each)
     assert closeness(track) == ("median cosine of a view and its mirror image 1.00, its central 80 % 0.70; "
                                 "of two views of one photo 0.90, of two photos 0.30")
@@ -65,6 +71,9 @@ def test_photo_levers_apply_to_the_photo_track_only() -> None:
     for lever in PHOTO_LEVERS:
         assert applies(photos, lever) and applies(photos, "LR" + lever)
         assert not applies(text, lever) and not applies(text, "LR" + lever)
+    with_views = QTrack("v", np.eye(2), np.arange(2), None, None, "m@1", views=np.stack([np.eye(2)] * len(TTA)))
+    for method in ("+augment", "LR+augment"):
+        assert applies(with_views, method) and not applies(photos, method) and not applies(text, method)
     for method in ("+title", "+ngrams", "LR+ngrams"):
         assert applies(text, method) and not applies(photos, method)
     assert all(applies(t, m) for t in (text, photos) for m in ("LR", "ours"))
@@ -90,7 +99,8 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Small:
 @pytest.mark.models
 def test_the_track_is_cached_and_far_from_saturated(small: Small) -> None:
     track = small.track
-    assert track.embeddings.shape == (len(TTA), 12 * 16, 1280) and track.logits.shape == (len(TTA), 12 * 16, 1000)
+    assert track.embeddings.shape == (len(TTA), 12 * 16, 1280)
+    assert track.logits.shape == (len(TTA), 12 * 16, 1000)
     [path] = small.cache.glob("quality_photos-*.npz")
     written = path.stat().st_mtime_ns
     again = photo_track(small.model_dir, per_class=16, cache=small.cache)
@@ -115,3 +125,15 @@ def test_the_levers_features_are_unit_rows_beside_the_embedding(small: Small) ->
     x = small.track.embedding()
     np.testing.assert_allclose(features["+logits"][:, :1280] * np.sqrt(1.09), x, atol=1e-5)
     assert not np.allclose(features["+flip"], x, atol=1e-3)  # the mirror image moves the embedding
+    np.testing.assert_allclose(features["+crops"], unit(small.track.embeddings.mean(0)), atol=1e-5)
+
+
+@pytest.mark.models
+def test_augmenting_trains_on_every_view_and_queries_the_item_alone(small: Small) -> None:
+    track = QTrack("p", small.track.embedding(), small.track.y, None, None, "m@1", views=small.track.embeddings)
+    tr, te = split(track.y, 4, SEEDS[0])
+    got = methods(0.3)["LR+augment"](track, tr, te)
+    views = small.track.embeddings[:, tr].reshape(-1, 1280)
+    want = plain_lr(views, np.tile(track.y[tr], len(TTA)), track.x[te])
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, plain_lr(track.x[tr], track.y[tr], track.x[te]))  # the views changed the fit
