@@ -8,11 +8,18 @@ item held out): macro-F1 of the tags returned for the held-out items (one tag or
 - ``+title`` (text): each tag's title, embedded like a text (e5 ``query:``), as one more positive example
   (``fit_head``'s ``titles``, ``FitConfig.title_examples``);
 - ``+ngrams`` (text): hashed character 2-4-grams beside the embedding (``beta`` weight, both blocks unit norm);
-- ``zero-shot`` (text): the nearest tag title by cosine, no example at all (the n = 0 row).
+- ``zero-shot`` (text): the nearest tag title by cosine, no example at all (the n = 0 row);
+- ``+flip``, ``+flip+centre``, ``+crops`` (photos): test-time augmentation, the unit mean embedding of each item and
+  its mirror image (and its central 80 %; and its four corner 80 %s), for the training items and the queries alike;
+- ``+augment`` (photos): training-time augmentation, each training item's seven views as seven examples; the queries
+  as they are;
+- ``+logits`` (photos): the image model's centred ImageNet logits, unit, at ``--logit-weight`` beside the embedding;
+- ``LR`` + a photo lever: plain LR with that lever.
 Delta = method - LR per split (and lever - ours); mean, sd over splits and s.e. of the mean. Tracks: Persian reviews
 (``tests/unit/trainer/reviews.py``), English product reviews (``bench/quality_reviews_en.py``), English topic posts
-(``bench/quality_texts.py``), photo variants (``bench.heads.image_track``). Run: ``python -m bench.quality``
-(``--seeds dev`` for the tuning splits, ``--text-tracks en-reviews`` for some text tracks only).
+(``bench/quality_texts.py``), photo variants (``bench.heads.image_track``), views of 12 photos
+(``bench/quality_photos.py``). Run: ``python -m bench.quality`` (``--seeds dev`` for the tuning splits,
+``--text-tracks en-reviews`` for some text tracks only).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +37,7 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from bench.heads import DEV_SEEDS, IMAGE_MODEL, REPO, REPORT_SEEDS, TEXT_MODEL, image_track, set_f1, split
+from bench.quality_photos import TTA, PhotoTrack, closeness, photo_track, unit
 from modelkit.heads import tag_vectors
 from shared.schemas.inference import UNKNOWN_TAG_ID, TagRef
 from trainer.fitting import FitConfig, Report, fit_head
@@ -45,6 +53,8 @@ class QTrack:
     texts: list[str] | None  # raw texts (text tracks)
     titles: np.ndarray | None  # (tags, dim) embedded tag titles (text tracks)
     model_id: str
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # lever name -> (items, d) unit rows (photos)
+    views: np.ndarray | None = None  # (views, items, dim) unit rows: each item's test-time views (photos)
 
 
 def macro_f1(pred: np.ndarray, y: np.ndarray, n_tags: int) -> float:
@@ -120,7 +130,41 @@ def methods(beta: float) -> dict[str, Method]:
         z = with_ngrams(t.x, grams_of.setdefault(id(t), ngrams(t.texts)), beta)
         return plain_lr(z[tr], t.y[tr], z[te])
 
-    return {"LR": lr, "ours": ours, "+title": title, "+ngrams": grams, "LR+ngrams": lr_grams}
+    def on(name: str, fit: Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]) -> Method:
+        def method(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+            z = t.features[name]
+            return fit(z[tr], t.y[tr], z[te], int(t.y.max()) + 1)
+        return method
+
+    def lr_on(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, _: int) -> np.ndarray:
+        return plain_lr(x_train, y_train, x_test)
+
+    def augmented(fit: Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]) -> Method:
+        def method(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+            assert t.views is not None
+            x_train = t.views[:, tr].reshape(-1, t.views.shape[-1])
+            return fit(x_train, np.tile(t.y[tr], len(t.views)), t.x[te], int(t.y.max()) + 1)
+        return method
+
+    photo = {lever: on(lever, kashf) for lever in PHOTO_LEVERS} | {
+        "LR" + lever: on(lever, lr_on) for lever in PHOTO_LEVERS}
+    photo |= {"+augment": augmented(kashf), "LR+augment": augmented(lr_on)}
+    return {"LR": lr, "ours": ours, "+title": title, "+ngrams": grams, "LR+ngrams": lr_grams} | photo
+
+
+PHOTO_LEVERS = ("+flip", "+flip+centre", "+crops", "+logits")
+
+
+def applies(track: QTrack, method: str) -> bool:
+    """Whether the track has what the method needs: texts and titles for the text levers, the lever's
+    features (or the items' views) for the photo levers; LR and ours apply everywhere."""
+    if method in ("LR", "ours"):
+        return True
+    if method.removeprefix("LR") in PHOTO_LEVERS:
+        return method.removeprefix("LR") in track.features
+    if method.removeprefix("LR") == "+augment":
+        return track.views is not None
+    return track.texts is not None and (method != "+title" or track.titles is not None)
 
 
 def zero_shot(t: QTrack) -> float:
@@ -128,15 +172,20 @@ def zero_shot(t: QTrack) -> float:
     return macro_f1((t.x @ t.titles.T).argmax(1), t.y, len(t.titles))
 
 
+def versus_ours(method: str, names: Sequence[str]) -> bool:
+    """Whether a lever's delta to the head without it is printed: a lever on the head, not one on plain LR."""
+    return "ours" in names and method != "ours" and not method.startswith("LR")
+
+
 def run(track: QTrack, ns: Sequence[int], seeds: Sequence[int], chosen: dict[str, Method],
         out: Callable[[str], None] = print) -> None:
     n_tags = int(track.y.max()) + 1
-    names = [m for m in chosen if track.texts is not None or m in ("LR", "ours")]
+    names = [m for m in chosen if applies(track, m)]
     out(f"\n{track.name}: {n_tags} tags, {len(track.y)} items, {track.model_id}; {len(seeds)} splits "
         f"(seeds {seeds[0]}..{seeds[-1]}); macro-F1 mean +- sd; delta vs LR: mean +- sd (s.e.)")
     out(f"{'n/tag':>5} " + " ".join(f"{m:>13}" for m in names) + " | "
         + " ".join(f"{'d ' + m:>22}" for m in names if m != "LR")
-        + "".join(f" {m + ' - ours':>22}" for m in names if m not in ("LR", "ours") and "ours" in names))
+        + "".join(f" {m + ' - ours':>22}" for m in names if versus_ours(m, names)))
     if track.titles is not None:
         out(f"{0:>5} zero-shot (nearest title): macro-F1 {zero_shot(track):.3f} (chance {1 / n_tags:.3f})")
     for n in ns:
@@ -152,7 +201,7 @@ def run(track: QTrack, ns: Sequence[int], seeds: Sequence[int], chosen: dict[str
             d = np.array(f1[m]) - np.array(f1["LR"])
             deltas.append(f"{d.mean():+.3f}+-{d.std(ddof=1):.3f} ({d.std(ddof=1) / np.sqrt(len(d)):.3f})")
         for m in names:
-            if m not in ("LR", "ours") and "ours" in names:
+            if versus_ours(m, names):
                 d = np.array(f1[m]) - np.array(f1["ours"])
                 deltas.append(f"{d.mean():+.3f}+-{d.std(ddof=1):.3f} ({d.std(ddof=1) / np.sqrt(len(d)):.3f})")
         out(f"{n:>5} " + " ".join(f"{c:>13}" for c in cells) + " | " + " ".join(f"{c:>22}" for c in deltas)
@@ -210,12 +259,14 @@ def text_tracks(models_dir: Path, keys: Sequence[str] = TEXT_TRACKS) -> list[QTr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
-    parser.add_argument("--track", choices=("text", "image", "both"), default="both")
+    parser.add_argument("--track", choices=("text", "image", "photos", "all"), default="all",
+                        help="image: bench.heads' photo variants; photos: bench.quality_photos' harder views")
     parser.add_argument("--seeds", choices=("report", "dev"), default="report")
     parser.add_argument("--text-tracks", default=",".join(TEXT_TRACKS), help=f"some of {','.join(TEXT_TRACKS)}")
     parser.add_argument("--splits", type=int, default=None, help="use only the first N splits")
     parser.add_argument("--beta", type=float, default=0.3, help="weight of the n-gram block")
-    parser.add_argument("--methods", default="LR,ours,+title,+ngrams")
+    parser.add_argument("--logit-weight", type=float, default=0.3, help="weight of the ImageNet-logit block")
+    parser.add_argument("--methods", default="LR,ours,+title,+ngrams," + ",".join(PHOTO_LEVERS))
     parser.add_argument("--timing", action="store_true", help="only the fit time with and without titles")
     args = parser.parse_args()
     if args.timing:
@@ -225,13 +276,34 @@ def main() -> None:
     every = methods(args.beta)
     chosen = {m: every[m] for m in ["LR"] + [m for m in args.methods.split(",") if m != "LR"]}
     print(f"models: {TEXT_MODEL} ({_cpu_sha(args.models_dir / TEXT_MODEL)}), "
-          f"{IMAGE_MODEL} ({_cpu_sha(args.models_dir / IMAGE_MODEL)}); beta {args.beta}")
-    if args.track in ("text", "both"):
+          f"{IMAGE_MODEL} ({_cpu_sha(args.models_dir / IMAGE_MODEL)}); beta {args.beta}, "
+          f"logit weight {args.logit_weight}")
+    if args.track in ("text", "all"):
         for track in text_tracks(args.models_dir, args.text_tracks.split(",")):
             run(track, NS, seeds, chosen)
-    if args.track in ("image", "both"):
+    if args.track in ("image", "all"):
         t = image_track(args.models_dir)
         run(QTrack("image (photo variants)", t.x, t.y, None, None, t.model_id), NS, seeds, chosen)
+    if args.track in ("photos", "all"):
+        photos = photo_track(args.models_dir / IMAGE_MODEL)  # cached under .kashf/bench
+        print(f"\nphotos: {closeness(photos)}")
+        run(photos_track(photos, args.logit_weight), NS, seeds, chosen)
+
+
+def photos_track(t: PhotoTrack, logit_weight: float) -> QTrack:
+    """bench.quality_photos' views with the photo levers' features."""
+    return QTrack(f"photos (views of {len(t.names)} photos)", t.embedding(), t.y, None, None, t.model_id,
+                  lever_features(t, logit_weight), t.embeddings)
+
+
+def lever_features(t: PhotoTrack, logit_weight: float) -> dict[str, np.ndarray]:
+    """Unit rows per photo lever: the mean embedding of the item and its mirror image (and its central 80 %; and
+    its four corners), and the embedding beside the item's centred, unit ImageNet logits at ``logit_weight``."""
+    x = t.embedding()
+    logits = unit(t.logits[0] - t.logits[0].mean(1, keepdims=True))
+    return {"+flip": t.embedding(("plain", "mirror")), "+flip+centre": t.embedding(("plain", "mirror", "centre")),
+            "+crops": t.embedding(TTA),
+            "+logits": np.hstack([x, logit_weight * logits]) / np.sqrt(1.0 + logit_weight ** 2)}
 
 
 def _cpu_sha(model_dir: Path) -> str:
