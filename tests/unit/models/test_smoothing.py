@@ -51,3 +51,24 @@ def test_smoothing_keeps_the_fp32_function_and_int8_covers_every_weight_matmul(t
     assert sum(n.op_type == "MatMulInteger" for n in int8.node) == 2 * 6  # q, k, v, out, up, down per layer
     np.testing.assert_allclose(np.linalg.norm(_run(out / INT8_FILE, texts, out / "tokenizer.json"), axis=1), 1.0,
                                atol=1e-4)
+
+
+def test_smoothing_factors_are_powers_of_two_that_last_bit_noise_does_not_move() -> None:
+    """The factors follow calibration maxima that differ in their last bits between CPUs; rounded to powers of
+    two they stay put (so the int8 file and the model id do), and scaling a weight by them is exact."""
+    from modelbuild.smoothing import smoothing_factors
+
+    rng = np.random.default_rng(7)
+    x_max = rng.lognormal(0.0, 1.5, 4096).astype(np.float32)
+    w_max = rng.lognormal(-2.0, 0.5, 4096).astype(np.float32)
+    factors = smoothing_factors(x_max, w_max)
+    exponents = np.log2(factors)
+    np.testing.assert_array_equal(exponents, np.rint(exponents))
+    for noise in (1e-7, -1e-7, 1e-6, -1e-6):  # what other kernels' summation order does to a maximum
+        np.testing.assert_array_equal(smoothing_factors(x_max * np.float32(1 + noise), w_max), factors)
+    w = rng.normal(size=(4096, 8)).astype(np.float32)
+    np.testing.assert_array_equal((w * factors[:, None]) / factors[:, None], w)
+    # Near SmoothQuant's own value: within a factor of the square root of two.
+    exact = np.maximum(x_max, 1e-5) ** 0.6 / np.maximum(w_max, 1e-5) ** 0.4
+    inside = (exact > 1e-2) & (exact < 1e4)
+    assert np.all(np.abs(np.log2(factors[inside] / exact[inside])) <= 0.5 + 1e-9)
