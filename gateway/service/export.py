@@ -3,6 +3,7 @@ the gateway streams it to the client chunk by chunk (never whole in memory) and 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -22,6 +23,9 @@ from shared.schemas.inference import HeadRef
 from shared.subjects import TEXT_EXPORT, VISION_EXPORT
 
 log = structlog.get_logger(__name__)
+
+_DELETE_S = 10.0  # the longest a finished or abandoned download's zip deletion may take
+_DELETIONS: set[asyncio.Future[None]] = set()  # running deletions (the loop holds tasks weakly)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -48,8 +52,18 @@ class ExportedZip:
             async for chunk in read_chunks(self.state.bus.js, self.info):
                 yield chunk
         finally:
-            # Also when the client goes away mid-way; what a failure leaves, the bucket's TTL removes.
-            with contextlib.suppress(Exception):
+            # Also when the client goes away, mid-way or as soon as it holds the last byte. Starlette then cancels
+            # the response's scope, and with it every await here: an awaited delete never ran and the zip stayed in
+            # the bucket until its TTL (CI saw one left). The delete runs in a task of its own, which the
+            # cancellation of this one does not stop; what a failure leaves, the bucket's TTL removes.
+            deletion = asyncio.ensure_future(self._delete())
+            _DELETIONS.add(deletion)
+            deletion.add_done_callback(_DELETIONS.discard)
+            await asyncio.shield(deletion)
+
+    async def _delete(self) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_DELETE_S):
                 await BlobStore(self.state.bus.js).delete([self.info.key])
 
 

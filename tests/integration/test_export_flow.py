@@ -3,6 +3,7 @@ onnxruntime in a fresh interpreter and compare with the API's probabilities (wit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -68,16 +69,22 @@ print(json.dumps(out.tolist()))
 """
 
 
-async def exports_left(stack_nats: NatsServer, passwords: dict[str, str]) -> list[str]:
-    """Export zips still in the blobs bucket (the gateway deletes each once it has streamed it)."""
+async def exports_left(stack_nats: NatsServer, passwords: dict[str, str], wait_s: float = 10.0) -> list[str]:
+    """Export zips still in the blobs bucket after up to ``wait_s``: the gateway deletes each once it has streamed
+    it, which may end a moment after the client holds the last byte."""
     nc = await nats.connect(natsauth.with_user(stack_nats.url, "admin", passwords["admin"]))
     try:
         store = await nc.jetstream().object_store(BLOBS_BUCKET)
-        try:
-            infos = await store.list(ignore_deletes=True)
-        except nats.js.errors.NotFoundError:  # an empty bucket
-            return []
-        return [i.name for i in infos if i.name.startswith("export-") and not i.deleted]
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                infos = await store.list(ignore_deletes=True)
+            except nats.js.errors.NotFoundError:  # an empty bucket
+                return []
+            left = [i.name for i in infos if i.name.startswith("export-") and not i.deleted]
+            if not left or time.monotonic() > deadline:
+                return left
+            await asyncio.sleep(0.2)
     finally:
         await nc.close()
 

@@ -3,6 +3,7 @@ the zip streamed from the blobs bucket and deleted after, the file name, 400 bef
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -75,6 +76,40 @@ async def _objects(store: ObjectStore) -> list[ObjectInfo]:
         return await store.list(ignore_deletes=True)
     except nats.js.errors.NotFoundError:  # an empty bucket
         return []
+
+
+@pytest.mark.parametrize("gone_after", [1, "all"])
+async def test_the_zip_is_deleted_when_the_client_goes_away_mid_way_or_at_the_last_byte(
+        gw: Gateway, gone_after: int | str) -> None:
+    """Starlette cancels a streaming response's scope when the client disconnects (an anyio cancel scope: every
+    later await in it is cancelled too); the deletion still happens. With an awaited delete it never did."""
+    import anyio
+
+    from gateway.service.export import ExportedZip
+    from shared.bus.blobstream import blob_info
+
+    payload = os.urandom(1_000_000)
+    key = await BlobStore(gw.state.bus.js).put(payload, prefix="export")
+    package = ExportedZip(state=gw.state, info=await blob_info(gw.state.bus.js, key), filename="x.zip")
+    received = 0
+
+    async with anyio.create_task_group() as tg:
+        async def stream() -> None:
+            nonlocal received
+            async for chunk in package.chunks():
+                received += len(chunk)
+                if gone_after == 1 or received == len(payload):
+                    tg.cancel_scope.cancel()  # the client went away
+
+        tg.start_soon(stream)
+    assert 0 < received <= len(payload) and (gone_after == 1 or received == len(payload))
+    store = await gw.state.bus.js.object_store("kashf-blobs")
+    for _ in range(50):
+        left = [o.name for o in await _objects(store) if o.name == key]
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert left == []
 
 
 async def test_an_image_dataset_goes_to_the_vision_service(gw: Gateway) -> None:
