@@ -7,12 +7,13 @@ item held out): macro-F1 of the tags returned for the held-out items (one tag or
   (``modelkit.heads.tag_vectors``);
 - ``+title`` (text): each tag's title, embedded like a text (e5 ``query:``), as one more positive example
   (``fit_head``'s ``titles``, ``FitConfig.title_examples``);
-- ``+demean``, ``+whiten``, ``+whiten+norm`` (any track; after ``LR``, ``ours`` or ``+title``, e.g. ``+title+whiten``,
-  ``LR+whiten``): the embeddings (and titles) mapped before the fit, the queries alike: minus the mean, then unit again
-  (``+demean``); shrinkage whitening ``(x - mean) (Cov + lambda tr(Cov)/d I)^-1/2``, affine, so it would fold into
-  the linear head (``+whiten``, ``=LAMBDA`` picks lambda, else ``--whiten-lambda``), unit again with ``+norm``. The
-  mean and Cov are of every item of the track, labels unused (transductive), or of the split's training items with
-  ``@train`` (``+whiten@train=0.1``);
+- ``+demean``, ``+whiten``, ``+whiten+norm``, ``+stretch`` (any track; after ``LR``, ``ours`` or ``+title``, e.g.
+  ``+title+whiten``, ``LR+whiten``): the embeddings (and titles) mapped before the fit, the queries alike: minus the
+  mean, then unit again (``+demean``); shrinkage whitening ``(x - mean) (Cov + lambda tr(Cov)/d I)^-1/2``, affine, so
+  it would fold into the linear head (``+whiten``, ``=LAMBDA`` picks lambda, else ``--whiten-lambda``), unit again
+  with ``+norm``; its opposite, ``(x - mean) (Cov / (tr(Cov)/d))^(a/2)`` (``+stretch=a``, affine too: the top
+  principal directions outweigh the rest). The mean and Cov are of every item of the track, labels unused
+  (transductive), or of the split's training items with ``@train`` (``+whiten@train=0.1``);
 - ``+ngrams`` (text): hashed character 2-4-grams beside the embedding (``beta`` weight, both blocks unit norm);
 - ``zero-shot`` (text): the nearest tag title by cosine, no example at all (the n = 0 row);
 - ``+flip``, ``+flip+centre``, ``+crops`` (photos): test-time augmentation, the unit mean embedding of each item and
@@ -119,17 +120,20 @@ class Transform:
     lam: float  # shrinkage, in units of the mean eigenvalue of Cov
     norm: bool  # unit rows again after the map
     train_only: bool  # statistics of the split's training items, else of every item of the track
+    power: float = -0.5  # of the shrunk eigenvalues: -1/2 whitens, a/2 > 0 stretches (+stretch=a)
 
     def fit(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(mean, P) of ``x``'s rows; P = (Cov + lam tr(Cov)/d I)^-1/2, None when not whitening."""
+        """(mean, P) of ``x``'s rows: P = (Cov + lam tr(Cov)/d I)^power when whitening (power < 0), else
+        (Cov / (tr(Cov)/d))^power; None for minus the mean only."""
         mean = x.mean(axis=0)
         if not self.whiten:
             return mean, None
         centred = x - mean
         values, vectors = np.linalg.eigh(centred.T @ centred / len(x))
         values = np.maximum(values, 0.0)
-        ridge = self.lam * max(float(values.mean()), 1e-12)
-        out: np.ndarray = (vectors / np.sqrt(values + ridge)) @ vectors.T
+        mean_value = max(float(values.mean()), 1e-12)
+        shrunk = values + self.lam * mean_value if self.power < 0 else values / mean_value
+        out: np.ndarray = (vectors * shrunk ** self.power) @ vectors.T
         return mean, out
 
     def apply(self, x: np.ndarray, mean: np.ndarray, p: np.ndarray | None) -> np.ndarray:
@@ -139,7 +143,7 @@ class Transform:
         return unit(z) if self.norm else z
 
 
-_TRANSFORM = re.compile(r"\+(demean|whiten)(@train)?(?:=([0-9.eE+-]+?))?(\+norm)?$")
+_TRANSFORM = re.compile(r"\+(demean|whiten|stretch)(@train)?(?:=([0-9.eE+-]+?))?(\+norm)?$")
 
 
 def parse_transformed(name: str, lam: float) -> tuple[str, Transform] | None:
@@ -149,9 +153,12 @@ def parse_transformed(name: str, lam: float) -> tuple[str, Transform] | None:
     m = _TRANSFORM.fullmatch(rest)
     if m is None:
         return None
+    value = float(m[3]) if m[3] else None
+    if m[1] == "stretch":
+        return base, Transform(True, 0.0, m[4] is not None, m[2] is not None, (value or 1.0) / 2)
     whiten = m[1] == "whiten"
     # Minus the mean alone is no change for the head (it centres the items itself, intercept unpenalised).
-    return base, Transform(whiten, float(m[3]) if m[3] else lam, m[4] is not None or not whiten, m[2] is not None)
+    return base, Transform(whiten, lam if value is None else value, m[4] is not None or not whiten, m[2] is not None)
 
 
 def transformed(base: Method, transform: Transform) -> Method:

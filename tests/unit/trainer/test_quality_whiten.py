@@ -19,6 +19,8 @@ def test_names_parse_into_base_method_and_map() -> None:
     assert parse_transformed("+title+whiten@train=0.03+norm", 0.1) == ("+title", Transform(True, 0.03, True, True))
     # Minus the mean alone is unit again: without it the head, which centres the items itself, would not change.
     assert parse_transformed("LR+demean", 0.1) == ("LR", Transform(False, 0.1, True, False))
+    assert parse_transformed("+stretch@train+norm", 0.1) == ("ours", Transform(True, 0.0, True, True, 0.5))
+    assert parse_transformed("+title+stretch=0.5", 0.1) == ("+title", Transform(True, 0.0, False, False, 0.25))
     for other in ("ours", "+title", "+flip+centre", "+ngrams", "+whiten+title"):
         assert parse_transformed(other, 0.1) is None
 
@@ -35,6 +37,15 @@ def test_whitening_gives_unit_covariance_and_shrinkage_tends_to_centring() -> No
     w = big.apply(x, *big.fit(x))
     factor = np.linalg.norm(w) / np.linalg.norm(centred)
     assert np.allclose(w, factor * centred, atol=1e-6 * np.abs(w).max())
+
+
+def test_stretching_scales_each_principal_direction_by_a_power_of_its_variance() -> None:
+    x = correlated()
+    cov = np.cov(x.T, bias=True)
+    mean_value = np.trace(cov) / len(cov)
+    t = Transform(True, 0.0, False, False, 0.5)  # +stretch=1: Cov^1/2 on the centred rows, Cov^2 after
+    z = t.apply(x, *t.fit(x))
+    assert np.allclose(np.cov(z.T, bias=True), cov @ cov / mean_value, atol=1e-8 * np.abs(cov @ cov).max())
 
 
 def test_demean_and_norm_give_unit_rows() -> None:
