@@ -7,6 +7,13 @@ item held out): macro-F1 of the tags returned for the held-out items (one tag or
   (``modelkit.heads.tag_vectors``);
 - ``+title`` (text): each tag's title, embedded like a text (e5 ``query:``), as one more positive example
   (``fit_head``'s ``titles``, ``FitConfig.title_examples``);
+- ``+demean``, ``+whiten``, ``+whiten+norm``, ``+stretch`` (any track; after ``LR``, ``ours`` or ``+title``, e.g.
+  ``+title+whiten``, ``LR+whiten``): the embeddings (and titles) mapped before the fit, the queries alike: minus the
+  mean, then unit again (``+demean``); shrinkage whitening ``(x - mean) (Cov + lambda tr(Cov)/d I)^-1/2``, affine, so
+  it would fold into the linear head (``+whiten``, ``=LAMBDA`` picks lambda, else ``--whiten-lambda``), unit again
+  with ``+norm``; its opposite, ``(x - mean) (Cov / (tr(Cov)/d))^(a/2)`` (``+stretch=a``, affine too: the top
+  principal directions outweigh the rest). The mean and Cov are of every item of the track, labels unused
+  (transductive), or of the split's training items with ``@train`` (``+whiten@train=0.1``);
 - ``+ngrams`` (text): hashed character 2-4-grams beside the embedding (``beta`` weight, both blocks unit norm);
 - ``zero-shot`` (text): the nearest tag title by cosine, no example at all (the n = 0 row);
 - ``+flip``, ``+flip+centre``, ``+crops`` (photos): test-time augmentation, the unit mean embedding of each item and
@@ -105,8 +112,75 @@ def with_ngrams(x: np.ndarray, grams: np.ndarray, beta: float) -> np.ndarray:
 Method = Callable[[QTrack, np.ndarray, np.ndarray], np.ndarray]
 
 
+@dataclass(frozen=True)
+class Transform:
+    """A map of the embeddings fitted before the head: see ``+demean`` and ``+whiten`` in the module docstring."""
+
+    whiten: bool  # False: minus the mean only
+    lam: float  # shrinkage, in units of the mean eigenvalue of Cov
+    norm: bool  # unit rows again after the map
+    train_only: bool  # statistics of the split's training items, else of every item of the track
+    power: float = -0.5  # of the shrunk eigenvalues: -1/2 whitens, a/2 > 0 stretches (+stretch=a)
+
+    def fit(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(mean, P) of ``x``'s rows: P = (Cov + lam tr(Cov)/d I)^power when whitening (power < 0), else
+        (Cov / (tr(Cov)/d))^power; None for minus the mean only."""
+        mean = x.mean(axis=0)
+        if not self.whiten:
+            return mean, None
+        centred = x - mean
+        values, vectors = np.linalg.eigh(centred.T @ centred / len(x))
+        values = np.maximum(values, 0.0)
+        mean_value = max(float(values.mean()), 1e-12)
+        shrunk = values + self.lam * mean_value if self.power < 0 else values / mean_value
+        out: np.ndarray = (vectors * shrunk ** self.power) @ vectors.T
+        return mean, out
+
+    def apply(self, x: np.ndarray, mean: np.ndarray, p: np.ndarray | None) -> np.ndarray:
+        z = x - mean
+        if p is not None:
+            z = z @ p
+        return unit(z) if self.norm else z
+
+
+_TRANSFORM = re.compile(r"\+(demean|whiten|stretch)(@train)?(?:=([0-9.eE+-]+?))?(\+norm)?$")
+
+
+def parse_transformed(name: str, lam: float) -> tuple[str, Transform] | None:
+    """``(base method, transform)`` of a name such as ``+title+whiten@train=0.1+norm``; None for other names."""
+    base = "LR" if name.startswith("LR") else "+title" if name.startswith("+title") else "ours"
+    rest = name.removeprefix("LR").removeprefix("+title")
+    m = _TRANSFORM.fullmatch(rest)
+    if m is None:
+        return None
+    value = float(m[3]) if m[3] else None
+    if m[1] == "stretch":
+        return base, Transform(True, 0.0, m[4] is not None, m[2] is not None, (value or 1.0) / 2)
+    whiten = m[1] == "whiten"
+    # Minus the mean alone is no change for the head (it centres the items itself, intercept unpenalised).
+    return base, Transform(whiten, lam if value is None else value, m[4] is not None or not whiten, m[2] is not None)
+
+
+def transformed(base: Method, transform: Transform) -> Method:
+    """``base`` on the embeddings (and titles) mapped by ``transform``, its statistics fitted per track or split."""
+    fitted: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    def method(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        if transform.train_only:
+            stats = transform.fit(t.x[tr])
+        else:
+            if id(t) not in fitted:
+                fitted[id(t)] = transform.fit(t.x)
+            stats = fitted[id(t)]
+        titles = None if t.titles is None else transform.apply(t.titles, *stats)
+        mapped = QTrack(t.name, transform.apply(t.x, *stats), t.y, t.texts, titles, t.model_id)
+        return base(mapped, tr, te)
+    return method
+
+
 def methods(beta: float) -> dict[str, Method]:
-    """name -> f(track, train rows, test rows) -> predicted class per test row."""
+    """name -> f(track, train rows, test rows) -> predicted class per test row (``method_of`` adds the
+    transformed ones)."""
     def lr(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
         return plain_lr(t.x[tr], t.y[tr], t.x[te])
 
@@ -155,11 +229,23 @@ def methods(beta: float) -> dict[str, Method]:
 PHOTO_LEVERS = ("+flip", "+flip+centre", "+crops", "+logits")
 
 
+def method_of(name: str, every: dict[str, Method], lam: float) -> Method:
+    """The method called ``name``: one of ``every``, or a transformed one (``parse_transformed``)."""
+    if name in every:
+        return every[name]
+    parsed = parse_transformed(name, lam)
+    if parsed is None:
+        raise SystemExit(f"unknown method {name!r}")
+    return transformed(every[parsed[0]], parsed[1])
+
+
 def applies(track: QTrack, method: str) -> bool:
     """Whether the track has what the method needs: texts and titles for the text levers, the lever's
     features (or the items' views) for the photo levers; LR and ours apply everywhere."""
     if method in ("LR", "ours"):
         return True
+    if (parsed := parse_transformed(method, 0.0)) is not None:
+        return applies(track, parsed[0])
     if method.removeprefix("LR") in PHOTO_LEVERS:
         return method.removeprefix("LR") in track.features
     if method.removeprefix("LR") == "+augment":
@@ -172,9 +258,14 @@ def zero_shot(t: QTrack) -> float:
     return macro_f1((t.x @ t.titles.T).argmax(1), t.y, len(t.titles))
 
 
-def versus_ours(method: str, names: Sequence[str]) -> bool:
-    """Whether a lever's delta to the head without it is printed: a lever on the head, not one on plain LR."""
-    return "ours" in names and method != "ours" and not method.startswith("LR")
+def reference(method: str, names: Sequence[str]) -> str | None:
+    """The method a lever's delta is printed against besides LR: the head without it (``ours``, or ``+title``
+    for a map of the embeddings on the head with titles); None for plain LR's levers or when it is not run."""
+    if method == "ours" or method.startswith("LR"):
+        return None
+    parsed = parse_transformed(method, 0.0)
+    ref = parsed[0] if parsed is not None and parsed[0] in names else "ours"
+    return ref if ref in names else None
 
 
 def run(track: QTrack, ns: Sequence[int], seeds: Sequence[int], chosen: dict[str, Method],
@@ -185,7 +276,7 @@ def run(track: QTrack, ns: Sequence[int], seeds: Sequence[int], chosen: dict[str
         f"(seeds {seeds[0]}..{seeds[-1]}); macro-F1 mean +- sd; delta vs LR: mean +- sd (s.e.)")
     out(f"{'n/tag':>5} " + " ".join(f"{m:>13}" for m in names) + " | "
         + " ".join(f"{'d ' + m:>22}" for m in names if m != "LR")
-        + "".join(f" {m + ' - ours':>22}" for m in names if versus_ours(m, names)))
+        + "".join(f" {m + ' - ' + r:>22}" for m in names if (r := reference(m, names))))
     if track.titles is not None:
         out(f"{0:>5} zero-shot (nearest title): macro-F1 {zero_shot(track):.3f} (chance {1 / n_tags:.3f})")
     for n in ns:
@@ -201,8 +292,8 @@ def run(track: QTrack, ns: Sequence[int], seeds: Sequence[int], chosen: dict[str
             d = np.array(f1[m]) - np.array(f1["LR"])
             deltas.append(f"{d.mean():+.3f}+-{d.std(ddof=1):.3f} ({d.std(ddof=1) / np.sqrt(len(d)):.3f})")
         for m in names:
-            if versus_ours(m, names):
-                d = np.array(f1[m]) - np.array(f1["ours"])
+            if ref := reference(m, names):
+                d = np.array(f1[m]) - np.array(f1[ref])
                 deltas.append(f"{d.mean():+.3f}+-{d.std(ddof=1):.3f} ({d.std(ddof=1) / np.sqrt(len(d)):.3f})")
         out(f"{n:>5} " + " ".join(f"{c:>13}" for c in cells) + " | " + " ".join(f"{c:>22}" for c in deltas)
             + f"   ({time.perf_counter() - start:.0f} s)")
@@ -266,6 +357,7 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=None, help="use only the first N splits")
     parser.add_argument("--beta", type=float, default=0.3, help="weight of the n-gram block")
     parser.add_argument("--logit-weight", type=float, default=0.3, help="weight of the ImageNet-logit block")
+    parser.add_argument("--whiten-lambda", type=float, default=0.1, help="+whiten's shrinkage (x mean eigenvalue)")
     parser.add_argument("--methods", default="LR,ours,+title,+ngrams," + ",".join(PHOTO_LEVERS))
     parser.add_argument("--timing", action="store_true", help="only the fit time with and without titles")
     args = parser.parse_args()
@@ -274,10 +366,11 @@ def main() -> None:
         return
     seeds = list(REPORT_SEEDS if args.seeds == "report" else DEV_SEEDS)[:args.splits]
     every = methods(args.beta)
-    chosen = {m: every[m] for m in ["LR"] + [m for m in args.methods.split(",") if m != "LR"]}
+    chosen = {m: method_of(m, every, args.whiten_lambda)
+              for m in ["LR"] + [m for m in args.methods.split(",") if m != "LR"]}
     print(f"models: {TEXT_MODEL} ({_cpu_sha(args.models_dir / TEXT_MODEL)}), "
           f"{IMAGE_MODEL} ({_cpu_sha(args.models_dir / IMAGE_MODEL)}); beta {args.beta}, "
-          f"logit weight {args.logit_weight}")
+          f"logit weight {args.logit_weight}, whiten lambda {args.whiten_lambda}")
     if args.track in ("text", "all"):
         for track in text_tracks(args.models_dir, args.text_tracks.split(",")):
             run(track, NS, seeds, chosen)
