@@ -3,6 +3,8 @@ statement returns more than one page of rows (a 100k-item refit never holds its 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,24 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.db.models import DataItem, Report
 from tests.unit.trainer.helpers import DIM, seed
 from trainer import repository
+
+
+@contextmanager
+def rows_read(sessions: async_sessionmaker[AsyncSession], marker: str) -> Iterator[list[int]]:
+    """The row count of each statement containing ``marker`` run on the sessions' engine inside the block."""
+    counts: list[int] = []
+
+    def after(conn: object, cursor: Any, statement: str, *_: object) -> None:
+        if marker in statement:
+            counts.append(int(cursor.rowcount))
+
+    engine = sessions.kw["bind"].sync_engine
+    event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield counts
+    finally:
+        event.remove(engine, "after_cursor_execute", after)
+
 
 
 async def _store_all(sessions: async_sessionmaker[AsyncSession], dataset_id: int,
@@ -40,20 +60,10 @@ async def test_reported_and_pool_embeddings_read_in_pages(sessions: async_sessio
     await _store_all(sessions, other_id, "m@1")
     async with sessions() as s:
         reported = {r.item_id for r in await repository.dataset_reports(s, dataset_id)}
-    rows_per_statement: list[int] = []
-
-    def after(conn: object, cursor: Any, statement: str, *_: object) -> None:
-        if "embedding.vector" in statement:
-            rows_per_statement.append(int(cursor.rowcount))
-
-    engine = sessions.kw["bind"].sync_engine
-    event.listen(engine, "after_cursor_execute", after)
-    try:
+    with rows_read(sessions, "embedding.vector") as rows_per_statement:
         async with sessions() as s:
             ids, matrix = await repository.reported_embeddings(s, dataset_id, "m@1", page=page)
             pool_ids, pool = await repository.pool_embeddings(s, dataset_id, "m@1", page=page)
-    finally:
-        event.remove(engine, "after_cursor_execute", after)
     assert ids.tolist() == sorted(reported) and len(reported) == 15
     np.testing.assert_array_equal(matrix, np.stack([stored[i] for i in sorted(reported)]))
     assert pool_ids.tolist() == sorted(stored) and len(stored) == 16  # the unreported input too
@@ -79,19 +89,9 @@ async def test_dataset_reports_read_in_pages(sessions: async_sessionmaker[AsyncS
         want = [tuple(r) for r in await s.execute(
             select(Report.item_id, Report.tag_id, Report.positive, DataItem.kind)
             .join(DataItem, DataItem.id == Report.item_id).where(Report.dataset_id == dataset_id))]
-    rows_per_statement: list[int] = []
-
-    def after(conn: object, cursor: Any, statement: str, *_: object) -> None:
-        if "FROM report" in statement:
-            rows_per_statement.append(int(cursor.rowcount))
-
-    engine = sessions.kw["bind"].sync_engine
-    event.listen(engine, "after_cursor_execute", after)
-    try:
+    with rows_read(sessions, "FROM report") as rows_per_statement:
         async with sessions() as s:
             got = await repository.dataset_reports(s, dataset_id, page=page)
-    finally:
-        event.remove(engine, "after_cursor_execute", after)
     assert [(r.item_id, r.tag_id, r.positive, r.kind) for r in got] == sorted(want) and len(want) == 18
     assert max(rows_per_statement) <= page
     assert len(rows_per_statement) == 18 // page + 1
