@@ -16,6 +16,10 @@ item held out): macro-F1 of the tags returned for the held-out items (one tag or
   (transductive), or of the split's training items with ``@train`` (``+whiten@train=0.1``);
 - ``+ngrams`` (text): hashed character 2-4-grams beside the embedding (``beta`` weight, both blocks unit norm);
 - ``zero-shot`` (text): the nearest tag title by cosine, no example at all (the n = 0 row);
+- ``+self``, ``+title+self`` (with ``--pool``): self-training (``trainer.selftraining``) on an unlabelled pool, the
+  head (with titles) given ``fit_head``'s ``pool``. ``--pool`` splits each split's held-out items in two at random:
+  the pool (unlabelled, what a dataset's kept tag-call inputs would be) and the queries every method is scored
+  on, so the pool never holds a query;
 - ``+flip``, ``+flip+centre``, ``+crops`` (photos): test-time augmentation, the unit mean embedding of each item and
   its mirror image (and its central 80 %; and its four corner 80 %s), for the training items and the queries alike;
 - ``+augment`` (photos): training-time augmentation, each training item's seven views as seven examples; the queries
@@ -36,7 +40,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +66,7 @@ class QTrack:
     model_id: str
     features: dict[str, np.ndarray] = field(default_factory=dict)  # lever name -> (items, d) unit rows (photos)
     views: np.ndarray | None = None  # (views, items, dim) unit rows: each item's test-time views (photos)
+    pool: np.ndarray | None = None  # rows of the split's unlabelled pool (--pool), never scored
 
 
 def macro_f1(pred: np.ndarray, y: np.ndarray, n_tags: int) -> float:
@@ -76,14 +81,16 @@ def plain_lr(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np
 
 
 def kashf(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_tags: int,
-          config: FitConfig | None = None, titles: np.ndarray | None = None) -> np.ndarray:
+          config: FitConfig | None = None, titles: np.ndarray | None = None,
+          pool: np.ndarray | None = None) -> np.ndarray:
     """The class the head returns first for each test row (-1 for unknown), fitted and scored as in production.
 
-    ``titles``: (n_tags, dim) embedded tag titles passed to the fit (``FitConfig.title_examples``)."""
+    ``titles``: (n_tags, dim) embedded tag titles passed to the fit (``FitConfig.title_examples``); ``pool``:
+    unlabelled items for self-training (``fit_head``'s ``pool``)."""
     refs = [TagRef(id=t + 1, title=f"tag {t}") for t in range(n_tags)]
     reports = [Report(row, int(t) + 1, True) for row, t in enumerate(y_train)]
     by_tag = {t + 1: titles[t] for t in range(n_tags)} if titles is not None else None
-    head = fit_head(x_train, reports, [r.id for r in refs], config, by_tag).head("m", 1)
+    head = fit_head(x_train, reports, [r.id for r in refs], config, by_tag, pool).head("m", 1)
     rows = tag_vectors(head, x_test, refs)
     return np.array([-1 if row[0].id == UNKNOWN_TAG_ID else row[0].id - 1 for row in rows])
 
@@ -191,6 +198,14 @@ def methods(beta: float) -> dict[str, Method]:
         assert t.titles is not None
         return kashf(t.x[tr], t.y[tr], t.x[te], len(t.titles), titles=t.titles)
 
+    def pooled(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        assert t.pool is not None
+        return kashf(t.x[tr], t.y[tr], t.x[te], int(t.y.max()) + 1, pool=t.x[t.pool])
+
+    def title_pooled(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        assert t.titles is not None and t.pool is not None
+        return kashf(t.x[tr], t.y[tr], t.x[te], len(t.titles), titles=t.titles, pool=t.x[t.pool])
+
     grams_of: dict[int, np.ndarray] = {}
 
     def grams(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
@@ -223,7 +238,8 @@ def methods(beta: float) -> dict[str, Method]:
     photo = {lever: on(lever, kashf) for lever in PHOTO_LEVERS} | {
         "LR" + lever: on(lever, lr_on) for lever in PHOTO_LEVERS}
     photo |= {"+augment": augmented(kashf), "LR+augment": augmented(lr_on)}
-    return {"LR": lr, "ours": ours, "+title": title, "+ngrams": grams, "LR+ngrams": lr_grams} | photo
+    return {"LR": lr, "ours": ours, "+title": title, "+ngrams": grams, "LR+ngrams": lr_grams, "+self": pooled,
+            "+title+self": title_pooled} | photo
 
 
 PHOTO_LEVERS = ("+flip", "+flip+centre", "+crops", "+logits")
@@ -244,6 +260,8 @@ def applies(track: QTrack, method: str) -> bool:
     features (or the items' views) for the photo levers; LR and ours apply everywhere."""
     if method in ("LR", "ours"):
         return True
+    if method.endswith("+self"):
+        return track.pool is not None and (method == "+self" or track.titles is not None)
     if (parsed := parse_transformed(method, 0.0)) is not None:
         return applies(track, parsed[0])
     if method.removeprefix("LR") in PHOTO_LEVERS:
@@ -263,17 +281,27 @@ def reference(method: str, names: Sequence[str]) -> str | None:
     for a map of the embeddings on the head with titles); None for plain LR's levers or when it is not run."""
     if method == "ours" or method.startswith("LR"):
         return None
+    if method == "+title+self":
+        return "+title" if "+title" in names else None
     parsed = parse_transformed(method, 0.0)
     ref = parsed[0] if parsed is not None and parsed[0] in names else "ours"
     return ref if ref in names else None
 
 
+def pool_split(te: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pool, queries): the held-out rows ``te`` halved at random (the pool gets the smaller half)."""
+    shuffled = np.random.default_rng(seed + 7).permutation(te)
+    return np.sort(shuffled[:len(te) // 2]), np.sort(shuffled[len(te) // 2:])
+
+
 def run(track: QTrack, ns: Sequence[int], seeds: Sequence[int], chosen: dict[str, Method],
-        out: Callable[[str], None] = print) -> None:
+        out: Callable[[str], None] = print, pool: bool = False) -> None:
     n_tags = int(track.y.max()) + 1
-    names = [m for m in chosen if applies(track, m)]
+    empty = np.zeros(0, dtype=np.int64)
+    names = [m for m in chosen if applies(replace(track, pool=empty if pool else None), m)]
     out(f"\n{track.name}: {n_tags} tags, {len(track.y)} items, {track.model_id}; {len(seeds)} splits "
-        f"(seeds {seeds[0]}..{seeds[-1]}); macro-F1 mean +- sd; delta vs LR: mean +- sd (s.e.)")
+        f"(seeds {seeds[0]}..{seeds[-1]}){'; half the held-out items an unlabelled pool' if pool else ''}; "
+        "macro-F1 mean +- sd; delta vs LR: mean +- sd (s.e.)")
     out(f"{'n/tag':>5} " + " ".join(f"{m:>13}" for m in names) + " | "
         + " ".join(f"{'d ' + m:>22}" for m in names if m != "LR")
         + "".join(f" {m + ' - ' + r:>22}" for m in names if (r := reference(m, names))))
@@ -284,8 +312,12 @@ def run(track: QTrack, ns: Sequence[int], seeds: Sequence[int], chosen: dict[str
         f1 = {m: [] for m in names}  # type: dict[str, list[float]]
         for seed in seeds:
             tr, te = split(track.y, n, seed)
+            current = track
+            if pool:
+                rows, te = pool_split(te, seed)
+                current = replace(track, pool=rows)
             for m in names:
-                f1[m].append(macro_f1(chosen[m](track, tr, te), track.y[te], n_tags))
+                f1[m].append(macro_f1(chosen[m](current, tr, te), track.y[te], n_tags))
         cells = [f"{np.mean(f1[m]):.3f}+-{np.std(f1[m], ddof=1):.3f}" for m in names]
         deltas = []
         for m in names[1:]:
@@ -360,6 +392,8 @@ def main() -> None:
     parser.add_argument("--whiten-lambda", type=float, default=0.1, help="+whiten's shrinkage (x mean eigenvalue)")
     parser.add_argument("--methods", default="LR,ours,+title,+ngrams," + ",".join(PHOTO_LEVERS))
     parser.add_argument("--timing", action="store_true", help="only the fit time with and without titles")
+    parser.add_argument("--pool", action="store_true",
+                        help="half of each split's held-out items an unlabelled pool (for +self), the rest queries")
     args = parser.parse_args()
     if args.timing:
         timing()
@@ -373,14 +407,14 @@ def main() -> None:
           f"logit weight {args.logit_weight}, whiten lambda {args.whiten_lambda}")
     if args.track in ("text", "all"):
         for track in text_tracks(args.models_dir, args.text_tracks.split(",")):
-            run(track, NS, seeds, chosen)
+            run(track, NS, seeds, chosen, pool=args.pool)
     if args.track in ("image", "all"):
         t = image_track(args.models_dir)
-        run(QTrack("image (photo variants)", t.x, t.y, None, None, t.model_id), NS, seeds, chosen)
+        run(QTrack("image (photo variants)", t.x, t.y, None, None, t.model_id), NS, seeds, chosen, pool=args.pool)
     if args.track in ("photos", "all"):
         photos = photo_track(args.models_dir / IMAGE_MODEL)  # cached under .kashf/bench
         print(f"\nphotos: {closeness(photos)}")
-        run(photos_track(photos, args.logit_weight), NS, seeds, chosen)
+        run(photos_track(photos, args.logit_weight), NS, seeds, chosen, pool=args.pool)
 
 
 def photos_track(t: PhotoTrack, logit_weight: float) -> QTrack:

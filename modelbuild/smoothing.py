@@ -147,17 +147,18 @@ def smoothing_factors(x_max: np.ndarray, w_max: np.ndarray, alpha: float = ALPHA
 
     The calibration maxima come from ONNX Runtime's kernels, whose last bits may differ between CPUs (AVX2 and
     AVX-512 kernels sum in other orders): with the factors as computed, one machine built ``model.int8.onnx``
-    4ef7487f0e33 from the fp32 file 04e4bb88efee where earlier machines had built bac81c5a8551, so another
-    model id, and a build host change would have asked for every head to be refitted. A power of two moves only when a maximum moves across a rounding boundary: for e5-small's 18,432
-    channels the nearest needs a relative change of 1.9e-5 (a quarter-power grid: 6.8e-6), against float32
-    rounding of about 1e-7. Scaling by a power of two is exact in float. The price, ``python -m bench.int8``:
-    worst cosine to fp32 0.9955 (each text alone, in batches of 32, 20 in one padded batch) against 0.9966
-    with the factors as computed (quarter powers: 0.9961).
+    4ef7487f0e33 from the fp32 file 04e4bb88efee where earlier machines had built bac81c5a8551, so another model id,
+    and a build host change would have asked for every head to be refitted. A power of two moves only when a maximum
+    moves across a rounding boundary: for e5-small's 18,432 channels the nearest needs a relative change of 1.9e-5
+    (a quarter-power grid: 6.8e-6), against float32 rounding of about 1e-7. Scaling by a power of two is exact in
+    float. The price, ``python -m bench.int8``: worst cosine to fp32 0.9955 (each text alone, in batches of 32, 20
+    in one padded batch) against 0.9966 with the factors as computed (quarter powers: 0.9961).
     """
     x, w = (np.maximum(m, 1e-5).astype(np.float64) for m in (x_max, w_max))
     raw = x**alpha / w ** (1 - alpha)
     exponents = np.rint(np.log2(np.clip(raw, 1e-2, 1e4)))
-    return np.exp2(exponents).astype(np.float32)
+    factors: np.ndarray = np.exp2(exponents).astype(np.float32)
+    return factors
 
 
 def zero_padding_rows(graph: onnx.GraphProto) -> int:

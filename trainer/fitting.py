@@ -15,6 +15,8 @@ from trainer.fitresult import FitConfig, FitResult, NothingToFit, Report, Scored
 from trainer.labels import ABSENT, POSITIVE, Labels, build_labels
 from trainer.logistic import prototype, score_logistic
 from trainer.ridge import score_ridge
+from trainer.selftraining import applies as self_trains
+from trainer.selftraining import merge, pseudo_labels
 
 __all__ = ["FitConfig", "FitResult", "NothingToFit", "Report", "TagFit", "fit_head", "uses_ridge", "with_titles"]
 
@@ -55,23 +57,45 @@ def with_titles(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequenc
 
 
 def fit_head(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[int],
-             config: FitConfig | None = None, titles: Mapping[int, np.ndarray] | None = None) -> FitResult:
+             config: FitConfig | None = None, titles: Mapping[int, np.ndarray] | None = None,
+             pool: np.ndarray | None = None) -> FitResult:
     """Fit every tag of ``tag_ids`` that has a positive report; CPU-bound, run it in a thread.
 
     ``titles``: tag id -> the embedding of the tag's title by the items' own model (text datasets only: an
     image model cannot embed a title), used as a pseudo-example with ``FitConfig.title_examples``.
+    ``pool``: (m, dim) embeddings of the dataset's unlabelled items, for self-training (trainer.selftraining).
     """
     config = config or FitConfig()
     if not reports:
         raise NothingToFit("the dataset has no reports")
+    vectors = np.asarray(vectors)
     with threadpool_limits(limits=config.blas_threads, user_api="blas"):
-        return _fit(np.asarray(vectors), reports, tag_ids, config, titles)
+        result = _fit(vectors, reports, tag_ids, config, titles)
+        if pool is None or not self_trains(result, len({r.row for r in reports}), len(pool), config):
+            return result
+        head = result.head("", 0)
+        positives = np.array([t.positives for t in result.tags])
+        rows, columns = pseudo_labels(head, np.asarray(pool), positives, config)
+        if not len(rows):
+            return result
+        extra = (np.asarray(pool[rows], dtype=vectors.dtype), [int(head.tag_ids[c]) for c in columns])
+        second = _fit(vectors, reports, tag_ids, config, titles, extra)
+    if not second.exclusive or [t.tag_id for t in second.tags] != [t.tag_id for t in result.tags]:
+        return result  # cannot happen with positive single-tag pseudo-examples; kept as a guard
+    return merge(result, second, len(rows))
 
 
 def _fit(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[int], config: FitConfig,
-         titles: Mapping[int, np.ndarray] | None) -> FitResult:
+         titles: Mapping[int, np.ndarray] | None,
+         pseudo: tuple[np.ndarray, list[int]] | None = None) -> FitResult:
+    """``pseudo``: pool rows and the tag each is a positive example of, appended after the titles; like the
+    titles, they never count in the figures."""
     real_rows, report_count = len(vectors), len(reports)
     vectors, reports = with_titles(vectors, reports, tag_ids, titles or {}, config)
+    if pseudo is not None:
+        n = len(vectors)
+        vectors = np.vstack([vectors, pseudo[0]])
+        reports = list(reports) + [Report(n + i, t, True) for i, t in enumerate(pseudo[1])]
     labels = build_labels(reports, tag_ids, config.implicit_negatives)
     positives = (labels.codes == POSITIVE).sum(axis=0)
     in_set = (labels.codes != ABSENT).sum(axis=0)

@@ -366,6 +366,27 @@ async def pool_embeddings(session: AsyncSession, dataset_id: int, model_id: str,
     return await _embeddings(session, dataset_id, model_id, page, reported_only=False)
 
 
+async def pool_state(session: AsyncSession, dataset_id: int) -> tuple[int, int]:
+    """(how many, the newest id) of the dataset's unlabelled items (no report): what self-training reads."""
+    row = (await session.execute(
+        select(func.count(DataItem.id), func.coalesce(func.max(DataItem.id), 0))
+        .where(DataItem.dataset_id == dataset_id, ~_reported()))).one()
+    return int(row[0]), int(row[1])
+
+
+async def unlabelled_embeddings(session: AsyncSession, dataset_id: int, model_id: str,
+                                limit: int) -> np.ndarray:
+    """(n, dim) float32 embeddings by ``model_id`` of the dataset's newest ``limit`` items with no report."""
+    rows = (await session.execute(
+        select(Embedding.dim, Embedding.vector)
+        .join(DataItem, and_(Embedding.item_id == DataItem.id, Embedding.model_id == model_id))
+        .where(DataItem.dataset_id == dataset_id, ~_reported())
+        .order_by(DataItem.id.desc()).limit(limit))).all()
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32).reshape(len(rows), rows[0].dim)
+
+
 async def suggest_tags(session: AsyncSession, dataset_id: int) -> dict[int, tuple[bool, float | None]]:
     """Per tag: whether it is active, and its threshold override (None: the head's own)."""
     rows = await session.execute(

@@ -68,11 +68,15 @@ class Unsupported(ValueError):
     """The dataset cannot be trained as it stands (no reports, no positives, unknown kind)."""
 
 
-def fingerprint(model_id: str, reports: Sequence[ReportRow], tags: Sequence[TagRow], config: FitConfig) -> str:
+def fingerprint(model_id: str, reports: Sequence[ReportRow], tags: Sequence[TagRow], config: FitConfig,
+                pool: tuple[int, int] | None = None) -> str:
     """A digest of everything a fit reads: the model, each report, each tag and whether it is active,
-    and the fit's settings. Items never change (one content each), so their ids stand for them."""
-    inputs = [model_id, repr(config), sorted((r.item_id, r.tag_id, r.positive) for r in reports),
-              sorted((t.id, t.active, t.title if config.title_examples else "") for t in tags)]
+    the fit's settings and, when it self-trains, its unlabelled pool (``repository.pool_state``). Items never
+    change (one content each), so their ids stand for them."""
+    inputs: list[Any] = [model_id, repr(config), sorted((r.item_id, r.tag_id, r.positive) for r in reports),
+                         sorted((t.id, t.active, t.title if config.title_examples else "") for t in tags)]
+    if pool is not None:
+        inputs.append(list(pool))
     return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
 
@@ -186,6 +190,8 @@ class Trainer:
             reports = await repository.dataset_reports(session, dataset_id)
             tags = await repository.dataset_tags(session, dataset_id)
             kind = dataset.kind
+            # Self-training's pool counts among the fit's inputs: new kept inputs make "train" fit again.
+            pool = await repository.pool_state(session, dataset_id) if self._self_trains(reports) else None
         try:
             kind = kind or (reports[0].kind if reports else None)
             # A text dataset with no positive report yet is tagged from its tag titles (trainer.zeroshot).
@@ -199,7 +205,8 @@ class Trainer:
                 raise Unsupported(f"datasets of kind {kind!r} cannot be trained")
             # Asked on every refit, so a head is never fitted for a model the services stopped running.
             model = await self.embedder.model(kind)
-            inputs = (zero_shot_fingerprint if zero_shot else fingerprint)(model.model_id, reports, tags, self.config)
+            inputs = (zero_shot_fingerprint(model.model_id, reports, tags, self.config) if zero_shot
+                      else fingerprint(model.model_id, reports, tags, self.config, pool))
             if live is not None and not force and await self._keep(dataset_id, live, inputs):
                 log.info("refit_unchanged", dataset_id=dataset_id, version=live.version)
                 return RefitOutcome(dataset_id, "unchanged", version=live.version)
@@ -214,11 +221,13 @@ class Trainer:
                 result = await self._zero_shot(tags, model.model_id)
             else:
                 embedded = await self._embed_missing(dataset_id, kind, model)
-                item_ids, result = await self._fit_reported(dataset_id, kind, reports, tags, model.model_id)
+                item_ids, result = await self._fit_reported(dataset_id, kind, reports, tags, model,
+                                                            bool(pool and pool[0]))
                 # What this head was fitted from: items that could not be embedded are left out, so a later
                 # request finds a difference and tries them again.
                 present = set(item_ids.tolist())
-                inputs = fingerprint(model.model_id, [r for r in reports if r.item_id in present], tags, self.config)
+                inputs = fingerprint(model.model_id, [r for r in reports if r.item_id in present], tags, self.config,
+                                     pool)
         except (Unsupported, NothingToFit) as exc:
             queued = await self.mark(dataset_id, "failed", str(exc))
             return RefitOutcome(dataset_id, "failed", reason=str(exc), webhooks=tuple(queued))
@@ -236,7 +245,7 @@ class Trainer:
         )
         log.info("dataset_held" if held_reason else "dataset_trained", dataset_id=dataset_id, version=version,
                  model_id=model.model_id, reports=result.report_count, tags=len(result.tags), embedded=embedded,
-                 macro_f1=outcome.macro_f1, mode=result.mode)
+                 macro_f1=outcome.macro_f1, mode=result.mode, pseudo_labels=result.pseudo_labels)
         return outcome
 
     async def mark(self, dataset_id: int, state: str, reason: str | None) -> list[Queued]:
@@ -345,24 +354,38 @@ class Trainer:
             raise ModelChanged(f"the text model changed during training ({model_id} -> {got_model})")
         return zero_shot_fit(titles, [t.id for t in tags], self.config)
 
+    def _self_trains(self, reports: Sequence[ReportRow]) -> bool:
+        """Whether a fit of ``reports`` may self-train on the pool (FitConfig.self_training, few reported items)."""
+        return self.config.self_training and len({r.item_id for r in reports}) < self.config.self_max_rows
+
     async def _fit_reported(self, dataset_id: int, kind: str, reports: Sequence[ReportRow], tags: Sequence[TagRow],
-                            model_id: str) -> tuple[np.ndarray, FitResult]:
+                            model: ModelInfoReply, pooled: bool = False) -> tuple[np.ndarray, FitResult]:
         """Read the reported items' vectors and fit them: the item of each row of the matrix, and the fit.
-        The matrix lives only as long as this call: the suggestions' refresh after it reads the pool's own."""
+        ``pooled``: embed the unlabelled pool first and self-train on its newest ``FitConfig.self_pool_max``.
+        The matrices live only as long as this call: the suggestions' refresh after it reads the pool's own."""
+        pool = None
+        if pooled:
+            await suggestions.embed_pool(self, dataset_id, model, self.suggest)
         async with self.sessions() as session:
-            item_ids, vectors = await repository.reported_embeddings(session, dataset_id, model_id)
-        titles = await self._title_vectors(kind, tags, model_id)
-        result = await asyncio.to_thread(self._fit, reports, tags, item_ids, vectors, titles)
+            item_ids, vectors = await repository.reported_embeddings(session, dataset_id, model.model_id)
+            if pooled:
+                pool = await repository.unlabelled_embeddings(session, dataset_id, model.model_id,
+                                                              self.config.self_pool_max)
+        titles = await self._title_vectors(kind, tags, model.model_id)
+        result = await asyncio.to_thread(self._fit, reports, tags, item_ids, vectors, titles, pool)
         return item_ids, result
 
     def _fit(self, reports: Sequence[ReportRow], tags: Sequence[TagRow], item_ids: np.ndarray,
-             vectors: np.ndarray, titles: Mapping[int, np.ndarray] | None = None) -> FitResult:
+             vectors: np.ndarray, titles: Mapping[int, np.ndarray] | None = None,
+             pool: np.ndarray | None = None) -> FitResult:
         """``vectors[i]`` is item ``item_ids[i]``'s embedding (the matrix is fitted as it is, not copied)."""
         rows = {item_id: row for row, item_id in enumerate(item_ids.tolist())}
         usable = [Report(rows[r.item_id], r.tag_id, r.positive) for r in reports if r.item_id in rows]
         if not rows or not usable:
             raise Unsupported("no reported item could be embedded")
-        return fit_head(vectors, usable, [t.id for t in tags], self.config, titles)
+        if pool is not None and (not len(pool) or pool.shape[1] != vectors.shape[1]):
+            pool = None
+        return fit_head(vectors, usable, [t.id for t in tags], self.config, titles, pool)
 
     async def _commit(self, dataset_id: int, model_id: str, tags: Sequence[TagRow], result: FitResult,
                       inputs: str, *, force: bool) -> tuple[int, str | None, list[Queued]]:

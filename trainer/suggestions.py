@@ -162,7 +162,9 @@ async def refresh(trainer: Fitter, dataset_id: int, version: int, model: ModelIn
         return 0
 
 
-async def _embed_pool(trainer: Fitter, dataset_id: int, model: ModelInfoReply, config: SuggestConfig) -> int:
+async def embed_pool(trainer: Fitter, dataset_id: int, model: ModelInfoReply, config: SuggestConfig) -> int:
+    """Embed and store up to ``config.embed_per_refit`` of the newest kept inputs without a vector by ``model``
+    (before a self-training fit and after each fit, for the suggestions); how many were stored."""
     async with trainer.sessions() as session:
         missing = await repository.pool_missing_embedding(session, dataset_id, model.model_id,
                                                           config.embed_per_refit)
@@ -185,7 +187,7 @@ async def _refresh(trainer: Fitter, dataset_id: int, version: int, model: ModelI
     async with trainer.sessions() as session:
         if await repository.live_version(session, dataset_id) != version:
             return 0  # a held fit: suggestions stay those of the live head
-    embedded = await _embed_pool(trainer, dataset_id, model, config)
+    embedded = await embed_pool(trainer, dataset_id, model, config)
     async with trainer.sessions() as session:
         pool_ids, pool = await repository.pool_embeddings(session, dataset_id, model.model_id)
         tags = await repository.suggest_tags(session, dataset_id)
