@@ -701,6 +701,9 @@ class VersionOut(BaseModel):
     evaluation: TagEvaluation | None = Field(description="cross-validated, percent (as dataset_info)")
     confusion: Confusion | None = Field(None, description="this version's, as dataset_info's")
     mode: HeadMode = "trained"
+    pseudo_labels: int = Field(0, description="unlabelled kept inputs (keep_inputs) that joined this fit as "
+                                              "examples of the tag it answered for them with most confidence "
+                                              "(self-training); the figures come from the reports alone")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -307,6 +307,7 @@ async def save_fit(
     held_reason: str | None = None,
     confusion: Mapping[str, Any] | None = None,
     mode: str = "trained",
+    pseudo_labels: int = 0,
 ) -> None:
     """Record a new head: its version row (with its figures and confusion counts, kept for use_version) and,
     unless it is held (``held_reason``), the dataset's head, state and figures and each tag's threshold and
@@ -315,7 +316,7 @@ async def save_fit(
         dataset_id=dataset_id, version=version, model_id=model_id, object_name=object_name,
         report_count=report_count, fingerprint=fingerprint, held=held_reason is not None,
         evaluation=dict(evaluation), macro_f1=macro_f1, confusion=None if confusion is None else dict(confusion),
-        mode=mode,
+        mode=mode, pseudo_labels=pseudo_labels,
         tags={str(tag_id): {"threshold": threshold, "evaluation": dict(figures)}
               for tag_id, (threshold, figures) in tags.items()},
     ))

@@ -413,7 +413,7 @@ class Trainer:
                 report_count=result.report_count, evaluation=result.dataset_evaluation(active),
                 tags={int(tag_id): (fig["threshold"], fig["evaluation"]) for tag_id, fig in figures.items()},
                 fingerprint=inputs, macro_f1=macro_f1(figures, active), held_reason=held_reason,
-                confusion=result.confusion(), mode=result.mode,
+                confusion=result.confusion(), mode=result.mode, pseudo_labels=result.pseudo_labels,
             )
             queued = await webhook_events.queue_training_event(
                 session, dataset_id, webhook_events.FINISHED, state="held" if held_reason else "live",

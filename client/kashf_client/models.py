@@ -160,6 +160,7 @@ class Version(_Model):
     report_count: int | None = None
     evaluation: Evaluation | None = None
     mode: str | None = None  # "trained" or "zero_shot", as dataset_info's
+    pseudo_labels: int = 0  # kept inputs that joined the fit by self-training (0 from servers before it)
 
 
 class WebhookDelivery(_Model):

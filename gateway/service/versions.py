@@ -31,7 +31,7 @@ async def list_versions(uow: UnitOfWork, account_id: int, name: str) -> list[Ver
     return [
         VersionOut(version=row.version, created=row.created_at.isoformat(), state=_state(row, dataset.head_version),
                    report_count=row.report_count, evaluation=_evaluation(row), confusion=confusion(row.confusion),
-                   mode=row.mode)
+                   mode=row.mode, pseudo_labels=row.pseudo_labels)
         for row in await uow.repo.head_versions(dataset.id)
     ]
 

@@ -191,6 +191,8 @@ class HeadVersion(Base):
     confusion: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Migration 0007: "trained" (from reports) or "zero_shot" (a text dataset's tag titles alone, no report).
     mode: Mapped[str] = mapped_column(String(16), server_default="trained")
+    # Migration 0009: unlabelled pool items that joined the fit as pseudo-examples (trainer.selftraining).
+    pseudo_labels: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 

@@ -1,5 +1,5 @@
-"""What to label next on the real processes: tag calls kept as the pool, suggestions after a fit, a report
-closing the loop, and search over the stored e5 embeddings."""
+"""What to label next on the real processes: tag calls kept as the pool (which the fit self-trains on),
+suggestions after a fit, a report closing the loop, and search over the stored e5 embeddings."""
 
 from __future__ import annotations
 
@@ -42,7 +42,11 @@ async def test_kept_inputs_become_suggestions_and_a_report_closes_one(api: httpx
     reports = [{"content": t, "tag_id": tags[title], "positive": True}
                for title, texts in GROUPS.items() for t in texts[:4]]
     assert (await api.post("/api/report_text_tags/", json=reports)).status_code == 200
-    await wait_trained(api, "pool")
+    trained = await wait_trained(api, "pool")
+    versions = (await api.post("/api/list_versions/", json={"dataset": "pool"})).json()
+    live = next(v for v in versions if v["version"] == trained["version"])
+    # Self-training: the most confident of the kept inputs joined the fit, at most 4 per reported example.
+    assert 0 < live["pseudo_labels"] <= 4 * len(reports), live
     suggestions = await open_suggestions(api, "pool")
     assert suggestions, "no suggestions after the fit"
     assert {s["reason"] for s in suggestions} <= {"uncertain", "suspect"}

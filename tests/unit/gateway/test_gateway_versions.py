@@ -71,7 +71,9 @@ async def test_list_versions_newest_first_with_their_state(gw: Gateway) -> None:
         (3, "held", 30), (2, "live", 20), (1, "kept", 10)]
     assert body[1]["evaluation"] == _figures(90.0)
     assert body[0]["created"] > body[1]["created"] > body[2]["created"]  # ISO 8601, same zone: sortable
-    assert set(body[0]) == {"version", "created", "state", "report_count", "evaluation", "confusion", "mode"}
+    assert set(body[0]) == {"version", "created", "state", "report_count", "evaluation", "confusion", "mode",
+                            "pseudo_labels"}
+    assert {v["pseudo_labels"] for v in body} == {0}  # no version here self-trained (nor any before 0009)
     assert {v["mode"] for v in body} == {"trained"}  # every version stored without a mode was fitted from reports
 
     await gw.post("/api/create_dataset/", {"dataset": "fresh"}, token)

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bench.heads import split
 from bench.quality import QTrack, kashf, macro_f1, pool_split, text_tracks
 from modelkit.heads import Head
 from shared.bus import Bus
-from shared.db.models import DataItem, Embedding
+from shared.db.models import DataItem, Embedding, HeadVersion
 from tests.unit.trainer.helpers import TextModel, seed
 from tests.unit.trainer.test_quality_titles import clusters
 from trainer.embedder import BusEmbedder
@@ -108,8 +109,10 @@ async def test_a_refit_embeds_the_kept_inputs_self_trains_on_them_and_fits_again
     first = await trainer.refit(dataset_id)
     assert first.state == "trained" and first.result is not None
     assert first.result.pseudo_labels > 0
-    async with sessions() as s:  # the pool was embedded for the fit
+    async with sessions() as s:  # the pool was embedded for the fit, and the version says how many it took
         assert len((await s.execute(Embedding.__table__.select())).all()) == 15 + 12
+        stored = await s.scalar(select(HeadVersion.pseudo_labels).where(HeadVersion.dataset_id == dataset_id))
+    assert stored == first.result.pseudo_labels
     assert (await trainer.refit(dataset_id)).state == "unchanged"
     await add_inputs(sessions, dataset_id, ["music kept input 0"])  # a new kept input is a new input of the fit
     again = await trainer.refit(dataset_id)
