@@ -89,6 +89,7 @@ bench: models
 	$(BIN)/python -m bench.heads --track load
 	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.quality
+	$(BIN)/python -m bench.quality --pool --methods LR,ours,+title,+self,+title+self
 
 clean:
 	rm -rf .kashf .pytest_cache .mypy_cache .ruff_cache

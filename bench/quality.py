@@ -23,7 +23,8 @@ item held out): macro-F1 of the tags returned for the held-out items (one tag or
 - ``+flip``, ``+flip+centre``, ``+crops`` (photos): test-time augmentation, the unit mean embedding of each item and
   its mirror image (and its central 80 %; and its four corner 80 %s), for the training items and the queries alike;
 - ``+augment`` (photos): training-time augmentation, each training item's seven views as seven examples; the queries
-  as they are;
+  as they are; ``+augment-pseudo``: its six other views as pseudo-examples (figures and none logit from the fit
+  without them, as ``trainer.selftraining`` does with the pool);
 - ``+logits`` (photos): the image model's centred ImageNet logits, unit, at ``--logit-weight`` beside the embedding;
 - ``LR`` + a photo lever: plain LR with that lever.
 Delta = method - LR per split (and lever - ours); mean, sd over splits and s.e. of the mean. Tracks: Persian reviews
@@ -46,12 +47,15 @@ from pathlib import Path
 import numpy as np
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from bench.heads import DEV_SEEDS, IMAGE_MODEL, REPO, REPORT_SEEDS, TEXT_MODEL, image_track, set_f1, split
 from bench.quality_photos import TTA, PhotoTrack, closeness, photo_track, unit
-from modelkit.heads import tag_vectors
+from modelkit.heads import Head, tag_vectors
 from shared.schemas.inference import UNKNOWN_TAG_ID, TagRef
+from trainer import fitting
 from trainer.fitting import FitConfig, Report, fit_head
+from trainer.selftraining import merge
 
 NS = (4, 8, 16)
 
@@ -90,7 +94,13 @@ def kashf(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_tags: 
     refs = [TagRef(id=t + 1, title=f"tag {t}") for t in range(n_tags)]
     reports = [Report(row, int(t) + 1, True) for row, t in enumerate(y_train)]
     by_tag = {t + 1: titles[t] for t in range(n_tags)} if titles is not None else None
-    head = fit_head(x_train, reports, [r.id for r in refs], config, by_tag, pool).head("m", 1)
+    return answers(fit_head(x_train, reports, [r.id for r in refs], config, by_tag, pool).head("m", 1), x_test,
+                   n_tags)
+
+
+def answers(head: Head, x_test: np.ndarray, n_tags: int) -> np.ndarray:
+    """The class ``head`` (tags 1..n_tags) returns first for each test row as the services tag (-1: unknown)."""
+    refs = [TagRef(id=t + 1, title=f"tag {t}") for t in range(n_tags)]
     rows = tag_vectors(head, x_test, refs)
     return np.array([-1 if row[0].id == UNKNOWN_TAG_ID else row[0].id - 1 for row in rows])
 
@@ -235,9 +245,23 @@ def methods(beta: float) -> dict[str, Method]:
             return fit(x_train, np.tile(t.y[tr], len(t.views)), t.x[te], int(t.y.max()) + 1)
         return method
 
+    def augment_pseudo(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        """Each training item's other views as pseudo-examples (like self-training's), the none logit of the
+        fit without them."""
+        assert t.views is not None
+        n_tags, config = int(t.y.max()) + 1, FitConfig()
+        reports = [Report(row, int(c) + 1, True) for row, c in enumerate(t.y[tr])]
+        extra = t.views[1:, tr].reshape(-1, t.views.shape[-1])
+        labels = np.tile(t.y[tr] + 1, len(t.views) - 1).tolist()
+        with threadpool_limits(limits=config.blas_threads, user_api="blas"):
+            first = fitting._fit(t.x[tr], reports, list(range(1, n_tags + 1)), config, None)
+            second = fitting._fit(t.x[tr], reports, list(range(1, n_tags + 1)), config, None, (extra, labels))
+        head = replace(merge(first, second, len(extra)), none_logit=first.none_logit).head("m", 1)
+        return answers(head, t.x[te], n_tags)
+
     photo = {lever: on(lever, kashf) for lever in PHOTO_LEVERS} | {
         "LR" + lever: on(lever, lr_on) for lever in PHOTO_LEVERS}
-    photo |= {"+augment": augmented(kashf), "LR+augment": augmented(lr_on)}
+    photo |= {"+augment": augmented(kashf), "LR+augment": augmented(lr_on), "+augment-pseudo": augment_pseudo}
     return {"LR": lr, "ours": ours, "+title": title, "+ngrams": grams, "LR+ngrams": lr_grams, "+self": pooled,
             "+title+self": title_pooled} | photo
 
@@ -266,7 +290,7 @@ def applies(track: QTrack, method: str) -> bool:
         return applies(track, parsed[0])
     if method.removeprefix("LR") in PHOTO_LEVERS:
         return method.removeprefix("LR") in track.features
-    if method.removeprefix("LR") == "+augment":
+    if method.removeprefix("LR") in ("+augment", "+augment-pseudo"):
         return track.views is not None
     return track.texts is not None and (method != "+title" or track.titles is not None)
 
@@ -333,25 +357,29 @@ def run(track: QTrack, ns: Sequence[int], seeds: Sequence[int], chosen: dict[str
 
 def timing(cases: Sequence[tuple[int, int]] = ((120, 6), (480, 20), (10_000, 50)), repeats: int = 5) -> None:
     """Fit time (best of ``repeats``) with and without titles on bench.refit's e5-like items, one report each
-    (titles are used below FitConfig.title_max_rows reported items only)."""
+    (titles are used below FitConfig.title_max_rows reported items only), and with titles and a pool of
+    ``FitConfig.self_pool_max`` unlabelled items of the same tags (self-training, below self_max_rows only)."""
     from bench.refit import e5_like
 
-    print(f"\nfit time, e5-like items (bench.refit), best of {repeats}: items x tags, no titles, titles")
+    pool_size = FitConfig().self_pool_max
+    print(f"\nfit time, e5-like items (bench.refit), best of {repeats}: items x tags, no titles, titles, "
+          f"titles + a pool of {pool_size}")
     for n, tags in cases:
-        data = e5_like(n, tags, seed=0, n_test=10)
+        data = e5_like(n, tags, seed=0, n_test=pool_size)
         reports = [Report(i, int(np.flatnonzero(row)[0]) + 1, True) for i, row in enumerate(data["y"])]
         # A title lands near its tag's items, as e5 titles do: the tag's centroid, unit length.
         first = data["y"].argmax(1)
         titles = {t + 1: c / np.linalg.norm(c) for t in range(tags) if (c := data["x"][first == t].mean(0)).any()}
-        took = []
-        for by_tag in (None, titles):
+        took, pseudo = [], 0
+        for by_tag, pool in ((None, None), (titles, None), (titles, data["x_test"])):
             best = np.inf
             for _ in range(repeats):
                 start = time.perf_counter()
-                fit_head(data["x"], reports, list(range(1, tags + 1)), None, by_tag)
+                result = fit_head(data["x"], reports, list(range(1, tags + 1)), None, by_tag, pool)
                 best = min(best, time.perf_counter() - start)
             took.append(best)
-        print(f"{n:>6} x {tags:<3} {took[0]:7.2f} s {took[1]:7.2f} s")
+            pseudo = max(pseudo, result.pseudo_labels)
+        print(f"{n:>6} x {tags:<3} {took[0]:7.2f} s {took[1]:7.2f} s {took[2]:7.2f} s ({pseudo} pseudo-examples)")
 
 
 def _sha(path: Path) -> str:

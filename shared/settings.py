@@ -223,6 +223,8 @@ class TrainerSettings(DatabaseSettings):
     # The heartbeat (every ack_wait/3) keeps a long refit's events; a crashed trainer's come back this soon.
     ack_wait_s: float = Field(15.0, validation_alias=_alias("KASHF_TRAIN_ACK_WAIT_S"))
     cv_folds: int = Field(5, validation_alias=_alias("KASHF_CV_FOLDS"))
+    # Self-training on the kept inputs (trainer.selftraining); off: the pool never joins a fit.
+    self_training: bool = Field(True, validation_alias=_alias("KASHF_SELF_TRAINING"))
     stall_s: float = Field(120.0, validation_alias=_alias("KASHF_TRAIN_STALL_S"))
     # Head versions kept per dataset besides the live one (modelkit.heads.prune_heads); older blobs are deleted.
     head_versions_kept: int = Field(3, ge=0, validation_alias=_alias("KASHF_HEAD_VERSIONS_KEPT"))

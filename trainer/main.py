@@ -34,13 +34,18 @@ async def database_reachable(engine: AsyncEngine, timeout_s: float = 2.0) -> boo
     return True
 
 
+def fit_config(settings: TrainerSettings) -> FitConfig:
+    """The fit's knobs that the environment sets (KASHF_CV_FOLDS, KASHF_SELF_TRAINING)."""
+    return FitConfig(cv_folds=settings.cv_folds, self_training=settings.self_training)
+
+
 async def setup(settings: TrainerSettings, bus: Bus) -> Readiness:
     """Declare the stream, then start pulling: a refit runs only once both the bus and Postgres answer."""
     await ensure_streams(bus.js, replicas=settings.jetstream_replicas)
     engine = make_engine(settings.database_url, pool_size=4)
     sessions = make_sessionmaker(engine)
     trainer = Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js, settings.head_versions_kept),
-                      config=FitConfig(cv_folds=settings.cv_folds),
+                      config=fit_config(settings),
                       suggest=SuggestConfig(max_cosine=settings.suggest_max_cosine, limit=settings.suggest_limit,
                                             suspect_min=settings.suggest_suspect_min,
                                             embed_per_refit=settings.suggest_embed_per_refit),

@@ -412,6 +412,21 @@ async def test_thresholds_versions_and_rollback(ui: Console, tmp_path: Path) -> 
     # The page shows the matrix of the version made live: its own, as list_versions has it.
     assert info["confusion"] == next(v["confusion"] for v in versions if v["version"] == target)
     await expect_confusion(page, info)
+
+    # A self-trained version says how many kept inputs joined it. This dataset keeps no input, so the server's
+    # answer gets the count of a dataset that does.
+    async def self_trained(route: Any) -> None:
+        response = await route.fetch()
+        listed = await response.json()
+        for v in listed:
+            v["pseudo_labels"] = 7 if v["version"] == target else 0
+        await route.fulfill(response=response, json=listed)
+
+    await page.route("**/api/list_versions/", self_trained)
+    await ui.go("#/")
+    await ui.go(f"#/d/{DATASET}")
+    await expect(page.locator(f"#versions-table tr[data-version='{target}']")).to_contain_text("+7 kept")
+    await expect(page.locator("#versions-table")).not_to_contain_text("+0 kept")
     await ui.shot("07-versions")
     ui.assert_clean()
 

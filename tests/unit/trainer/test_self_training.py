@@ -18,12 +18,14 @@ from bench.heads import split
 from bench.quality import QTrack, kashf, macro_f1, pool_split, text_tracks
 from modelkit.heads import Head
 from shared.bus import Bus
+from shared.settings import TrainerSettings
 from shared.db.models import DataItem, Embedding, HeadVersion
 from tests.unit.trainer.helpers import TextModel, seed
 from tests.unit.trainer.test_quality_titles import clusters
 from trainer.embedder import BusEmbedder
 from trainer.fitting import FitConfig, Report, fit_head
 from trainer.heads import ObjectStoreHeads
+from trainer.main import fit_config
 from trainer.selftraining import pseudo_labels
 from trainer.service import Trainer
 
@@ -92,6 +94,12 @@ def test_the_pool_is_left_alone_off_the_few_shot_exclusive_case() -> None:
             for fit, before in zip(result.tags, plain.tags, strict=True):
                 np.testing.assert_array_equal(fit.weights, before.weights)
     assert fit_head(x, reports, [1, 2, 3], pool=pool[:0]).pseudo_labels == 0  # an empty pool
+
+
+def test_the_environment_turns_self_training_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert fit_config(TrainerSettings()).self_training
+    monkeypatch.setenv("KASHF_SELF_TRAINING", "false")
+    assert fit_config(TrainerSettings()).self_training is False
 
 
 async def add_inputs(sessions: async_sessionmaker[AsyncSession], dataset_id: int, texts: list[str]) -> None:

@@ -211,7 +211,10 @@ export async function render(root, [name], ctx) {
       h('th', { scope: 'row' }, String(v.version), h('br'),
         h('time', { datetime: v.created, title: v.created, class: 'small muted' }, shortTime(v.created))),
       h('td', {}, h('span', { class: `state ${v.state}` }, v.state)),
-      h('td', { class: 'num' }, v.report_count ?? '–'),
+      h('td', { class: 'num' }, v.report_count ?? '–', v.pseudo_labels
+        ? h('span', { class: 'small muted', title: 'kept inputs that joined this fit by self-training' },
+          ` +${v.pseudo_labels} kept`)
+        : null),
       h('td', { class: 'num' }, pct(v.evaluation?.f1)),
       h('td', {}, v.state === 'live' ? null : button('Use', async () => {
         try {
