@@ -63,8 +63,9 @@ class FitConfig:
     # Self-training (trainer.selftraining) on the dataset's unlabelled pool (kept tag-call inputs), for exclusive
     # heads below self_max_rows reported items: the first fit's most confident self_fraction of the pool items
     # answered with each tag, at most self_cap x the tag's positives, join a second fit as pseudo-examples
-    # (bench/quality.py --pool: the fraction 0.75 was the best of 0.25, 0.5, 0.75 and "all" on its tuning
-    # splits). The trainer reads at most self_pool_max pool items, the newest.
+    # (0.75 ranked best of 0.25, 0.5, 0.75 and "as many as the reports" on the tuning splits of bench/quality.py's
+    # review tracks, half the held-out items as the pool; --pool measures it). The trainer reads at most
+    # self_pool_max pool items, the newest.
     self_training: bool = True
     self_fraction: float = 0.75
     self_cap: float = 4.0
