@@ -18,8 +18,8 @@ from bench.heads import split
 from bench.quality import QTrack, kashf, macro_f1, pool_split, text_tracks
 from modelkit.heads import Head
 from shared.bus import Bus
-from shared.settings import TrainerSettings
 from shared.db.models import DataItem, Embedding, HeadVersion
+from shared.settings import TrainerSettings
 from tests.unit.trainer.helpers import TextModel, seed
 from tests.unit.trainer.test_quality_titles import clusters
 from trainer.embedder import BusEmbedder
