@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -62,6 +62,9 @@ class HeadStore(Protocol):
     async def delete(self, names: Sequence[str]) -> None: ...
 
     async def exists(self, object_name: str) -> bool: ...
+
+
+PREFIT_IMAGES = 64  # kept input images embedded before a self-training fit, at most (see _fit_reported)
 
 
 class Unsupported(ValueError):
@@ -355,8 +358,12 @@ class Trainer:
         return zero_shot_fit(titles, [t.id for t in tags], self.config)
 
     def _self_trains(self, reports: Sequence[ReportRow]) -> bool:
-        """Whether a fit of ``reports`` may self-train on the pool (FitConfig.self_training, few reported items)."""
-        return self.config.self_training and len({r.item_id for r in reports}) < self.config.self_max_rows
+        """Whether a fit of ``reports`` may self-train on the pool: FitConfig.self_training, few reported items and
+        none reported positive for two tags (a multi-label head never self-trains)."""
+        if not self.config.self_training or len({r.item_id for r in reports}) >= self.config.self_max_rows:
+            return False
+        positive = [r.item_id for r in reports if r.positive]
+        return len(positive) == len(set(positive))
 
     async def _fit_reported(self, dataset_id: int, kind: str, reports: Sequence[ReportRow], tags: Sequence[TagRow],
                             model: ModelInfoReply, pooled: bool = False) -> tuple[np.ndarray, FitResult]:
@@ -365,7 +372,11 @@ class Trainer:
         The matrices live only as long as this call: the suggestions' refresh after it reads the pool's own."""
         pool = None
         if pooled:
-            await suggestions.embed_pool(self, dataset_id, model, self.suggest)
+            # Kept image inputs are fetched by URL: before the fit only a few, so the new head is not kept
+            # waiting on slow hosts; the suggestions' refresh after the fit embeds more for the next one.
+            limit = self.suggest.embed_per_refit if kind == "text" else min(self.suggest.embed_per_refit,
+                                                                             PREFIT_IMAGES)
+            await suggestions.embed_pool(self, dataset_id, model, replace(self.suggest, embed_per_refit=limit))
         async with self.sessions() as session:
             item_ids, vectors = await repository.reported_embeddings(session, dataset_id, model.model_id)
             if pooled:

@@ -19,6 +19,7 @@ from bench.quality import QTrack, kashf, macro_f1, pool_split, text_tracks
 from modelkit.heads import Head
 from shared.bus import Bus
 from shared.db.models import DataItem, Embedding, HeadVersion
+from shared.db.models import Report as StoredReport
 from shared.settings import TrainerSettings
 from tests.unit.trainer.helpers import TextModel, seed
 from tests.unit.trainer.test_quality_titles import clusters
@@ -130,6 +131,22 @@ async def test_a_refit_embeds_the_kept_inputs_self_trains_on_them_and_fits_again
                     config=FitConfig(cv_folds=3, self_training=False))
     off = await plain.refit(dataset_id, force=True)
     assert off.result is not None and off.result.pseudo_labels == 0
+
+
+async def test_a_multi_label_dataset_leaves_its_kept_inputs_out_of_the_fit_and_its_inputs(
+    bus: Bus, sessions: async_sessionmaker[AsyncSession], text_model: TextModel
+) -> None:
+    trainer = Trainer(sessions, BusEmbedder(bus), ObjectStoreHeads(bus.js), config=FitConfig(cv_folds=3))
+    dataset_id, tags = await seed(sessions)
+    async with sessions.begin() as s:  # one item of two tags: the head is multi-label
+        item = (await s.scalars(select(DataItem).where(DataItem.dataset_id == dataset_id,
+                                                        DataItem.content == "sport sentence number 1"))).one()
+        s.add(StoredReport(dataset_id=dataset_id, item_id=item.id, tag_id=tags["music"], positive=True))
+    await add_inputs(sessions, dataset_id, [f"{g} kept input {i}" for g in ("sport", "food") for i in range(6)])
+    first = await trainer.refit(dataset_id)
+    assert first.result is not None and not first.result.exclusive and first.result.pseudo_labels == 0
+    await add_inputs(sessions, dataset_id, ["music kept input 0"])
+    assert (await trainer.refit(dataset_id)).state == "unchanged"  # the pool is no input of its fit
 
 
 @pytest.fixture(scope="module", params=["fa-reviews", "en-reviews"])
