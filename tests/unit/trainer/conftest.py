@@ -3,9 +3,11 @@ test text models on the bus, trainer consumers stopped after the test, the webho
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -21,6 +23,22 @@ from trainer.embedder import BusEmbedder
 from trainer.fitting import FitConfig
 from trainer.heads import ObjectStoreHeads
 from trainer.service import Trainer
+
+if TYPE_CHECKING:
+    from bench.quality import QTrack
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module", params=["fa-reviews", "en-reviews"])
+def reviews(request: pytest.FixtureRequest) -> QTrack:
+    """e5 embeddings of bench.quality's Persian, then English review track (skipped without a built model)."""
+    from bench.quality import text_tracks
+
+    root = Path(os.environ.get("KASHF_MODELS_DIR", REPO / "models"))
+    if not (root / "text/multilingual-e5-small/manifest.json").is_file():
+        pytest.skip(f"no built text model under {root} (run `make models`)")
+    return text_tracks(root, [request.param])[0]
 
 
 @pytest.fixture

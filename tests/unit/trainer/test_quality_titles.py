@@ -4,19 +4,15 @@ they lift macro-F1 at 4 examples per tag on real e5 embeddings of the Persian an
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from bench.heads import split
-from bench.quality import QTrack, kashf, macro_f1, text_tracks
+from bench.quality import QTrack, kashf, macro_f1
 from bench.quality_reviews_en import REVIEWS
 from tests.unit.trainer.reviews import TAGS
 from trainer.fitting import FitConfig, Report, fit_head, with_titles
 
-REPO = Path(__file__).resolve().parents[3]
 SEEDS = range(500, 510)  # neither bench's tuning splits (0-19) nor its report splits (1000+)
 
 
@@ -78,13 +74,6 @@ def test_english_reviews_track_is_six_intents_of_44_distinct_reviews() -> None:
     assert len(set(texts)) == len(texts)
     assert not set(texts) & {" ".join(t.lower().split()) for group in TAGS.values() for t in group}
 
-
-@pytest.fixture(scope="module", params=["fa-reviews", "en-reviews"])
-def reviews(request: pytest.FixtureRequest) -> QTrack:
-    root = Path(os.environ.get("KASHF_MODELS_DIR", REPO / "models"))
-    if not (root / "text/multilingual-e5-small/manifest.json").is_file():
-        pytest.skip(f"no built text model under {root} (run `make models`)")
-    return text_tracks(root, [request.param])[0]
 
 
 @pytest.mark.models

@@ -6,8 +6,6 @@ shape the classifier but never the figures, when the fit leaves the pool alone, 
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bench.heads import split
-from bench.quality import QTrack, kashf, macro_f1, pool_split, text_tracks
+from bench.quality import QTrack, kashf, macro_f1, pool_split
 from modelkit.heads import Head
 from shared.bus import Bus
 from shared.db.models import DataItem, Embedding, HeadVersion
@@ -30,7 +28,6 @@ from trainer.main import fit_config
 from trainer.selftraining import pseudo_labels
 from trainer.service import Trainer
 
-REPO = Path(__file__).resolve().parents[3]
 SEEDS = range(500, 510)  # neither bench's tuning splits (0-19) nor its report splits (1000+)
 
 
@@ -148,13 +145,6 @@ async def test_a_multi_label_dataset_leaves_its_kept_inputs_out_of_the_fit_and_i
     await add_inputs(sessions, dataset_id, ["music kept input 0"])
     assert (await trainer.refit(dataset_id)).state == "unchanged"  # the pool is no input of its fit
 
-
-@pytest.fixture(scope="module", params=["fa-reviews", "en-reviews"])
-def reviews(request: pytest.FixtureRequest) -> QTrack:
-    root = Path(os.environ.get("KASHF_MODELS_DIR", REPO / "models"))
-    if not (root / "text/multilingual-e5-small/manifest.json").is_file():
-        pytest.skip(f"no built text model under {root} (run `make models`)")
-    return text_tracks(root, [request.param])[0]
 
 
 @pytest.mark.models
