@@ -195,26 +195,26 @@ def transformed(base: Method, transform: Transform) -> Method:
     return method
 
 
-def methods(beta: float) -> dict[str, Method]:
+def methods(beta: float, config: FitConfig | None = None) -> dict[str, Method]:
     """name -> f(track, train rows, test rows) -> predicted class per test row (``method_of`` adds the
     transformed ones)."""
     def lr(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
         return plain_lr(t.x[tr], t.y[tr], t.x[te])
 
     def ours(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
-        return kashf(t.x[tr], t.y[tr], t.x[te], int(t.y.max()) + 1)
+        return kashf(t.x[tr], t.y[tr], t.x[te], int(t.y.max()) + 1, config)
 
     def title(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
         assert t.titles is not None
-        return kashf(t.x[tr], t.y[tr], t.x[te], len(t.titles), titles=t.titles)
+        return kashf(t.x[tr], t.y[tr], t.x[te], len(t.titles), config, titles=t.titles)
 
     def pooled(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
         assert t.pool is not None
-        return kashf(t.x[tr], t.y[tr], t.x[te], int(t.y.max()) + 1, pool=t.x[t.pool])
+        return kashf(t.x[tr], t.y[tr], t.x[te], int(t.y.max()) + 1, config, pool=t.x[t.pool])
 
     def title_pooled(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
         assert t.titles is not None and t.pool is not None
-        return kashf(t.x[tr], t.y[tr], t.x[te], len(t.titles), titles=t.titles, pool=t.x[t.pool])
+        return kashf(t.x[tr], t.y[tr], t.x[te], len(t.titles), config, titles=t.titles, pool=t.x[t.pool])
 
     grams_of: dict[int, np.ndarray] = {}
 
@@ -222,7 +222,7 @@ def methods(beta: float) -> dict[str, Method]:
         assert t.texts is not None
         g = grams_of.setdefault(id(t), ngrams(t.texts))
         z = with_ngrams(t.x, g, beta)
-        return kashf(z[tr], t.y[tr], z[te], int(t.y.max()) + 1)
+        return kashf(z[tr], t.y[tr], z[te], int(t.y.max()) + 1, config)
 
     def lr_grams(t: QTrack, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
         assert t.texts is not None
@@ -249,13 +249,14 @@ def methods(beta: float) -> dict[str, Method]:
         """Each training item's other views as pseudo-examples (like self-training's), the none logit of the
         fit without them."""
         assert t.views is not None
-        n_tags, config = int(t.y.max()) + 1, FitConfig()
+        n_tags = int(t.y.max()) + 1
+        fit = config or FitConfig()
         reports = [Report(row, int(c) + 1, True) for row, c in enumerate(t.y[tr])]
         extra = t.views[1:, tr].reshape(-1, t.views.shape[-1])
         labels = np.tile(t.y[tr] + 1, len(t.views) - 1).tolist()
-        with threadpool_limits(limits=config.blas_threads, user_api="blas"):
-            first = fitting._fit(t.x[tr], reports, list(range(1, n_tags + 1)), config, None)
-            second = fitting._fit(t.x[tr], reports, list(range(1, n_tags + 1)), config, None, (extra, labels))
+        with threadpool_limits(limits=fit.blas_threads, user_api="blas"):
+            first = fitting._fit(t.x[tr], reports, list(range(1, n_tags + 1)), fit, None)
+            second = fitting._fit(t.x[tr], reports, list(range(1, n_tags + 1)), fit, None, (extra, labels))
         head = replace(merge(first, second, len(extra)), none_logit=first.none_logit).head("m", 1)
         return answers(head, t.x[te], n_tags)
 
@@ -267,6 +268,25 @@ def methods(beta: float) -> dict[str, Method]:
 
 
 PHOTO_LEVERS = ("+flip", "+flip+centre", "+crops", "+logits")
+
+
+def fit_config(overrides: str) -> FitConfig:
+    """``FitConfig`` with ``KEY=VALUE,...`` overrides (a tuple field's values separated by ``/``), e.g.
+    ``self_fraction=0.5`` or ``default_c=10,c_grid=10``."""
+    config = FitConfig()
+    changes: dict[str, object] = {}
+    for item in filter(None, overrides.split(",")):
+        key, _, value = item.partition("=")
+        if key not in FitConfig.__dataclass_fields__:
+            raise SystemExit(f"FitConfig has no field {key!r}")
+        current = getattr(config, key)
+        if isinstance(current, tuple):
+            changes[key] = tuple(float(v) for v in value.split("/"))
+        elif isinstance(current, bool):
+            changes[key] = value.lower() in ("1", "true", "yes")
+        else:
+            changes[key] = type(current)(value)
+    return replace(config, **changes)  # type: ignore[arg-type]
 
 
 def method_of(name: str, every: dict[str, Method], lam: float) -> Method:
@@ -437,6 +457,8 @@ def main() -> None:
     parser.add_argument("--whiten-lambda", type=float, default=0.1, help="+whiten's shrinkage (x mean eigenvalue)")
     parser.add_argument("--methods", default="LR,ours,+title,+ngrams," + ",".join(PHOTO_LEVERS))
     parser.add_argument("--timing", action="store_true", help="only the fit time with and without titles")
+    parser.add_argument("--fit", default="", help="FitConfig overrides for every head method, KEY=VALUE,... "
+                                                  "(a tuple's values separated by /), e.g. self_fraction=0.5")
     parser.add_argument("--ceiling", action="store_true",
                         help="only LR and the head with 4/5 of each track labelled (5-fold cross-validation)")
     parser.add_argument("--pool", action="store_true",
@@ -450,11 +472,12 @@ def main() -> None:
         ceiling([*text_tracks(args.models_dir, args.text_tracks.split(",")), photos_track(photos, args.logit_weight)])
         return
     seeds = list(REPORT_SEEDS if args.seeds == "report" else DEV_SEEDS)[:args.splits]
-    every = methods(args.beta)
+    config = fit_config(args.fit)
+    every = methods(args.beta, config)
     chosen = {m: method_of(m, every, args.whiten_lambda)
               for m in ["LR"] + [m for m in args.methods.split(",") if m != "LR"]}
     print(f"models: {TEXT_MODEL} ({_cpu_sha(args.models_dir / TEXT_MODEL)}), "
-          f"{IMAGE_MODEL} ({_cpu_sha(args.models_dir / IMAGE_MODEL)}); beta {args.beta}, "
+          f"{IMAGE_MODEL} ({_cpu_sha(args.models_dir / IMAGE_MODEL)}); fit {args.fit or 'defaults'}; beta {args.beta}, "
           f"logit weight {args.logit_weight}, whiten lambda {args.whiten_lambda}")
     if args.track in ("text", "all"):
         for track in text_tracks(args.models_dir, args.text_tracks.split(",")):

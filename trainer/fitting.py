@@ -79,9 +79,8 @@ def fit_head(vectors: np.ndarray, reports: Sequence[Report], tag_ids: Sequence[i
         if not len(rows):
             return result
         extra = (np.asarray(pool[rows], dtype=vectors.dtype), [int(head.tag_ids[c]) for c in columns])
+        # Positive examples of one tag each, of tags already fitted: the second head has the same tags, exclusive.
         second = _fit(vectors, reports, tag_ids, config, titles, extra)
-    if not second.exclusive or [t.tag_id for t in second.tags] != [t.tag_id for t in result.tags]:
-        return result  # cannot happen with positive single-tag pseudo-examples; kept as a guard
     return merge(result, second, len(rows))
 
 

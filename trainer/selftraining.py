@@ -12,6 +12,7 @@ measures it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -19,13 +20,33 @@ import numpy as np
 from modelkit.heads import Head
 from trainer.fitresult import FitConfig, FitResult
 
-POOL_BLOCK = 4096  # pool rows per block of probabilities
+# Pool rows scored at a time: a head's probabilities hold several (rows, tags) float64 temporaries, 1.5 GiB
+# at once for a pool of 100k items and 200 tags (python -m bench.scale).
+POOL_BLOCK = 8192
+
+
+def pool_probabilities(head: Head, pool: np.ndarray, columns: Sequence[int]) -> np.ndarray:
+    """``head.probabilities(pool)[:, columns]``, ``POOL_BLOCK`` rows at a time (self-training, suggestions)."""
+    out = np.empty((len(pool), len(columns)))
+    for start in range(0, len(pool), POOL_BLOCK):
+        out[start:start + POOL_BLOCK] = head.probabilities(pool[start:start + POOL_BLOCK])[:, columns]
+    return out
+
+
+def may_apply(reports: Sequence[tuple[int, bool]], config: FitConfig) -> bool:
+    """Before a fit, from its reports' (item id, positive): whether it may self-train, so whether the trainer
+    reads the pool. Not with the switch off, from ``self_max_rows`` reported items, nor when an item is reported
+    positive for two tags (a multi-label head); ``applies`` decides after the fit."""
+    if not config.self_training or len({item for item, _ in reports}) >= config.self_max_rows:
+        return False
+    positive = [item for item, is_positive in reports if is_positive]
+    return len(positive) == len(set(positive))
 
 
 def applies(result: FitResult, real_rows: int, pool_rows: int, config: FitConfig) -> bool:
-    """Whether a first fit of ``real_rows`` reported items self-trains on a pool of ``pool_rows``."""
-    return (config.self_training and result.exclusive and pool_rows > 0 and len(result.tags) >= 2
-            and real_rows < config.self_max_rows and not result.zero_shot)
+    """Whether a first fit of ``real_rows`` reported items self-trains on a pool of ``pool_rows`` (an exclusive
+    head has two tags or more)."""
+    return config.self_training and result.exclusive and pool_rows > 0 and real_rows < config.self_max_rows
 
 
 def pseudo_labels(head: Head, pool: np.ndarray, positives: np.ndarray, config: FitConfig) -> tuple[np.ndarray,
@@ -33,12 +54,8 @@ def pseudo_labels(head: Head, pool: np.ndarray, positives: np.ndarray, config: F
     """(pool rows, column of ``head.tag_ids``) of the pseudo-examples: per column, the most confident
     ``config.self_fraction`` of the rows the exclusive ``head`` answers with it, at most ``config.self_cap`` x
     ``positives[column]``; rows it answers unknown for (probability under 0.5) are never taken."""
-    top = np.empty(len(pool), dtype=np.int64)
-    confidence = np.empty(len(pool))
-    for start in range(0, len(pool), POOL_BLOCK):
-        probs = head.probabilities(pool[start:start + POOL_BLOCK])
-        top[start:start + len(probs)] = probs.argmax(axis=1)
-        confidence[start:start + len(probs)] = probs.max(axis=1)
+    probs = pool_probabilities(head, pool, range(len(head.tag_ids)))
+    top, confidence = probs.argmax(axis=1), probs.max(axis=1)
     rows, columns = [], []
     for j in range(len(head.tag_ids)):
         answered = np.flatnonzero((top == j) & (confidence >= 0.5))

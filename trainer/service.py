@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from modelkit.heads import Head
 from shared.errors import KashfError
 from shared.schemas.inference import ModelInfoReply
-from trainer import repository, suggestions, webhook_events
+from trainer import repository, selftraining, suggestions, webhook_events
 from trainer.embedder import ModelChanged
 from trainer.evaluation import NULL_FIGURES
 from trainer.fitting import FitConfig, FitResult, NothingToFit, Report, fit_head
@@ -194,7 +194,8 @@ class Trainer:
             tags = await repository.dataset_tags(session, dataset_id)
             kind = dataset.kind
             # Self-training's pool counts among the fit's inputs: new kept inputs make "train" fit again.
-            pool = await repository.pool_state(session, dataset_id) if self._self_trains(reports) else None
+            pooled = selftraining.may_apply([(r.item_id, r.positive) for r in reports], self.config)
+            pool = await repository.pool_state(session, dataset_id) if pooled else None
         try:
             kind = kind or (reports[0].kind if reports else None)
             # A text dataset with no positive report yet is tagged from its tag titles (trainer.zeroshot).
@@ -357,14 +358,6 @@ class Trainer:
             raise ModelChanged(f"the text model changed during training ({model_id} -> {got_model})")
         return zero_shot_fit(titles, [t.id for t in tags], self.config)
 
-    def _self_trains(self, reports: Sequence[ReportRow]) -> bool:
-        """Whether a fit of ``reports`` may self-train on the pool: FitConfig.self_training, few reported items and
-        none reported positive for two tags (a multi-label head never self-trains)."""
-        if not self.config.self_training or len({r.item_id for r in reports}) >= self.config.self_max_rows:
-            return False
-        positive = [r.item_id for r in reports if r.positive]
-        return len(positive) == len(set(positive))
-
     async def _fit_reported(self, dataset_id: int, kind: str, reports: Sequence[ReportRow], tags: Sequence[TagRow],
                             model: ModelInfoReply, pooled: bool = False) -> tuple[np.ndarray, FitResult]:
         """Read the reported items' vectors and fit them: the item of each row of the matrix, and the fit.
@@ -394,8 +387,6 @@ class Trainer:
         usable = [Report(rows[r.item_id], r.tag_id, r.positive) for r in reports if r.item_id in rows]
         if not rows or not usable:
             raise Unsupported("no reported item could be embedded")
-        if pool is not None and (not len(pool) or pool.shape[1] != vectors.shape[1]):
-            pool = None
         return fit_head(vectors, usable, [t.id for t in tags], self.config, titles, pool)
 
     async def _commit(self, dataset_id: int, model_id: str, tags: Sequence[TagRow], result: FitResult,

@@ -16,18 +16,14 @@ import numpy as np
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from modelkit.heads import Head
 from shared.schemas.inference import ModelInfoReply
 from trainer import repository
 from trainer.embedder import ModelChanged
 from trainer.fitresult import FitResult
 from trainer.repository import ItemToEmbed
+from trainer.selftraining import pool_probabilities
 
 log = structlog.get_logger(__name__)
-
-# Pool rows scored at a time: a head's probabilities hold several (rows, tags) float64 temporaries, 1.5 GiB
-# at once for a pool of 100k items and 200 tags (python -m bench.scale).
-POOL_BLOCK = 8192
 
 
 @dataclass(frozen=True)
@@ -225,14 +221,6 @@ async def _refresh(trainer: Fitter, dataset_id: int, version: int, model: ModelI
     log.info("suggestions_refreshed", dataset_id=dataset_id, version=version, uncertain=len(uncertain),
              suspect=len(suspects), pool=len(pool_ids), embedded=embedded)
     return len(rows)
-
-
-def pool_probabilities(head: Head, pool: np.ndarray, columns: Sequence[int]) -> np.ndarray:
-    """``head.probabilities(pool)[:, columns]``, ``POOL_BLOCK`` rows at a time."""
-    out = np.empty((len(pool), len(columns)))
-    for start in range(0, len(pool), POOL_BLOCK):
-        out[start:start + POOL_BLOCK] = head.probabilities(pool[start:start + POOL_BLOCK])[:, columns]
-    return out
 
 
 def _suspects(result: FitResult, item_ids: Sequence[int], pool_ids: np.ndarray, pool: np.ndarray,

@@ -13,7 +13,7 @@ import numpy as np
 
 from modelkit.heads import Head
 from trainer.fitting import Report, fit_head
-from trainer.suggestions import POOL_BLOCK, pool_probabilities
+from trainer.selftraining import POOL_BLOCK, pool_probabilities
 
 F64 = 8  # bytes
 
