@@ -64,8 +64,8 @@ class FitConfig:
     # heads below self_max_rows reported items: the first fit's most confident self_fraction of the pool items
     # answered with each tag, at most self_cap x the tag's positives, join a second fit as pseudo-examples
     # (0.75 ranked best of 0.25, 0.5, 0.75 and "as many as the reports" on the tuning splits of bench/quality.py's
-    # review tracks, half the held-out items as the pool; --pool measures it). The trainer reads at most
-    # self_pool_max pool items, the newest.
+    # review tracks, half the held-out items as the pool: --pool --seeds dev --fit self_fraction=F, README "Tag
+    # quality"). The trainer reads at most self_pool_max pool items, the newest.
     self_training: bool = True
     self_fraction: float = 0.75
     self_cap: float = 4.0
