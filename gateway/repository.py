@@ -575,10 +575,13 @@ class Repository:
             await self.session.execute(insert(Outbox).values(list(rows)))
 
     async def count_unpublished(self, ids: Sequence[int]) -> int:
+        """Rows of ``ids`` still unpublished that no one is publishing now: a sweep mid-publish holds its rows
+        locked until it marks them, so they are skipped, not counted as left behind."""
         if not ids:
             return 0
-        query = select(func.count()).select_from(Outbox).where(Outbox.id.in_(list(ids)), Outbox.published_at.is_(None))
-        return int(await self.session.scalar(query) or 0)
+        query = (select(Outbox.id).where(Outbox.id.in_(list(ids)), Outbox.published_at.is_(None))
+                 .with_for_update(skip_locked=True))
+        return len((await self.session.scalars(query)).all())
 
     async def lock_unpublished(self, ids: Sequence[int] | None, limit: int) -> Sequence[Outbox]:
         """Unpublished rows, locked; rows another replica holds are skipped, not waited for."""

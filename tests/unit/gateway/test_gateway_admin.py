@@ -10,10 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 from devtools import servers
+from gateway.repository import Repository
 from modelkit.heads import load_head
 from shared.bus import Bus
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Account, Dataset, Tag
+from shared.db.models import Account, Dataset, Outbox, Tag
 from shared.subjects import EVENTS_STREAM, HEADS_BUCKET
 from tests.unit.gateway.harness import PEPPER, Gateway, eventually, sql
 from tests.unit.trainer.helpers import MODEL_ID, TextModel, seed
@@ -113,6 +114,26 @@ async def test_admin_uses_a_running_dev_stack_and_explains_a_wrong_database_in_o
     missing = empty.rsplit("/", 1)[0] + "/kashf_never_made"
     code, _, err = await run({**base, "DATABASE_URL": missing}, "list-tokens")
     assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+async def test_rows_a_sweep_is_publishing_are_not_counted_as_left_in_the_outbox(clean_db: str) -> None:
+    """retrain-all's "still in the outbox" count: a gateway's sweep holds the rows it publishes locked until it
+    marks them published; those are not left behind (it said so once while the harness's sweep ran)."""
+    engine = make_engine(clean_db, pool_size=2)
+    sessions = make_sessionmaker(engine)
+    try:
+        async with sessions.begin() as s:
+            rows = [Outbox(subject="kashf.test", msg_id=f"count-{i}", payload={}) for i in range(3)]
+            s.add_all(rows)
+        ids = [r.id for r in rows]
+        async with sessions() as sweep, sessions() as admin_session:
+            held = await Repository(sweep).lock_unpublished(ids[:2], 10)  # the sweep, mid-publish
+            assert [r.id for r in held] == ids[:2]
+            assert await Repository(admin_session).count_unpublished(ids) == 1
+            await sweep.rollback()  # the publish failed: the rows are left, and counted again
+            assert await Repository(admin_session).count_unpublished(ids) == 3
+    finally:
+        await engine.dispose()
 
 
 async def test_retrain_all_rebuilds_every_head_after_the_object_store_is_lost(gw: Gateway, nats_url: str) -> None:
